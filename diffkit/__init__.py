@@ -1,0 +1,39 @@
+"""diffkit: diffusion models where every component is a plugin and every equation is checked.
+
+Importing diffkit loads no plugin; registries fill on the first lookup.
+"""
+
+from __future__ import annotations
+
+from diffkit.denoisers import VPDenoiser
+from diffkit.errors import (
+    ConfigError,
+    ConflictError,
+    DiffkitError,
+    PluginError,
+    ShapeError,
+    UnknownNameError,
+)
+from diffkit.hookspecs import hookimpl
+from diffkit.registry import KINDS, build, get, get_entry, names
+from diffkit.sampling import sample
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KINDS",
+    "ConfigError",
+    "ConflictError",
+    "DiffkitError",
+    "PluginError",
+    "ShapeError",
+    "UnknownNameError",
+    "VPDenoiser",
+    "__version__",
+    "build",
+    "get",
+    "get_entry",
+    "hookimpl",
+    "names",
+    "sample",
+]

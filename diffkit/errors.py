@@ -1,0 +1,62 @@
+"""The exceptions diffkit raises. Every one names what was wrong and what is valid."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class DiffkitError(Exception):
+    """Base class of every error diffkit raises on purpose."""
+
+
+class UnknownNameError(DiffkitError, LookupError):
+    """A registry (or option) name that does not exist; the message lists close matches."""
+
+    def __init__(self, what: str, name: str, valid: Iterable[str]) -> None:
+        valid = sorted(valid)
+        self.what, self.name, self.valid = what, name, valid
+        self.suggestions = close_matches(name, valid)
+        message = f"unknown {what} {name!r}"
+        if self.suggestions:
+            message += "; did you mean " + " or ".join(repr(s) for s in self.suggestions) + "?"
+        if valid:
+            message += f" (valid: {', '.join(valid)})"
+        else:
+            message += f" (no {what} is registered)"
+        super().__init__(message)
+
+    def __str__(self) -> str:  # LookupError would otherwise repr() the message
+        return str(self.args[0])
+
+
+class PluginError(DiffkitError):
+    """A plugin failed to import, validate or register (raised in strict mode)."""
+
+
+class ConflictError(DiffkitError):
+    """Two plugins claim the same name in one registry."""
+
+
+class ConfigError(DiffkitError, ValueError):
+    """Configuration or argument values outside their valid range."""
+
+
+def close_matches(name: str, valid: Iterable[str], n: int = 3) -> list[str]:
+    """Up to ``n`` entries of ``valid`` that look like ``name`` (never raises)."""
+    valid = list(valid)
+    lowered = {v.lower(): v for v in valid}
+    hits = difflib.get_close_matches(str(name).lower(), list(lowered), n=n, cutoff=0.6)
+    return [lowered[h] for h in hits]
+
+
+def check_choice(what: str, value: str, valid: Iterable[str]) -> str:
+    """Return ``value`` when it is one of ``valid``, else raise :class:`UnknownNameError`."""
+    valid = list(valid)
+    if value not in valid:
+        raise UnknownNameError(what, value, valid)
+    return value
+
+
+class ShapeError(DiffkitError, ValueError):
+    """Tensor shapes that do not fit together (e.g. a denoiser output unlike its input)."""

@@ -1,0 +1,92 @@
+"""The diffkit plugin API: one hook per registry.
+
+A plugin is any module (usually named by an entry point in the ``diffkit`` group) that
+implements some of the hooks below with the :data:`diffkit.hookimpl` marker::
+
+    # pyproject.toml of your package
+    [project.entry-points.diffkit]
+    my_samplers = "my_package.diffkit_plugin"
+
+    # my_package/diffkit_plugin.py
+    import diffkit
+
+    @diffkit.hookimpl
+    def diffkit_register_samplers(samplers):
+        samplers.add("my_euler", my_euler, summary="Euler on the probability-flow ODE")
+
+Every hook receives one :class:`~diffkit.registry.Registrar` bound to the plugin that is
+being called, so the registry records the plugin and its distribution for every entry
+without the plugin having to say who it is. The built-in components are registered through
+exactly these hooks.
+
+What each kind of object must be:
+
+``schedule``
+    A callable (usually a frozen attrs class) that, called with keyword configuration,
+    returns a :class:`diffkit.schedules.Schedule`.
+``sampler``
+    A function with the sampler contract
+    ``fn(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, **options) -> x0``:
+    ``x`` is in σ form (x = x0 + σ·ε, so the caller passes ``noise * sigmas[0]``), ``sigmas``
+    a decreasing 1-D tensor ending at 0, and ``denoiser(x, sigma, cond)`` returns the x0
+    estimate for ``sigma`` of shape ``[batch]``. A sampler holds no state between calls.
+    Stochastic samplers should also accept ``noise_sampler(sigma, sigma_next) -> tensor``
+    so the conformance kit can feed them the same noise as their reference twin.
+``backbone`` / ``conditioner`` / ``autoencoder``
+    A callable returning an ``nn.Module`` (or conditioner object) from keyword configuration.
+
+Useful metadata for :meth:`Registrar.add` (all optional):
+
+``summary``
+    One line for ``diffkit list`` (default: the first line of the object's docstring).
+``reference``
+    A float64 numpy twin with the same contract (numpy arrays in and out), used by
+    ``diffkit check`` for an exact parity test.
+``options``
+    An attrs class describing the options (for documentation and validation).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover - import only for type checkers
+    from diffkit.registry import Registrar
+
+PROJECT = "diffkit"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def diffkit_register_schedules(schedules: Registrar) -> None:
+    """Add noise schedules: ``schedules.add("linear", LinearSchedule)``.
+
+    The object, called with keyword configuration, returns a schedule (a ᾱ_t table over
+    the training timesteps plus the spacings that turn N steps into decreasing σ).
+    """
+
+
+@hookspec
+def diffkit_register_samplers(samplers: Registrar) -> None:
+    """Add samplers: ``samplers.add("ddim", ddim, reference=ddim_numpy, options=DDIMOptions)``.
+
+    The object is a function with the sampler contract described in this module's docstring.
+    """
+
+
+@hookspec
+def diffkit_register_backbones(backbones: Registrar) -> None:
+    """Add backbone networks: ``backbones.add("unet", UNet)`` (built from keyword config)."""
+
+
+@hookspec
+def diffkit_register_conditioners(conditioners: Registrar) -> None:
+    """Add conditioners: ``conditioners.add("class_label", ClassLabelConditioner)``."""
+
+
+@hookspec
+def diffkit_register_autoencoders(autoencoders: Registrar) -> None:
+    """Add autoencoders: ``autoencoders.add("kl", KLAutoencoder)``."""

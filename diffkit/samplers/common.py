@@ -1,0 +1,103 @@
+"""Pieces every built-in sampler shares: σ validation, the denoiser call, noise, callbacks.
+
+Samplers work in σ form: x = x0 + σ·ε (Karras et al. 2022), x of shape [B, ...].
+The σ sequence is read once into Python floats (float64), so no step needs a
+device→host sync to branch on σ, and step coefficients are computed in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Union
+
+import torch
+
+from diffkit.errors import ConfigError, ShapeError
+
+Denoiser = Callable[..., torch.Tensor]
+Generator = Union[torch.Generator, Sequence[torch.Generator], None]
+NoiseSampler = Callable[[float, float], torch.Tensor]
+Callback = Callable[[dict[str, Any]], None]
+
+
+def sigma_levels(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
+    """Validate a σ sequence and return it as Python floats.
+
+    Valid: 1-D, at least two entries, finite, strictly decreasing, last exactly 0.
+    """
+    s = torch.as_tensor(sigmas).detach()
+    if s.ndim != 1 or s.numel() < 2:
+        raise ConfigError(f"sigmas must be a 1-D sequence of at least 2 values ending at 0, got shape {tuple(s.shape)}")
+    levels = s.to("cpu", torch.float64).tolist()
+    bad = [i for i, v in enumerate(levels) if not math.isfinite(v)]
+    if bad:
+        raise ConfigError(f"sigmas must be finite; sigmas[{bad[0]}] = {levels[bad[0]]}")
+    if levels[-1] != 0:
+        raise ConfigError(f"sigmas must end at 0, got sigmas[-1] = {levels[-1]}")
+    for i in range(len(levels) - 1):
+        if not levels[i] > levels[i + 1]:
+            raise ConfigError(
+                f"sigmas must be strictly decreasing, but sigmas[{i}] = {levels[i]} and "
+                f"sigmas[{i + 1}] = {levels[i + 1]}"
+            )
+    return levels
+
+
+def denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float, cond: Any) -> torch.Tensor:
+    """D(x, σ, cond) with σ broadcast to shape [B]; the result must be shaped like x."""
+    sigma_dtype = torch.promote_types(x.dtype, torch.float32)
+    sigma_batch = torch.full((x.shape[0],), sigma, dtype=sigma_dtype, device=x.device)
+    denoised = denoiser(x, sigma_batch, cond)
+    if denoised.shape != x.shape:
+        raise ShapeError(
+            f"the denoiser returned shape {tuple(denoised.shape)} for input of shape "
+            f"{tuple(x.shape)}; it must return the x0 estimate, shaped like its input"
+        )
+    return denoised.to(x.dtype)
+
+
+def randn_like(x: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``.
+
+    ``generator`` may be one ``torch.Generator`` or a list with one per sample (row k drawn
+    from generator k only, so a sample does not change with the batch size). Noise is drawn
+    on the generator's device, in float32 for half types, then moved to x's device/dtype.
+    """
+    if generator is None:
+        return torch.randn(x.shape, dtype=_draw_dtype(x), device=x.device).to(x.dtype)
+    if isinstance(generator, torch.Generator):
+        return _draw(x.shape, generator, x)
+    generators = list(generator)
+    if len(generators) != x.shape[0]:
+        raise ConfigError(f"got {len(generators)} generators for a batch of {x.shape[0]}; pass one per sample")
+    return torch.stack([_draw(x.shape[1:], g, x) for g in generators])
+
+
+def _draw_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _draw(shape: torch.Size, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    noise = torch.randn(shape, generator=generator, device=generator.device, dtype=_draw_dtype(like))
+    return noise.to(device=like.device, dtype=like.dtype)
+
+
+def default_noise_sampler(x: torch.Tensor, generator: Generator) -> NoiseSampler:
+    """A ``noise_sampler(sigma, sigma_next)`` drawing fresh N(0, I) noise from ``generator``."""
+    return lambda sigma, sigma_next: randn_like(x, generator)
+
+
+def check_eta(eta: float) -> float:
+    """η must be a finite number ≥ 0."""
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+        raise ConfigError(f"eta must be a finite number ≥ 0 (0 = deterministic), got {eta!r}")
+    return float(eta)
+
+
+def report(
+    callback: Callback | None, x: torch.Tensor, i: int, sigma: float, denoised: torch.Tensor
+) -> None:
+    """Call the per-step callback with k-diffusion's keys (x, i, sigma, sigma_hat, denoised)."""
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})

@@ -1,0 +1,163 @@
+"""The discrete variance-preserving schedule: a ᾱ_t table over T training timesteps.
+
+Notation (DDPM, Ho et al. 2020; σ form of Karras et al. 2022):
+
+    ᾱ_t = ∏_{s≤t} (1 − β_s)                  t = 0 … T−1   (shape [T])
+    x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε              (VP form, what networks see)
+    σ_t = √((1 − ᾱ_t)/ᾱ_t),  y = x_t/√ᾱ_t = x_0 + σ_t ε   (σ form, what samplers integrate)
+
+Tables are computed once in float64 on the CPU; the samplers receive σ sequences as float64
+CPU tensors, so the sampling loop never needs a device→host sync to branch on them.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from typing import Any
+
+import attrs
+import torch
+
+from diffkit.errors import ConfigError
+from diffkit.schedules.betas import rescale_to_zero_terminal_snr
+from diffkit.schedules.spacing import check_timesteps, spaced_timesteps
+
+# With zero terminal SNR ᾱ_{T−1} = 0 and σ_{T−1} = ∞. The σ table replaces that one zero by
+# min(2⁻²⁴, ᾱ_{T−2}/2) (σ ≥ 4096, as diffusers does, yet still above σ_{T−2} so the table
+# stays strictly increasing) and samplers start from a finite σ; x/√(1+σ²) at that σ
+# differs from pure noise by O(1/σ) ≤ 2.4e-4.
+ALPHA_BAR_FLOOR = 2.0**-24
+
+
+def _positive_int(minimum: int):
+    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise ConfigError(f"{attribute.name} must be an integer ≥ {minimum}, got {value!r}")
+
+    return validate
+
+
+def unit_interval(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """attrs validator: a float strictly inside (0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+        raise ConfigError(f"{attribute.name} must be a number in (0, 1), got {value!r}")
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class DiscreteSchedule:
+    """Base class of the built-in schedules; subclasses implement :meth:`raw_betas`.
+
+    Args:
+        num_train_timesteps: T, the number of training timesteps (≥ 2).
+        rescale_zero_terminal_snr: rescale ᾱ so that ᾱ_{T−1} = 0 (Lin et al. 2024, Alg. 1).
+    """
+
+    num_train_timesteps: int = attrs.field(default=1000, validator=_positive_int(2))
+    rescale_zero_terminal_snr: bool = attrs.field(
+        default=False, validator=attrs.validators.instance_of(bool)
+    )
+
+    def __attrs_post_init__(self) -> None:
+        raw = self.raw_betas()
+        if raw.shape != (self.num_train_timesteps,) or not torch.isfinite(raw).all():
+            raise ConfigError(f"{type(self).__name__} produced invalid betas: {raw}")
+        if not bool(((raw > 0) & (raw < 1)).all()):
+            raise ConfigError(
+                f"{type(self).__name__} betas must lie in (0, 1); got min {float(raw.min()):g} "
+                f"and max {float(raw.max()):g} — check beta_start/beta_end"
+            )
+
+    def raw_betas(self) -> torch.Tensor:
+        """β_t before any rescaling, float64 [T]."""
+        raise NotImplementedError
+
+    # -- tables (float64, CPU, shape [T]) -------------------------------------------------
+
+    @functools.cached_property
+    def betas(self) -> torch.Tensor:
+        """β_t, float64 [T] (after the zero-terminal-SNR rescale when enabled)."""
+        raw = self.raw_betas()
+        return rescale_to_zero_terminal_snr(raw) if self.rescale_zero_terminal_snr else raw
+
+    @functools.cached_property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """ᾱ_t = ∏_{s≤t}(1 − β_s), float64 [T], strictly decreasing in (0, 1] (last may be 0)."""
+        return torch.cumprod(1 - self.betas, dim=0)
+
+    @functools.cached_property
+    def sigmas(self) -> torch.Tensor:
+        """σ_t = √((1 − ᾱ_t)/ᾱ_t), float64 [T], strictly increasing and finite.
+
+        A terminal ᾱ = 0 (zero terminal SNR) counts as min(2⁻²⁴, ᾱ_{T−2}/2).
+        """
+        alpha_bar = self.alphas_cumprod.clone()
+        if alpha_bar[-1] == 0:
+            alpha_bar[-1] = min(ALPHA_BAR_FLOOR, float(alpha_bar[-2]) / 2)
+        return ((1 - alpha_bar) / alpha_bar).sqrt()
+
+    @functools.cached_property
+    def _log_sigmas(self) -> torch.Tensor:
+        return self.sigmas.log()
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    # -- inference grids ------------------------------------------------------------------
+
+    def timesteps(self, steps: int, spacing: str = "leading", *, steps_offset: int = 0) -> torch.Tensor:
+        """The decreasing int64 training timesteps [steps] an N-step sampler visits."""
+        return spaced_timesteps(self.num_train_timesteps, steps, spacing, steps_offset)
+
+    def sigmas_for(self, steps: int, spacing: str = "leading", *, steps_offset: int = 0) -> torch.Tensor:
+        """The σ sequence for an N-step sampler: float64 CPU [steps + 1], decreasing, last 0."""
+        return self.sigmas_from_timesteps(self.timesteps(steps, spacing, steps_offset=steps_offset))
+
+    def sigmas_from_timesteps(self, timesteps: Any) -> torch.Tensor:
+        """σ at user-given timesteps (strictly decreasing, in 0..T−1), with a final 0 appended."""
+        t = check_timesteps(timesteps, self.num_train_timesteps)
+        return torch.cat([self.sigmas[t], self.sigmas.new_zeros(1)])
+
+    # -- σ ↔ t (continuous, interpolating log σ between table entries) -------------------
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Fractional timestep whose interpolated log σ equals log ``sigma``.
+
+        Exact table values map to exact integers; values outside the table clamp to 0 or
+        T−1. Returns a tensor shaped like ``sigma`` in its floating dtype and device.
+        """
+        log_table = self._table_on(sigma.device)
+        log_sigma = sigma.to(log_table.dtype).clamp(min=torch.finfo(log_table.dtype).tiny).log()
+        log_sigma = log_sigma.clamp(log_table[0], log_table[-1])
+        high = torch.searchsorted(log_table, log_sigma).clamp(1, self.num_train_timesteps - 1)
+        low_value, high_value = log_table[high - 1], log_table[high]
+        weight = (log_sigma - low_value) / (high_value - low_value)
+        t = (high - 1).to(log_table.dtype) + weight
+        return t.to(sigma.dtype if sigma.is_floating_point() else torch.float32)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """σ at a (fractional) timestep, interpolating log σ linearly between table entries."""
+        log_table = self._table_on(t.device)
+        t = t.to(log_table.dtype).clamp(0, self.num_train_timesteps - 1)
+        low = t.floor().long().clamp(max=self.num_train_timesteps - 2)
+        weight = t - low
+        log_sigma = (1 - weight) * log_table[low] + weight * log_table[low + 1]
+        return log_sigma.exp()
+
+    def _table_on(self, device: torch.device) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_log_sigma_cache", {})
+        if device not in cache:
+            dtype = torch.float32 if device.type == "mps" else torch.float64
+            cache[device] = self._log_sigmas.to(device=device, dtype=dtype)
+        return cache[device]
+
+    # -- configuration --------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain JSON-ready values (inverse: ``type(self)(**d)``)."""
+        return attrs.asdict(self)

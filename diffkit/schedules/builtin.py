@@ -1,0 +1,15 @@
+"""Registers the built-in schedules through the same hook a third-party plugin uses."""
+
+from __future__ import annotations
+
+from diffkit.hookspecs import hookimpl
+from diffkit.registry import Registrar
+from diffkit.schedules.vp import CosineSchedule, LinearSchedule, ScaledLinearSchedule, SigmoidSchedule
+
+
+@hookimpl
+def diffkit_register_schedules(schedules: Registrar) -> None:
+    schedules.add("linear", LinearSchedule, options=LinearSchedule)
+    schedules.add("scaled_linear", ScaledLinearSchedule, options=ScaledLinearSchedule)
+    schedules.add("cosine", CosineSchedule, options=CosineSchedule)
+    schedules.add("sigmoid", SigmoidSchedule, options=SigmoidSchedule)
