@@ -101,3 +101,37 @@ def report(
     """Call the per-step callback with k-diffusion's keys (x, i, sigma, sigma_hat, denoised)."""
     if callback is not None:
         callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+
+
+StepRule = Callable[[float, float], "tuple[float, float]"]
+
+
+def ancestral_loop(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor | Sequence[float],
+    rule: StepRule,
+    *,
+    cond: Any,
+    generator: Generator,
+    callback: Callback | None,
+    noise_sampler: NoiseSampler | None,
+) -> torch.Tensor:
+    """The loop shared by ancestral samplers: per step σ → σ',
+
+        D = denoiser(y, σ);   (keep, σ_up) = rule(σ, σ');   y' = D + keep·(y − D) + σ_up·z
+
+    ``keep`` is the fraction of the current noise direction (y − D) that survives
+    (σ_down/σ for DDIM, σ'²/σ² for the DDPM posterior mean); z ~ N(0, I) is drawn only
+    when σ_up > 0.
+    """
+    levels = sigma_levels(sigmas)
+    noise = noise_sampler or default_noise_sampler(x, generator)
+    for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
+        denoised = denoise(denoiser, x, sigma, cond)
+        keep, sigma_up = rule(sigma, sigma_next)
+        x = denoised + keep * (x - denoised)
+        if sigma_up > 0:
+            x = x + sigma_up * noise(sigma, sigma_next)
+        report(callback, x, i, sigma, denoised)
+    return x

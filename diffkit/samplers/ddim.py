@@ -19,17 +19,7 @@ from typing import Any
 import attrs
 import torch
 
-from diffkit.samplers.common import (
-    Callback,
-    Denoiser,
-    Generator,
-    NoiseSampler,
-    check_eta,
-    default_noise_sampler,
-    denoise,
-    report,
-    sigma_levels,
-)
+from diffkit.samplers.common import Callback, Denoiser, Generator, NoiseSampler, ancestral_loop, check_eta
 
 
 @attrs.frozen(kw_only=True)
@@ -72,14 +62,12 @@ def ddim(
         noise_sampler: ``(sigma, sigma_next) -> N(0, I) like x``; defaults to ``generator``.
     """
     eta = check_eta(eta)
-    levels = sigma_levels(sigmas)
-    noise = noise_sampler or default_noise_sampler(x, generator)
-    for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
-        denoised = denoise(denoiser, x, sigma, cond)
+
+    def rule(sigma: float, sigma_next: float) -> tuple[float, float]:
+        # y' = D + σ_down·ε̂ + σ_up·z with ε̂ = (y − D)/σ; at σ_next = 0 this is exactly D
         sigma_down, sigma_up = ancestral_sigmas(sigma, sigma_next, eta)
-        # y' = D + σ_down·ε̂ with ε̂ = (y − D)/σ; at σ_next = 0 this is exactly D
-        x = denoised + (sigma_down / sigma) * (x - denoised)
-        if sigma_up > 0:
-            x = x + sigma_up * noise(sigma, sigma_next)
-        report(callback, x, i, sigma, denoised)
-    return x
+        return sigma_down / sigma, sigma_up
+
+    return ancestral_loop(
+        denoiser, x, sigmas, rule, cond=cond, generator=generator, callback=callback, noise_sampler=noise_sampler
+    )

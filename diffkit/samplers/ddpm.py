@@ -19,16 +19,7 @@ import attrs
 import torch
 
 from diffkit.errors import check_choice
-from diffkit.samplers.common import (
-    Callback,
-    Denoiser,
-    Generator,
-    NoiseSampler,
-    default_noise_sampler,
-    denoise,
-    report,
-    sigma_levels,
-)
+from diffkit.samplers.common import Callback, Denoiser, Generator, NoiseSampler, ancestral_loop
 
 VARIANCES = ("small", "large")
 
@@ -71,13 +62,11 @@ def ddpm(
         noise_sampler: ``(sigma, sigma_next) -> N(0, I) like x``; defaults to ``generator``.
     """
     check_choice("DDPM variance", variance, VARIANCES)
-    levels = sigma_levels(sigmas)
-    noise = noise_sampler or default_noise_sampler(x, generator)
-    for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
-        denoised = denoise(denoiser, x, sigma, cond)
-        x = denoised + (sigma_next**2 / sigma**2) * (x - denoised)
-        sigma_up = posterior_noise(sigma, sigma_next, variance)
-        if sigma_up > 0:
-            x = x + sigma_up * noise(sigma, sigma_next)
-        report(callback, x, i, sigma, denoised)
-    return x
+
+    def rule(sigma: float, sigma_next: float) -> tuple[float, float]:
+        # posterior mean y' = D + (σ'²/σ²)(y − D), plus noise of the chosen variance
+        return sigma_next**2 / sigma**2, posterior_noise(sigma, sigma_next, variance)
+
+    return ancestral_loop(
+        denoiser, x, sigmas, rule, cond=cond, generator=generator, callback=callback, noise_sampler=noise_sampler
+    )
