@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from collections.abc import Sequence
@@ -36,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="run the conformance checks on samplers or schedules")
     check.add_argument("names", nargs="+", metavar="NAME", help="registered name, optionally KIND:NAME")
     check.add_argument("--quick", action="store_true", help="fewer steps and samples (faster, less strict)")
+    check.add_argument(
+        "-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="a sampler option for every run, e.g. -o eta=1.0 (VALUE is read as JSON, else as text)",
+    )
     check.set_defaults(run=_check)
     return parser
 
@@ -81,16 +86,28 @@ def _resolve(name: str) -> tuple[str, str]:
     return found[0], name
 
 
+def _parse_options(pairs: Sequence[str]) -> dict[str, object]:
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise DiffkitError(f"--option takes KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+    return options
+
+
 def _check(args: argparse.Namespace) -> int:
     from diffkit import testing  # imported here: only ``check`` needs the kit
 
     targets = [_resolve(name) for name in args.names]
+    options = _parse_options(args.option)
     all_ok = True
     for kind, name in targets:
-        entry = registry.get_entry(kind, name)
-        print(f"{kind} {name} [{entry.origin.describe()}]")
         if kind == "sampler":
-            report = testing.check_sampler(name, quick=args.quick)
+            report = testing.check_sampler(name, options=options, quick=args.quick)
         else:
             report = testing.check_schedule(name)
         print(report.format())

@@ -412,7 +412,7 @@ def _check_keywords(entry: Entry, config: Mapping[str, Any]) -> None:
     params = signature.parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
-    fixed = {"denoiser", "x", "sigmas"} if entry.kind == "sampler" else set()
+    fixed = {"denoiser", "x", "sigmas", "cond", "generator", "callback"} if entry.kind == "sampler" else set()
     valid = [n for n, p in params.items() if n not in fixed and p.kind is not p.VAR_POSITIONAL]
     unknown = [key for key in config if key not in valid]
     if unknown:

@@ -81,14 +81,18 @@ class GaussianData:
 
     def denoise(self, y: ArrayLike, sigma: ArrayLike) -> F64:
         """E[x0 | y] = μ + Σ(Σ + σ²I)⁻¹(y − μ); per coordinate z ↦ λ/(λ + σ²)·z."""
-        shrink = self.eigvals / (self.eigvals + _per_row(sigma) ** 2)  # [..., d]
-        return self._point(shrink * self._coords(y))
+        return self.posterior(y, sigma)[1]
 
     def log_density(self, y: ArrayLike, sigma: ArrayLike) -> F64:
         """log N(y; μ, Σ + σ²I), shape [...] (the evidence of y at noise level σ)."""
+        return self.posterior(y, sigma)[0]
+
+    def posterior(self, y: ArrayLike, sigma: ArrayLike) -> tuple[F64, F64]:
+        """(log N(y; μ, Σ + σ²I) [...], E[x0 | y] [..., d]) sharing one change of basis."""
         var = self.eigvals + _per_row(sigma) ** 2  # [..., d] marginal variances per coordinate
         z = self._coords(y)
-        return -0.5 * np.sum(z * z / var + np.log(2 * np.pi * var), axis=-1)
+        log_density = -0.5 * np.sum(z * z / var + np.log(2 * np.pi * var), axis=-1)
+        return log_density, self._point((self.eigvals / var) * z)
 
     def ode_solution(self, y: ArrayLike, sigma_from: ArrayLike, sigma_to: ArrayLike = 0.0) -> F64:
         """The exact probability-flow ODE map of y from σ_from to σ_to.
@@ -142,24 +146,31 @@ class GaussianMixtureData:
         second = sum(w * (c.cov + np.outer(c.mean, c.mean)) for w, c in zip(self.weights, self.components))
         return second - np.outer(self.mean, self.mean)
 
-    def responsibilities(self, y: ArrayLike, sigma: ArrayLike) -> F64:
-        """r_k(y) = P(component k | y) at noise σ, shape [K, ...]; a log-sum-exp softmax of
-        log w_k + log N(y; μ_k, Σ_k + σ²I), so far-away points do not underflow to 0/0."""
-        logits = np.stack([np.log(w) + c.log_density(y, sigma) for w, c in zip(self.weights, self.components)])
+    def _posteriors(self, y: ArrayLike, sigma: ArrayLike) -> tuple[F64, F64]:
+        """(r [K, ...], component posterior means [K, ..., d]).
+
+        r_k(y) = P(component k | y) at noise σ: a log-sum-exp softmax of
+        log w_k + log N(y; μ_k, Σ_k + σ²I), so far-away points do not underflow to 0/0.
+        """
+        parts = [c.posterior(y, sigma) for c in self.components]
+        logits = np.stack([np.log(w) + log_p for w, (log_p, _) in zip(self.weights, parts)])
         logits = logits - logits.max(axis=0, keepdims=True)
         r = np.exp(logits)
-        return r / r.sum(axis=0, keepdims=True)
+        return r / r.sum(axis=0, keepdims=True), np.stack([mean for _, mean in parts])
+
+    def responsibilities(self, y: ArrayLike, sigma: ArrayLike) -> F64:
+        """r_k(y) = P(component k | y) at noise σ, shape [K, ...]."""
+        return self._posteriors(y, sigma)[0]
 
     def denoise(self, y: ArrayLike, sigma: ArrayLike) -> F64:
         """E[x0 | y] = Σ_k r_k(y) · E_k[x0 | y] (each term the component's Gaussian posterior mean)."""
-        r = self.responsibilities(y, sigma)[..., None]  # [K, ..., 1]
-        means = np.stack([c.denoise(y, sigma) for c in self.components])  # [K, ..., d]
-        return np.sum(r * means, axis=0)
+        r, means = self._posteriors(y, sigma)  # [K, ...], [K, ..., d]
+        return np.sum(r[..., None] * means, axis=0)
 
     def ode_solution(
         self, y: ArrayLike, sigma_from: float, sigma_to: float = 0.0, steps: int = 2000
     ) -> F64:
-        """The probability-flow ODE map from σ_from to σ_to, integrated numerically.
+        """The probability-flow ODE map from σ_from to σ_to (either direction), integrated numerically.
 
         Classical RK4 in s = log σ, where the ODE reads dy/ds = y − D(y, e^s): in log σ the
         right-hand side stays O(|y|) at every scale, so a uniform grid of ``steps`` points is
@@ -168,8 +179,8 @@ class GaussianMixtureData:
         finishes with each component's exact map weighted by its responsibility at σ_stop;
         that last piece moves points by O(σ_stop²/λ_min) ≈ 10⁻¹², below float64 noise.
         """
-        if not 0 <= sigma_to < sigma_from or not np.isfinite(sigma_from):
-            raise ValueError(f"need 0 ≤ sigma_to < sigma_from < ∞, got {sigma_to}, {sigma_from}")
+        if not (0 < sigma_from < np.inf and 0 <= sigma_to < np.inf):
+            raise ValueError(f"need 0 < sigma_from < ∞ and 0 ≤ sigma_to < ∞, got {sigma_from}, {sigma_to}")
         lam_min = min(c.eigvals[0] for c in self.components)
         stop = sigma_to if sigma_to > 0 else min(1e-6 * np.sqrt(lam_min), 1e-3 * sigma_from)
         s_grid = np.linspace(np.log(sigma_from), np.log(stop), steps + 1)

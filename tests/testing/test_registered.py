@@ -1,0 +1,39 @@
+"""Every registered sampler and schedule — built-in or installed plugin — passes the kit."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffkit import registry
+from diffkit.testing import check_sampler, check_schedule
+
+
+def _names(kind: str) -> list[str]:
+    names = registry.names(kind)
+    registry.reset()  # leave no loaded registry behind at collection time
+    return names
+
+
+@pytest.mark.parametrize("name", _names("sampler"))
+def test_registered_sampler_passes(name):
+    report = check_sampler(name)
+    assert report.ok, report.format()
+
+
+@pytest.mark.parametrize("options", [{"eta": 0.5}], ids=["eta=0.5"])
+def test_ddim_with_noise_passes(options):
+    report = check_sampler("ddim", options=options)
+    assert report.ok, report.format()
+    assert "stochastic" in report.notes
+
+
+def test_ddpm_large_variance_passes():
+    report = check_sampler("ddpm", options={"variance": "large"})
+    assert report.ok, report.format()
+
+
+@pytest.mark.parametrize("zero_snr", [False, True], ids=["default", "zero-terminal-snr"])
+@pytest.mark.parametrize("name", _names("schedule"))
+def test_registered_schedule_passes(name, zero_snr):
+    report = check_schedule(name, config={"rescale_zero_terminal_snr": True} if zero_snr else None)
+    assert report.ok, report.format()
