@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Sequence
 
 from diffkit import registry
-from diffkit.errors import DiffkitError, UnknownNameError
+from diffkit.errors import DiffkitError
 
 CHECKABLE_KINDS = ("sampler", "schedule")
 
@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="run the conformance checks on samplers or schedules")
     check.add_argument("names", nargs="+", metavar="NAME", help="registered name, optionally KIND:NAME")
     check.add_argument("--quick", action="store_true", help="fewer steps and samples (faster, less strict)")
+    check.add_argument("--order", type=float, help="convergence order to require (default: the entry's order=)")
     check.add_argument(
         "-o", "--option", action="append", default=[], metavar="KEY=VALUE",
         help="a sampler option for every run, e.g. -o eta=1.0 (VALUE is read as JSON, else as text)",
@@ -82,7 +83,7 @@ def _resolve(name: str) -> tuple[str, str]:
         raise DiffkitError(f"{name!r} is both a sampler and a schedule; write sampler:{name} or schedule:{name}")
     if not found:
         every = [n for kind in CHECKABLE_KINDS for n in registry.names(kind)]
-        raise UnknownNameError("sampler or schedule", name, every)
+        raise registry.default_host().unknown_name_error("sampler or schedule", name, every)
     return found[0], name
 
 
@@ -107,7 +108,7 @@ def _check(args: argparse.Namespace) -> int:
     all_ok = True
     for kind, name in targets:
         if kind == "sampler":
-            report = testing.check_sampler(name, options=options, quick=args.quick)
+            report = testing.check_sampler(name, options=options, quick=args.quick, order=args.order)
         else:
             report = testing.check_schedule(name)
         print(report.format())

@@ -45,6 +45,14 @@ ENV_BLOCKED = "DIFFKIT_DISABLE_PLUGINS"
 
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_.\-]*$")
 
+# Metadata a registry entry may carry (see Registrar.add); anything else is a typo.
+METADATA_KEYS: dict[str, str] = {
+    "reference": "a float64 numpy twin with the same contract (used by `diffkit check`)",
+    "options": "an attrs class documenting the keyword options / configuration",
+    "order": "the convergence order a sampler claims (the conformance kit then requires it)",
+    "paper": "the citation of the method, e.g. 'Song et al. 2021'",
+}
+
 
 class PluginWarning(UserWarning):
     """A plugin was skipped or one of its entries rejected; the message says why."""
@@ -118,7 +126,9 @@ class Registrar:
             name: lower-case, starting with a letter; letters, digits, ``_``, ``-`` and ``.``.
             obj: the component (see :mod:`diffkit.hookspecs` for what each kind expects).
             summary: one line for ``diffkit list``; defaults to the docstring's first line.
-            **metadata: e.g. ``reference=`` (a float64 numpy twin), ``options=`` (an attrs class).
+            **metadata: any of :data:`METADATA_KEYS` — ``reference=`` (a float64 numpy twin),
+                ``options=`` (an attrs class), ``order=`` (claimed convergence order),
+                ``paper=`` (a citation). Unknown keys are an error.
         """
         if not isinstance(name, str) or not _NAME_PATTERN.match(name):
             raise ConfigError(
@@ -127,6 +137,9 @@ class Registrar:
             )
         if not callable(obj):
             raise ConfigError(f"{self.kind} {name!r} must be callable, got {type(obj).__name__}")
+        unknown = sorted(set(metadata) - set(METADATA_KEYS))
+        if unknown:
+            raise UnknownNameError(f"metadata key (for {self.kind} {name!r})", unknown[0], METADATA_KEYS)
         if any(e.name == name for e in self.staged):
             raise ConflictError(f"{self.origin.describe()} registers {self.kind} {name!r} twice")
         if summary is None:
@@ -319,14 +332,18 @@ class PluginHost:
                 f"{kind} {name!r} is claimed by {who}; uninstall one of them or block one with "
                 f"{ENV_BLOCKED}=<plugin name>"
             )
-        error = UnknownNameError(kind, name, self.entries[kind])
-        broken = [p.origin.describe() for p in self.problems if p.stage != "conflict"]
+        raise self.unknown_name_error(kind, name, self.entries[kind])
+
+    def unknown_name_error(self, what: str, name: str, valid: Iterable[str]) -> UnknownNameError:
+        """An :class:`UnknownNameError` that also names plugins which failed to load."""
+        error = UnknownNameError(what, name, valid)
+        broken = [p.origin.describe() for p in self.load().problems if p.stage != "conflict"]
         if broken:
             error.args = (
                 f"{error.args[0]}. Some plugins failed to load and may provide it: "
                 f"{', '.join(broken)} (see `diffkit list`)",
             )
-        raise error
+        return error
 
     def names(self, kind: str) -> list[str]:
         """The sorted names registered for ``kind``."""

@@ -106,3 +106,10 @@ def test_no_command_prints_help(capsys):
 def test_the_example_plugin_package_is_installed_in_ci():
     result = run_cli("list", "samplers")
     assert "example_heun" in result.stdout and "diffkit-example-sampler" in result.stdout
+
+
+def test_check_of_a_name_from_a_broken_plugin_points_at_the_plugin(tmp_path):
+    fake_distribution(tmp_path, "diffkit-broken", "diffkit_broken", "raise SyntaxError('invalid syntax')\n")
+    result = run_cli("check", "broken_sampler", path=tmp_path)
+    assert result.returncode == 2
+    assert "failed to load and may provide it: diffkit_broken (diffkit-broken 1.0)" in result.stderr

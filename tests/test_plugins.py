@@ -238,3 +238,12 @@ def test_no_warning_when_everything_loads():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         host(FakeEntryPoint("foo", sampler_plugin("foo_mod", "foo_euler"))).load()
+
+
+def test_unknown_metadata_keys_are_an_error_with_suggestions():
+    def register(samplers):
+        samplers.add("typo_meta", _toy_sampler, refrence=None)
+
+    with pytest.warns(PluginWarning, match="unknown metadata key.*'refrence'.*did you mean 'reference'"):
+        h = host(FakeEntryPoint("meta", plugin_module("meta_mod", diffkit_register_samplers=register))).load()
+    assert "typo_meta" not in h.names("sampler")

@@ -12,5 +12,9 @@ from diffkit.samplers.ddpm import DDPMOptions, ddpm
 
 @hookimpl
 def diffkit_register_samplers(samplers: Registrar) -> None:
-    samplers.add("ddim", ddim, options=DDIMOptions, reference=reference.ddim_sample, order=1)
-    samplers.add("ddpm", ddpm, options=DDPMOptions, reference=reference.ddpm_sample, order=1)
+    samplers.add(
+        "ddim", ddim, options=DDIMOptions, reference=reference.ddim_sample, order=1, paper="Song et al. 2021"
+    )
+    samplers.add(
+        "ddpm", ddpm, options=DDPMOptions, reference=reference.ddpm_sample, order=1, paper="Ho et al. 2020"
+    )

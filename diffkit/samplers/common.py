@@ -96,11 +96,38 @@ def check_eta(eta: float) -> float:
 
 
 def report(
-    callback: Callback | None, x: torch.Tensor, i: int, sigma: float, denoised: torch.Tensor
+    callback: Callback | None,
+    x: torch.Tensor,
+    i: int,
+    sigma: float,
+    denoised: torch.Tensor,
+    sigma_hat: float | None = None,
 ) -> None:
-    """Call the per-step callback with k-diffusion's keys (x, i, sigma, sigma_hat, denoised)."""
+    """Call the per-step callback with k-diffusion's keys (x, i, sigma, sigma_hat, denoised).
+
+    ``sigma_hat`` is the raised noise level a churned step actually started from (EDM Alg. 2);
+    it defaults to ``sigma``.
+    """
     if callback is not None:
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        info = {"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma if sigma_hat is None else sigma_hat}
+        callback({**info, "denoised": denoised})
+
+
+def to_d(x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> torch.Tensor:
+    """The probability-flow ODE slope dy/dσ = (y − D(y, σ))/σ (Karras et al. 2022, eq. 3)."""
+    return (x - denoised) / sigma
+
+
+def ancestral_sigmas(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+    """(σ_down, σ_up) of an ancestral step σ → σ_next with DDIM's η (eq. 16, σ form).
+
+    σ_up is clamped to σ_next so σ_down is never the root of a negative number.
+    """
+    if eta == 0 or sigma_next == 0:
+        return sigma_next, 0.0
+    sigma_up = min(sigma_next, eta * sigma_next * math.sqrt(sigma**2 - sigma_next**2) / sigma)
+    return math.sqrt(sigma_next**2 - sigma_up**2), sigma_up
+
 
 
 StepRule = Callable[[float, float], "tuple[float, float]"]

@@ -13,13 +13,20 @@ consecutive timesteps it is DDPM with the posterior variance β̃.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import attrs
 import torch
 
-from diffkit.samplers.common import Callback, Denoiser, Generator, NoiseSampler, ancestral_loop, check_eta
+from diffkit.samplers.common import (
+    Callback,
+    Denoiser,
+    Generator,
+    NoiseSampler,
+    ancestral_loop,
+    ancestral_sigmas,
+    check_eta,
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -28,17 +35,6 @@ class DDIMOptions:
 
     eta: float = attrs.field(default=0.0, validator=lambda _i, _a, v: check_eta(v))
     """Noise scale η ≥ 0: 0 is deterministic (the probability-flow ODE), 1 is DDPM-like."""
-
-
-def ancestral_sigmas(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
-    """(σ_down, σ_up) of an ancestral step σ → σ_next with DDIM's η (eq. 16, σ form).
-
-    σ_up is clamped to σ_next so σ_down is never the root of a negative number.
-    """
-    if eta == 0 or sigma_next == 0:
-        return sigma_next, 0.0
-    sigma_up = min(sigma_next, eta * sigma_next * math.sqrt(sigma**2 - sigma_next**2) / sigma)
-    return math.sqrt(sigma_next**2 - sigma_up**2), sigma_up
 
 
 def ddim(

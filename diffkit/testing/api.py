@@ -74,7 +74,11 @@ def run_sampler_group(group: str, subject: SamplerSubject, *, quick: bool = Fals
 
 
 def check_sampler(
-    sampler: str | SamplerFn, *, options: Mapping[str, Any] | None = None, quick: bool = False
+    sampler: str | SamplerFn,
+    *,
+    options: Mapping[str, Any] | None = None,
+    quick: bool = False,
+    order: float | None = None,
 ) -> Report:
     """Run the sampler conformance checks.
 
@@ -84,6 +88,8 @@ def check_sampler(
             with different generators).
         options: keyword options passed to every call (e.g. ``{"eta": 1.0}``).
         quick: fewer steps and samples (about half the time; bounds adjust accordingly).
+        order: the convergence order to require (default: the registry entry's ``order=``
+            metadata; without either, first-order consistency).
 
     Returns:
         A :class:`Report`; ``report.ok`` is False when any check failed and
@@ -92,7 +98,7 @@ def check_sampler(
     Raises:
         UnknownNameError: for an unknown sampler name or option name.
     """
-    subject = resolve_sampler(sampler, options)
+    subject = resolve_sampler(sampler, options, order)
     notes = [f"options {subject.options}"] if subject.options else []
     try:
         notes.append(subject.kind)

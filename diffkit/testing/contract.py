@@ -7,6 +7,7 @@
     class TestMyEuler(SamplerContract):
         sampler = "my_euler"            # a registered name, or the function itself
         options = {"s_churn": 0.0}      # optional keyword options
+        order = 2                       # optional: the convergence order to require
 
     class TestMySchedule(ScheduleContract):
         schedule = "my_schedule"        # a registered name, or a schedule object
@@ -46,17 +47,20 @@ def _assert_results(results: list[CheckResult]) -> None:
 
 
 class SamplerContract:
-    """Base class: set ``sampler`` (name or function); optionally ``options`` and ``quick``."""
+    """Base class: set ``sampler`` (name or function); optionally ``options``, ``order``, ``quick``."""
 
     sampler: ClassVar[Any]
     options: ClassVar[Mapping[str, Any] | None] = None
+    order: ClassVar[float | None] = None
     quick: ClassVar[bool] = False
 
     @classmethod
     def _subject(cls) -> SamplerSubject:
         cached = vars(cls).get("_diffkit_subject")
         if cached is None:
-            cached = resolve_sampler(_class_attribute(cls, "sampler"), _class_attribute(cls, "options"))
+            cached = resolve_sampler(
+                _class_attribute(cls, "sampler"), _class_attribute(cls, "options"), _class_attribute(cls, "order")
+            )
             cls._diffkit_subject = cached  # one subject per class: its kind is probed once
         return cached
 

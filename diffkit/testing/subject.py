@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from diffkit import registry
+from diffkit.errors import ConfigError
 from diffkit.testing.denoisers import RecordingDenoiser, isotropic_gaussian
 from diffkit.testing.grids import karras_sigmas
 
@@ -33,6 +34,8 @@ class SamplerSubject:
         label: how reports name it, e.g. ``"sampler ddim [diffkit.samplers.builtin (diffkit 0.1.0)]"``.
         options: keyword options passed on every call.
         reference: the float64 numpy twin, if one is registered.
+        order: the convergence order the sampler claims (registry metadata ``order=``);
+            the convergence check then requires it, not just first order.
     """
 
     def __init__(
@@ -42,8 +45,12 @@ class SamplerSubject:
         label: str,
         options: Mapping[str, Any] | None = None,
         reference: Callable[..., Any] | None = None,
+        order: float | None = None,
     ) -> None:
+        if order is not None and not (isinstance(order, (int, float)) and order > 0):
+            raise ConfigError(f"a sampler's declared order must be a positive number, got {order!r}")
         self.fn = fn
+        self.order = order
         self.label = label
         self.options = dict(options or {})
         self.reference = reference
@@ -80,19 +87,23 @@ class SamplerSubject:
         return "stochastic" if self.stochastic else "deterministic"
 
 
-def resolve_sampler(sampler: str | SamplerFn, options: Mapping[str, Any] | None = None) -> SamplerSubject:
+def resolve_sampler(
+    sampler: str | SamplerFn, options: Mapping[str, Any] | None = None, order: float | None = None
+) -> SamplerSubject:
     """A :class:`SamplerSubject` from a registered name or a bare function.
 
     A name's options are validated against its signature (unknown keywords raise
-    :class:`~diffkit.errors.UnknownNameError`) and its reference twin, if any, is attached.
+    :class:`~diffkit.errors.UnknownNameError`) and its reference twin and declared order, if
+    any, are attached; ``order`` overrides the declared one.
     """
     options = dict(options or {})
     if isinstance(sampler, str):
         entry = registry.get_entry("sampler", sampler)
         registry.build("sampler", sampler, **options)  # validates the option names
         label = f"sampler {sampler} [{entry.origin.describe()}]"
-        return SamplerSubject(entry.obj, label=label, options=options, reference=entry.reference)
+        declared = entry.metadata.get("order") if order is None else order
+        return SamplerSubject(entry.obj, label=label, options=options, reference=entry.reference, order=declared)
     if not callable(sampler):
         raise TypeError(f"sampler must be a registered name or a function, got {type(sampler).__name__}")
     name = getattr(sampler, "__qualname__", None) or getattr(sampler, "__name__", None) or repr(sampler)
-    return SamplerSubject(sampler, label=f"sampler {name}", options=options)
+    return SamplerSubject(sampler, label=f"sampler {name}", options=options, order=order)

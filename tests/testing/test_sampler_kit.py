@@ -49,6 +49,18 @@ def test_euler_with_steps_three_percent_long_fails_convergence(quick):
     assert "FAIL convergence[gaussian]: observed order" in report.format()
 
 
+def test_a_first_order_sampler_claiming_second_order_fails():
+    report = check_sampler(euler, order=2)
+    assert {r.name for r in report.failures} == {"convergence[gaussian]", "convergence[mixture]"}, report.format()
+    assert "need ≥ 1.70, declared order 2" in report["convergence[gaussian]"].detail
+    assert check_sampler(euler, order=1).ok
+
+
+def test_declared_order_comes_from_the_registry_entry():
+    assert resolve_sampler("ddim").order == 1
+    assert resolve_sampler("ddim", order=3).order == 3
+
+
 def test_wrong_shape_fails_the_shape_check():
     report = check_sampler(euler_wrong_shape, quick=True)
     failed = {r.name for r in report.failures}

@@ -54,4 +54,4 @@ def heun_numpy(denoiser, x: np.ndarray, sigmas: np.ndarray, *, cond: Any = None,
 
 @diffkit.hookimpl
 def diffkit_register_samplers(samplers) -> None:
-    samplers.add("example_heun", heun, reference=heun_numpy)
+    samplers.add("example_heun", heun, reference=heun_numpy, order=2, paper="Karras et al. 2022, Alg. 2")
