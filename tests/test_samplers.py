@@ -260,3 +260,9 @@ def test_ddpm_matches_diffusers_ddpm_scheduler(variance, peer_variance, steps):
     sigmas = schedule.sigmas_for(steps, "leading")
     ours = ddpm(diffkit.VPDenoiser(model, schedule), x_t * math.sqrt(1 + float(sigmas[0]) ** 2), sigmas, variance=variance, noise_sampler=noise)
     torch.testing.assert_close(ours, expected, rtol=1e-8, atol=1e-8)
+
+
+def test_sigmas_given_as_a_python_list_stay_float64():
+    from diffkit.samplers.common import sigma_levels
+
+    assert sigma_levels([1.0, 0.1, 0.0]) == [1.0, 0.1, 0.0]

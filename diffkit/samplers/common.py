@@ -26,7 +26,8 @@ def sigma_levels(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
 
     Valid: 1-D, at least two entries, finite, strictly decreasing, last exactly 0.
     """
-    s = torch.as_tensor(sigmas).detach()
+    # a Python list stays float64 (torch.as_tensor would round it to float32)
+    s = sigmas.detach() if isinstance(sigmas, torch.Tensor) else torch.as_tensor(sigmas, dtype=torch.float64)
     if s.ndim != 1 or s.numel() < 2:
         raise ConfigError(f"sigmas must be a 1-D sequence of at least 2 values ending at 0, got shape {tuple(s.shape)}")
     levels = s.to("cpu", torch.float64).tolist()
@@ -157,8 +158,8 @@ def ancestral_loop(
     for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
         denoised = denoise(denoiser, x, sigma, cond)
         keep, sigma_up = rule(sigma, sigma_next)
-        x = denoised + keep * (x - denoised)
+        x = torch.lerp(denoised, x, keep)  # D + keep·(y − D), one fused kernel
         if sigma_up > 0:
-            x = x + sigma_up * noise(sigma, sigma_next)
+            x = x.add_(noise(sigma, sigma_next), alpha=sigma_up)
         report(callback, x, i, sigma, denoised)
     return x
