@@ -11,35 +11,51 @@ from diffkit import registry
 from diffkit.errors import ConfigError
 from diffkit.samplers.common import Callback, Generator, randn_like
 from diffkit.schedules.base import DiscreteSchedule
+from diffkit.schedules.grids import user_sigmas
 
 
 def sample(
     denoiser: Callable[..., torch.Tensor],
     shape: Sequence[int],
     *,
-    schedule: str | DiscreteSchedule,
     sampler: str | Callable[..., torch.Tensor],
-    steps: int,
+    schedule: str | DiscreteSchedule | None = None,
+    steps: int | None = None,
+    spacing: str | None = None,
+    spacing_options: Mapping[str, Any] | None = None,
+    steps_offset: int | None = None,
+    sigmas: torch.Tensor | Sequence[float] | None = None,
+    timesteps: torch.Tensor | Sequence[int] | None = None,
     generator: Generator = None,
     cond: Any = None,
     callback: Callback | None = None,
-    spacing: str = "leading",
-    steps_offset: int = 0,
     sampler_options: Mapping[str, Any] | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Sample ``shape`` from ``denoiser`` with ``steps`` steps of ``sampler``.
+    """Sample ``shape`` from ``denoiser`` with ``sampler`` on a σ grid.
+
+    The grid comes from exactly one of ``steps`` (with ``spacing``), ``sigmas`` or
+    ``timesteps``.
 
     Args:
         denoiser: ``D(x, sigma[B], cond) -> x0 estimate`` (e.g. a :class:`~diffkit.denoisers.VPDenoiser`).
         shape: the output shape ``[B, ...]``.
-        schedule: a registered schedule name (default config) or a schedule object.
         sampler: a registered sampler name or a function with the sampler contract.
-        steps: number of sampler steps, 1..T.
+        schedule: a registered schedule name (default config) or a schedule object; needed
+            with ``steps`` and ``timesteps``, not with ``sigmas``.
+        steps: number of sampler steps: 1..T for timestep spacings, any N ≥ 1 for σ spacings.
+        spacing: a name in :data:`diffkit.schedules.SPACINGS` (default ``"leading"``):
+            ``leading``/``trailing``/``linspace`` or ``karras``/``exponential``/``logsnr_uniform``.
+        spacing_options: the spacing's options, e.g. ``{"rho": 5.0}`` or
+            ``{"sigma_min": 0.03, "sigma_max": 14.6}`` (see ``schedule.sigmas_for``).
+        steps_offset: added to ``leading`` timesteps (1 for Stable Diffusion).
+        sigmas: the noise levels themselves: finite, strictly decreasing, ≥ 0; a final 0 is
+            appended when the last value is positive.
+        timesteps: training timesteps (strictly decreasing, in 0..T−1); σ from the schedule's
+            table, then 0.
         generator: one ``torch.Generator``, or a list with one per sample so that each
             sample is independent of the batch size.
-        spacing: timestep spacing (``"leading"``, ``"trailing"``, ``"linspace"``).
         sampler_options: keyword options for the sampler (e.g. ``{"eta": 1.0}``).
 
     Returns:
@@ -54,10 +70,53 @@ def sample(
     shape = tuple(int(n) for n in shape)
     if not shape or any(n <= 0 for n in shape):
         raise ConfigError(f"shape must be a non-empty sequence of positive sizes, got {shape}")
-    sigmas = schedule.sigmas_for(steps, spacing, steps_offset=steps_offset)
+    grid = sigma_grid(
+        schedule, steps=steps, spacing=spacing, spacing_options=spacing_options,
+        steps_offset=steps_offset, sigmas=sigmas, timesteps=timesteps,
+    )
     template = torch.empty(shape, dtype=dtype, device=device)
-    x = randn_like(template, generator) * float(sigmas[0])
-    return sampler_fn(denoiser, x, sigmas, cond=cond, generator=generator, callback=callback)
+    x = randn_like(template, generator) * float(grid[0])
+    return sampler_fn(denoiser, x, grid, cond=cond, generator=generator, callback=callback)
+
+
+def sigma_grid(
+    schedule: DiscreteSchedule | None,
+    *,
+    steps: int | None = None,
+    spacing: str | None = None,
+    spacing_options: Mapping[str, Any] | None = None,
+    steps_offset: int | None = None,
+    sigmas: Any = None,
+    timesteps: Any = None,
+) -> torch.Tensor:
+    """The float64 CPU σ grid [N + 1] ``sample`` runs on, from exactly one of steps / sigmas / timesteps."""
+    sources = {"steps": steps, "sigmas": sigmas, "timesteps": timesteps}
+    given = [name for name, value in sources.items() if value is not None]
+    if len(given) != 1:
+        got = f"got {' and '.join(given)}" if given else "got none"
+        raise ConfigError(f"pass exactly one of steps= (with spacing=), sigmas= or timesteps=; {got}")
+    spacing_args = {"spacing": spacing, "spacing_options": spacing_options, "steps_offset": steps_offset}
+    stray = [name for name, value in spacing_args.items() if value is not None]
+    if given[0] != "steps" and stray:
+        raise ConfigError(
+            f"{', '.join(stray)} only apply with steps=; {given[0]}= already gives every noise level"
+        )
+    if given[0] == "sigmas":
+        return user_sigmas(sigmas)
+    if schedule is None:
+        raise ConfigError(f"{given[0]}= needs a schedule (a name such as 'linear' or a schedule object)")
+    if given[0] == "timesteps":
+        return schedule.sigmas_from_timesteps(timesteps)
+    if spacing_options is not None and not isinstance(spacing_options, Mapping):
+        raise ConfigError(
+            f"spacing_options must be a mapping of option names to values, got {type(spacing_options).__name__}"
+        )
+    kwargs = dict(spacing_options or {})
+    if steps_offset is not None:
+        if "steps_offset" in kwargs:
+            raise ConfigError("steps_offset is given twice: as steps_offset= and in spacing_options")
+        kwargs["steps_offset"] = steps_offset
+    return schedule.sigmas_for(steps, spacing if spacing is not None else "leading", **kwargs)
 
 
 def _bind(fn: Callable[..., Any], options: dict[str, Any]) -> Callable[..., Any]:

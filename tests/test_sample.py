@@ -65,3 +65,93 @@ def test_sample_errors_name_what_is_valid():
     with pytest.raises(UnknownNameError, match="'eta'"):
         diffkit.sample(exact_denoiser(), (1, 2), schedule="linear", sampler="ddim", steps=5,
                        sampler_options={"etaa": 1})
+
+
+# -- choosing the σ grid: steps + spacing (+ options), sigmas=, timesteps= -------------------
+
+
+def run(**kwargs):
+    """One ddim run on the exact linear-schedule model from a fixed seed (float64)."""
+    kwargs.setdefault("schedule", "linear")
+    return diffkit.sample(exact_denoiser(), (3, 2), sampler="ddim", dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(0), **kwargs)
+
+
+def test_spacing_options_reach_the_spacing():
+    schedule = diffkit.build("schedule", "linear")
+    grid = schedule.sigmas_for(10, "karras", rho=5.0, sigma_min=0.05)
+    a = run(steps=10, spacing="karras", spacing_options={"rho": 5.0, "sigma_min": 0.05})
+    assert torch.equal(a, run(sigmas=grid))
+    assert not torch.equal(a, run(steps=10, spacing="karras"))  # ρ = 7 is another grid
+    # steps_offset as an argument or as a spacing option: the same leading grid
+    assert torch.equal(run(steps=10, steps_offset=1), run(steps=10, spacing_options={"steps_offset": 1}))
+    assert torch.equal(run(steps=10, steps_offset=1), run(sigmas=schedule.sigmas_for(10, steps_offset=1)))
+
+
+def test_user_sigmas_get_their_final_zero_appended():
+    a = run(sigmas=[80.0, 10.0, 1.0, 0.1])
+    b = run(sigmas=torch.tensor([80.0, 10.0, 1.0, 0.1, 0.0], dtype=torch.float64))
+    assert torch.equal(a, b)
+    steps_seen = []
+    diffkit.sample(exact_denoiser(), (1, 2), sampler="ddim", sigmas=[5.0, 1.0],
+                   callback=lambda info: steps_seen.append(info["sigma"]))
+    assert steps_seen == [5.0, 1.0]  # two steps: 5 → 1 → 0
+    # no schedule is needed with explicit σ
+    assert torch.isfinite(run(sigmas=[3.0, 0.5], schedule=None)).all()
+
+
+def test_user_timesteps_use_the_schedule_table():
+    schedule = diffkit.build("schedule", "linear")
+    assert torch.equal(run(timesteps=[999, 500, 20]), run(sigmas=schedule.sigmas_from_timesteps([999, 500, 20])))
+    with pytest.raises(ConfigError, match="strictly decreasing"):
+        run(timesteps=[10, 500])
+
+
+@pytest.mark.parametrize(
+    "sigmas, message",
+    [
+        ([1.0, float("nan"), 0.0], r"finite and ≥ 0; sigmas\[1\] = nan"),
+        ([float("inf"), 1.0], "finite"),
+        ([1.0, -0.5], r"≥ 0; sigmas\[1\] = -0.5"),
+        ([1.0, 2.0, 0.0], r"strictly decreasing, but sigmas\[0\] = 1.0 and sigmas\[1\] = 2.0"),
+        ([2.0, 2.0, 0.0], "strictly decreasing"),
+        ([2.0, 0.0, 0.0], "strictly decreasing"),
+        ([1.0, 0.0, 0.5], "strictly decreasing"),
+        ([0.0], "at least one positive noise level"),
+        ([], "non-empty"),
+        ([[2.0, 1.0, 0.0]], "1-D"),
+        ("abc", "sequence of numbers"),
+    ],
+)
+def test_bad_user_sigmas_are_clear_errors(sigmas, message):
+    with pytest.raises(ConfigError, match=message):
+        run(sigmas=sigmas)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"steps": 10, "sigmas": [1.0, 0.0]}, "exactly one of steps=.*got steps and sigmas"),
+        ({"steps": 10, "timesteps": [9, 0]}, "got steps and timesteps"),
+        ({"sigmas": [1.0, 0.0], "timesteps": [9, 0]}, "got sigmas and timesteps"),
+        ({}, "exactly one of .*got none"),
+        ({"sigmas": [1.0, 0.0], "spacing": "karras"}, "spacing only apply with steps="),
+        ({"timesteps": [9, 0], "spacing_options": {"rho": 3}}, "spacing_options only apply with steps="),
+        ({"sigmas": [1.0, 0.0], "steps_offset": 1}, "steps_offset only apply with steps="),
+        ({"timesteps": [9, 0], "schedule": None}, "timesteps= needs a schedule"),
+        ({"steps": 10, "schedule": None}, "steps= needs a schedule"),
+        ({"steps": 10, "steps_offset": 1, "spacing_options": {"steps_offset": 1}}, "given twice"),
+        ({"steps": 10, "spacing_options": [("rho", 3)]}, "must be a mapping"),
+        ({"steps": 10, "spacing": "karras", "spacing_options": {"rhoo": 3}}, "did you mean 'rho'"),
+        ({"steps": 10, "spacing": "trailing", "spacing_options": {"rho": 3}}, "only applies to 'karras'"),
+        ({"steps": 10, "spacing": "karass"}, "did you mean 'karras'"),
+    ],
+)
+def test_grid_arguments_are_checked(kwargs, message):
+    with pytest.raises((ConfigError, UnknownNameError), match=message):
+        run(**kwargs)
+
+
+def test_sigma_spacings_are_not_capped_at_the_training_steps():
+    out = run(steps=1500, spacing="exponential")
+    assert abs(float(out.mean()) - MU) < 1 and torch.isfinite(out).all()

@@ -1,6 +1,8 @@
 """Noise schedules: ᾱ_t tables and the spacings that turn N steps into a σ sequence."""
 
 from diffkit.schedules.base import ALPHA_BAR_FLOOR, DiscreteSchedule
+from diffkit.schedules.grids import SPACINGS, spacing_options
+from diffkit.schedules.sigma_spacing import SIGMA_SPACINGS
 from diffkit.schedules.spacing import TIMESTEP_SPACINGS
 from diffkit.schedules.vp import CosineSchedule, LinearSchedule, ScaledLinearSchedule, SigmoidSchedule
 
@@ -12,7 +14,10 @@ __all__ = [
     "DiscreteSchedule",
     "LinearSchedule",
     "ScaledLinearSchedule",
+    "SIGMA_SPACINGS",
+    "SPACINGS",
     "Schedule",
     "SigmoidSchedule",
     "TIMESTEP_SPACINGS",
+    "spacing_options",
 ]

@@ -21,6 +21,8 @@ import torch
 
 from diffkit.errors import ConfigError
 from diffkit.schedules.betas import rescale_to_zero_terminal_snr
+from diffkit.schedules.grids import spacing_grid
+from diffkit.schedules.sigma_spacing import SIGMA_SPACINGS
 from diffkit.schedules.spacing import check_timesteps, spaced_timesteps
 
 # With zero terminal SNR ᾱ_{T−1} = 0 and σ_{T−1} = ∞. The σ table replaces that one zero by
@@ -111,12 +113,41 @@ class DiscreteSchedule:
     # -- inference grids ------------------------------------------------------------------
 
     def timesteps(self, steps: int, spacing: str = "leading", *, steps_offset: int = 0) -> torch.Tensor:
-        """The decreasing int64 training timesteps [steps] an N-step sampler visits."""
+        """The decreasing int64 training timesteps [steps] an N-step sampler visits.
+
+        Only for the timestep spacings (``leading``, ``trailing``, ``linspace``); σ spacings
+        place continuous σ, whose fractional timesteps are ``sigma_to_t(sigmas_for(...)[:-1])``.
+        """
+        if spacing in SIGMA_SPACINGS:
+            raise ConfigError(
+                f"{spacing!r} is a σ spacing: it places continuous σ, not training timesteps; use "
+                f"sigmas_for(steps, {spacing!r}) and sigma_to_t for the fractional timesteps"
+            )
         return spaced_timesteps(self.num_train_timesteps, steps, spacing, steps_offset)
 
-    def sigmas_for(self, steps: int, spacing: str = "leading", *, steps_offset: int = 0) -> torch.Tensor:
-        """The σ sequence for an N-step sampler: float64 CPU [steps + 1], decreasing, last 0."""
-        return self.sigmas_from_timesteps(self.timesteps(steps, spacing, steps_offset=steps_offset))
+    def sigmas_for(
+        self, steps: int, spacing: str = "leading", *, steps_offset: int = 0, **options: Any
+    ) -> torch.Tensor:
+        """The σ sequence for an N-step sampler: float64 CPU [steps + 1], strictly decreasing, last 0.
+
+        Args:
+            steps: N. Timestep spacings take 1..T; σ spacings any integer ≥ 1.
+            spacing: a name in :data:`diffkit.schedules.SPACINGS` — ``leading``, ``trailing``,
+                ``linspace`` (σ at table timesteps, diffusers' definitions) or ``karras``,
+                ``exponential``, ``logsnr_uniform`` (continuous σ between the table's ends).
+            steps_offset: added to ``leading`` timesteps (1 for Stable Diffusion); 0 is
+                accepted by every spacing, anything else only by ``leading``.
+            **options: the spacing's own options, e.g. ``rho=5.0`` for ``karras`` and
+                ``sigma_min``/``sigma_max`` for the σ spacings (default: the table's ends
+                σ_0 and σ_{T−1}; a σ outside the table is allowed, the network then sees
+                t clamped to 0 or T−1). An option the spacing does not take is an error
+                naming the valid ones.
+
+        Example: ``schedule.sigmas_for(20, "karras", rho=7.0, sigma_min=0.03)``.
+        """
+        if not (type(steps_offset) is int and steps_offset == 0):
+            options["steps_offset"] = steps_offset
+        return spacing_grid(self, steps, spacing, options)
 
     def sigmas_from_timesteps(self, timesteps: Any) -> torch.Tensor:
         """σ at user-given timesteps (strictly decreasing, in 0..T−1), with a final 0 appended."""

@@ -7,6 +7,8 @@ Definitions follow diffusers' ``timestep_spacing`` (and so the DDIM/DDPM papers'
 ``linspace``  t_i = round(linspace(0, T−1, N)) reversed (starts at T−1, ends at 0)
 
 Every function returns an int64 tensor of shape [N], strictly decreasing, inside [0, T−1].
+The σ spacings (karras, exponential, logsnr_uniform) are in :mod:`diffkit.schedules.sigma_spacing`;
+:data:`diffkit.schedules.SPACINGS` lists all six.
 """
 
 from __future__ import annotations
