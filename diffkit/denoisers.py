@@ -1,27 +1,60 @@
-"""Parameterization adapters: a network trained on discrete VP timesteps → ``D(x, σ, cond)``.
+"""Parameterization adapters: a network → the σ-form denoiser ``D(x, σ, cond)``.
 
-A network predicts ε, x0 or v from the VP input x_t at timestep t. Samplers only ever see
-the σ-form denoiser D(y, σ) ≈ E[x0 | y = x0 + σε], so they never branch on the
-parameterization (k-diffusion's ``DiscreteEpsDDPMDenoiser`` idea). With ᾱ = 1/(1+σ²):
+Samplers only ever see D(y, σ) ≈ E[x0 | y = x0 + σε], so they never branch on what the
+network predicts (k-diffusion's ``DiscreteEpsDDPMDenoiser`` / NVlabs' ``EDMPrecond`` idea).
+Every adapter here has the preconditioned form of Karras et al. 2022 (Table 1),
 
-    c_in = √ᾱ = 1/√(1+σ²),   x_t = c_in · y,   t = schedule.sigma_to_t(σ)
-    ε-prediction:  D = y − σ · ε̂
-    x0-prediction: D = x̂0
-    v-prediction:  D = √ᾱ x_t − √(1−ᾱ) v̂ = c_in² · y − σ c_in · v̂     (v = √ᾱ ε − √(1−ᾱ) x0,
-                   Salimans & Ho 2022)
+    D(y; σ) = c_skip(σ) · y + c_out(σ) · F(c_in(σ) · y; c_noise(σ)),
+
+with these coefficients (VP: ᾱ = 1/(1+σ²), x_t = √ᾱ · y is what the network sees):
+
+    parameterization   c_skip            c_out             c_in             noise input
+    ε   (VP)           1                 −σ                1/√(1+σ²)        t = schedule.sigma_to_t(σ)
+    x0  (VP)           0                 1                 1/√(1+σ²)        t
+    v   (VP)           1/(1+σ²)          −σ/√(1+σ²)        1/√(1+σ²)        t
+    EDM                σd²/(σ²+σd²)      σσd/√(σ²+σd²)     1/√(σ²+σd²)      c_noise = ¼ ln σ
+
+(v = √ᾱ ε − √(1−ᾱ) x0, Salimans & Ho 2022).
+
+Learned variance (Nichol & Dhariwal 2021): a VP network may output 2C channels, the C
+prediction channels followed by C channels v_raw ∈ [−1, 1] that set the DDPM step variance;
+``forward_with_variance`` returns (x0, frac = (v_raw + 1)/2) for ``ddpm(variance="learned")``.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import torch
 from torch import nn
 
-from diffkit.errors import ShapeError, check_choice
+from diffkit.errors import ConfigError, ShapeError, check_choice
 from diffkit.schedules.base import DiscreteSchedule
 
 PREDICTIONS = ("eps", "x0", "v")
+
+
+def _check_sigma(x: torch.Tensor, sigma: torch.Tensor) -> None:
+    if sigma.shape != (x.shape[0],):
+        raise ShapeError(f"sigma must have shape [batch] = [{x.shape[0]}], got {tuple(sigma.shape)}")
+
+
+def _work_dtype(x: torch.Tensor) -> torch.dtype:
+    """Coefficients are computed in at least float32: in fp16 σ² overflows for σ > 255."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _per_sample(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """σ [B] → [B, 1, …, 1] in the working dtype, broadcastable against x."""
+    return sigma.to(_work_dtype(x)).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def _call(model: Any, x_in: torch.Tensor, noise_input: torch.Tensor, cond: Any) -> torch.Tensor:
+    # the conditioning record is passed only when there is one, so unconditional networks
+    # may take two arguments
+    return model(x_in, noise_input) if cond is None else model(x_in, noise_input, cond)
 
 
 class VPDenoiser(nn.Module):
@@ -31,38 +64,145 @@ class VPDenoiser(nn.Module):
         model: the network; called as ``model(x_t, t)`` or ``model(x_t, t, cond)`` when a
             conditioning record is given. ``t`` has shape [B].
         schedule: the training schedule (gives the σ ↔ t map).
-        prediction: ``"eps"``, ``"x0"`` or ``"v"``.
+        prediction: ``"eps"``, ``"x0"`` or ``"v"``. On a zero-terminal-SNR schedule
+            (ᾱ_{T−1} = 0) only ``"v"`` and ``"x0"`` are allowed: at ᾱ = 0 the network input is
+            pure noise, x_t = ε, so an ε-prediction carries no information about x0
+            (x0 = (x_t − √(1−ᾱ) ε̂)/√ᾱ divides by 0; Lin et al. 2024, §3.2 and §6).
         quantize: round t to the nearest integer timestep (for networks that only saw
             integers); otherwise t is fractional between table entries.
+        learned_variance: the network outputs 2C channels for a C-channel input: the
+            prediction, then v_raw ∈ [−1, 1] of improved DDPM (Nichol & Dhariwal 2021, eq. 15).
+            Calling the denoiser returns the x0 estimate from the first C channels;
+            :meth:`forward_with_variance` also returns the interpolation weight.
     """
 
     def __init__(
-        self, model: nn.Module, schedule: DiscreteSchedule, prediction: str = "eps", *, quantize: bool = False
+        self,
+        model: nn.Module,
+        schedule: DiscreteSchedule,
+        prediction: str = "eps",
+        *,
+        quantize: bool = False,
+        learned_variance: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.schedule = schedule
         self.prediction = check_choice("prediction type", prediction, PREDICTIONS)
+        if prediction == "eps" and float(schedule.alphas_cumprod[-1]) == 0:
+            raise ConfigError(
+                f"prediction='eps' cannot be used with a zero-terminal-SNR schedule ({type(schedule).__name__} "
+                "with ᾱ_{T−1} = 0): at ᾱ = 0 the network sees pure noise and an ε-prediction cannot recover x0 "
+                "(x0 = (x_t − √(1−ᾱ)·ε)/√ᾱ divides by 0); use prediction='v' or 'x0'"
+            )
         self.quantize = quantize
+        self.learned_variance = bool(learned_variance)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """x: [B, ...] in σ form; sigma: [B]. Returns the x0 estimate, shaped like x."""
-        if sigma.shape != (x.shape[0],):
-            raise ShapeError(f"sigma must have shape [batch] = [{x.shape[0]}], got {tuple(sigma.shape)}")
-        s = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))  # [B, 1, 1, 1]
-        c_in = torch.rsqrt(1 + s * s)
+        return self._predict(x, sigma, cond)[0]
+
+    def forward_with_variance(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0 estimate, frac), both shaped like x, for a ``learned_variance`` network.
+
+        frac = (v_raw + 1)/2 maps the network's v_raw ∈ [−1, 1] to the weight in [0, 1] of
+        log β in Σ = exp(frac·log β + (1 − frac)·log β̃) (improved DDPM's
+        ``frac = (model_var_values + 1) / 2``); it is not clamped, as there.
+        """
+        if not self.learned_variance:
+            raise ConfigError(
+                "forward_with_variance needs a network with a learned variance: build the "
+                "VPDenoiser with learned_variance=True (the network then outputs 2C channels)"
+            )
+        x0, v_raw = self._predict(x, sigma, cond)
+        return x0, (v_raw + 1) / 2
+
+    def _predict(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> tuple[torch.Tensor, Any]:
+        _check_sigma(x, sigma)
+        s = _per_sample(sigma, x)  # [B, 1, ..., 1]
+        c_in = torch.rsqrt(1 + s * s)  # √ᾱ = 1/√(1+σ²)
         t = self.schedule.sigma_to_t(sigma)
         if self.quantize:
             t = t.round().long()
-        x_t = x * c_in
-        out = self.model(x_t, t) if cond is None else self.model(x_t, t, cond)
-        if out.shape != x.shape:
+        out = _call(self.model, (x * c_in).to(x.dtype), t, cond)  # network input x_t = √ᾱ·y
+        v_raw = None
+        if self.learned_variance:
+            if x.ndim < 2 or out.shape != (x.shape[0], 2 * x.shape[1], *x.shape[2:]):
+                raise ShapeError(
+                    f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}; a learned-variance "
+                    f"model must return 2C channels along dim 1 (the {self.prediction!r} prediction, then v_raw)"
+                )
+            out, v_raw = out.chunk(2, dim=1)  # [B, C, ...] each
+        elif out.shape != x.shape:
             raise ShapeError(
                 f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}; a "
                 f"{self.prediction!r}-prediction model must return a tensor shaped like its input"
             )
+        out = out.to(s.dtype)
         if self.prediction == "eps":
-            return x - s * out
-        if self.prediction == "x0":
-            return out
-        return c_in * c_in * x - s * c_in * out
+            x0 = x - s * out  # D = y − σ·ε̂
+        elif self.prediction == "x0":
+            x0 = out
+        else:
+            # D = √ᾱ x_t − √(1−ᾱ) v̂ = y/(1+σ²) − σ/√(1+σ²)·v̂
+            x0 = c_in * c_in * x - s * c_in * out
+        return x0.to(x.dtype), v_raw
+
+
+def edm_preconditioning(
+    sigma: torch.Tensor, sigma_data: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(c_skip, c_out, c_in, c_noise) of Karras et al. 2022, Table 1 ("Ours"), shaped like sigma.
+
+    σ = 0 gives c_skip = 1, c_out = 0 (so D(x; 0) = x) and c_noise = ¼ ln(tiny), not −∞.
+    """
+    sd2 = sigma_data * sigma_data
+    total = sigma * sigma + sd2  # σ² + σd²
+    # skip: the share of y kept as is; minimizes the variance of the effective training target
+    c_skip = sd2 / total
+    # out: scales F so the effective training target has unit variance
+    c_out = sigma * sigma_data * torch.rsqrt(total)
+    # in: the network input c_in·y has unit variance when Var x0 = σd²
+    c_in = torch.rsqrt(total)
+    # noise: the network's noise-level input, ¼ ln σ
+    c_noise = sigma.clamp(min=torch.finfo(sigma.dtype).tiny).log() / 4
+    return c_skip, c_out, c_in, c_noise
+
+
+class EDMDenoiser(nn.Module):
+    """EDM preconditioning (Karras et al. 2022, §5 and Table 1) around a raw network F.
+
+        D(x; σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x; c_noise(σ))
+
+    σ is continuous (no schedule): F is called as ``model(c_in·x, c_noise)`` or
+    ``model(c_in·x, c_noise, cond)`` with c_noise of shape [B]. Coefficients are computed in
+    float32 (float64 for float64 input), the network input is cast to x's dtype, and D is
+    returned in x's dtype (as NVlabs' ``EDMPrecond.forward``).
+
+    Args:
+        model: the raw network F.
+        sigma_data: σd, the standard deviation of the data (0.5 for images in [−1, 1]).
+    """
+
+    def __init__(self, model: nn.Module, sigma_data: float = 0.5) -> None:
+        super().__init__()
+        if isinstance(sigma_data, bool) or not isinstance(sigma_data, numbers.Real) or not (
+            math.isfinite(sigma_data) and sigma_data > 0
+        ):
+            raise ConfigError(f"sigma_data must be a finite number > 0, got {sigma_data!r}")
+        self.model = model
+        self.sigma_data = float(sigma_data)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """x: [B, ...] in σ form; sigma: [B]. Returns the x0 estimate, shaped like x."""
+        _check_sigma(x, sigma)
+        c_skip, c_out, c_in, c_noise = edm_preconditioning(_per_sample(sigma, x), self.sigma_data)
+        out = _call(self.model, (c_in * x).to(x.dtype), c_noise.reshape(-1), cond)  # F(c_in·x; c_noise)
+        if out.shape != x.shape:
+            raise ShapeError(
+                f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}; the EDM network F "
+                "must return a tensor shaped like its input"
+            )
+        return (c_skip * x + c_out * out.to(c_out.dtype)).to(x.dtype)

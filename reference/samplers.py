@@ -92,7 +92,7 @@ def ddpm_sample(
     x: ArrayLike,
     sigmas: ArrayLike,
     *,
-    variance: Literal["small", "large"] = "small",
+    variance: Literal["small", "large", "learned"] = "small",
     noise_sampler: Optional[NoiseSampler] = None,
     cond: Any = None,
 ) -> F64:
@@ -100,16 +100,26 @@ def ddpm_sample(
 
     Per step: convert to VP as in ddim_sample, then
         x_prev = ddpm_step(x_t, D(y, sigma), abar, abar_prev, noise, variance);  y = x_prev / sqrt(abar_prev).
-    variance "small" (beta~) or "large" (beta); "learned" needs a per-step v the denoiser contract
-    does not provide, so it is rejected. noise_sampler is called for every step except the last.
+    variance "small" (beta~), "large" (beta) or "learned" (Nichol & Dhariwal 2021, eq. 15:
+    var = exp(frac log beta + (1 - frac) log beta~), per element). For "learned" the denoiser returns
+    a pair (x0 estimate, frac), frac in [0, 1] shaped like y (frac = (v_raw + 1) / 2 of the network's
+    v_raw in [-1, 1]). noise_sampler is called for every step except the last.
     """
-    if variance not in ("small", "large"):
-        raise ValueError(f"variance must be 'small' or 'large' for ddpm_sample, got {variance!r}")
+    if variance not in ("small", "large", "learned"):
+        raise ValueError(f"variance must be 'small', 'large' or 'learned' for ddpm_sample, got {variance!r}")
     s = _check_sigmas(sigmas)
     y = np.asarray(x, dtype=np.float64)
     for sigma, sigma_next in zip(s[:-1], s[1:]):
         sigma, sigma_next = float(sigma), float(sigma_next)
-        x0_hat = _x0_estimate(denoiser, y, sigma, cond)
+        frac = None
+        if variance == "learned":
+            sigma_batch = np.full(y.shape[0], sigma, dtype=np.float64)  # shape [B]
+            out = denoiser(y, sigma_batch, cond)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise ValueError('variance="learned" needs a denoiser returning the pair (x0 estimate, frac)')
+            x0_hat, frac = (np.asarray(o, dtype=np.float64) for o in out)
+        else:
+            x0_hat = _x0_estimate(denoiser, y, sigma, cond)
         abar = float(alphas_cumprod_from_sigmas(sigma))
         abar_prev = float(alphas_cumprod_from_sigmas(sigma_next))
         x_t = np.sqrt(abar) * y
@@ -118,7 +128,7 @@ def ddpm_sample(
             if noise_sampler is None:
                 raise ValueError("noise_sampler is required for ddpm_sample")
             noise = np.asarray(noise_sampler(sigma, sigma_next), dtype=np.float64)
-        x_prev = ddpm_step(x_t, x0_hat, abar, abar_prev, noise, variance=variance)
+        x_prev = ddpm_step(x_t, x0_hat, abar, abar_prev, noise, variance=variance, v=frac)
         y = x_prev / np.sqrt(abar_prev)
     return y
 
