@@ -1,0 +1,151 @@
+"""Ancestral samplers in σ form: Euler ancestral and DPM-Solver++(2S) ancestral (k-diffusion).
+
+An ancestral step σ → σ' splits σ' into a deterministic part and fresh noise
+(DDIM eq. 16 in σ form, :func:`~diffkit.samplers.common.ancestral_sigmas`):
+
+    σ_up   = min(σ', η · σ' · √(σ² − σ'²) / σ)        (clamped: σ_down is never √ of a negative)
+    σ_down = √(σ'² − σ_up²)
+    y'     = ODE step σ → σ_down  +  s_noise · σ_up · z,     z ~ N(0, I)
+
+Euler ancestral takes an Euler step of dy/dσ = (y − D)/σ to σ_down; DPM-Solver++(2S)
+ancestral takes a second-order single-step exponential-integrator step (Lu et al. 2022,
+"DPM-Solver++", Alg. 1 with r = 1/2) to σ_down. Both become D itself when σ_down = 0 (the
+last step into σ = 0, or η large enough that σ_up reaches σ').
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+import torch
+
+from diffkit.errors import ConfigError
+from diffkit.samplers.common import (
+    Callback,
+    Denoiser,
+    Generator,
+    NoiseSampler,
+    ancestral_loop,
+    ancestral_sigmas,
+    check_eta,
+    default_noise_sampler,
+    denoise,
+    report,
+    sigma_levels,
+)
+
+
+def check_s_noise(s_noise: float) -> float:
+    """s_noise (the noise multiplier of k-diffusion's samplers) must be a finite number ≥ 0."""
+    ok = not isinstance(s_noise, bool) and isinstance(s_noise, (int, float))
+    if not ok or not math.isfinite(s_noise) or s_noise < 0:
+        raise ConfigError(f"s_noise must be a finite number ≥ 0 (1 = the sampler's own noise), got {s_noise!r}")
+    return float(s_noise)
+
+
+@attrs.frozen(kw_only=True)
+class AncestralOptions:
+    """Options of :func:`euler_ancestral` and :func:`dpmpp_2s_ancestral`."""
+
+    eta: float = attrs.field(default=1.0, validator=lambda _i, _a, v: check_eta(v))
+    """η ≥ 0 of σ_up (DDIM eq. 16): 0 is the deterministic ODE solver, 1 is DDPM-like noise."""
+
+    s_noise: float = attrs.field(default=1.0, validator=lambda _i, _a, v: check_s_noise(v))
+    """Multiplies the added noise σ_up·z (not σ_down): < 1 leaves the result a little less noisy."""
+
+
+def euler_ancestral(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    cond: Any = None,
+    generator: Generator = None,
+    callback: Callback | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+) -> torch.Tensor:
+    """Ancestral sampling with Euler steps (k-diffusion ``sample_euler_ancestral``).
+
+    Per step: an Euler step of dy/dσ = (y − D)/σ from σ to σ_down, then s_noise·σ_up·z.
+    With η = 0 this is Euler (= DDIM η = 0); with η = 1 it equals DDIM η = 1 when s_noise = 1.
+
+    Args:
+        denoiser: ``denoiser(x, sigma[B], cond) -> x0 estimate``.
+        x: the starting point in σ form, ``noise * sigmas[0]``, shape [B, ...].
+        sigmas: decreasing σ levels ending at 0 (any device; read once as float64).
+        eta: η ≥ 0 of σ_up.
+        s_noise: multiplier of the added noise.
+        noise_sampler: ``(sigma, sigma_next) -> N(0, I) like x``; defaults to ``generator``.
+            Called once per step that adds noise (never on the last step into σ = 0).
+    """
+    eta, s_noise = check_eta(eta), check_s_noise(s_noise)
+
+    def rule(sigma: float, sigma_next: float) -> tuple[float, float]:
+        # Euler to σ_down: y + (σ_down − σ)(y − D)/σ = D + (σ_down/σ)(y − D); at σ_down = 0 exactly D
+        sigma_down, sigma_up = ancestral_sigmas(sigma, sigma_next, eta)
+        return sigma_down / sigma, s_noise * sigma_up
+
+    return ancestral_loop(
+        denoiser, x, sigmas, rule, cond=cond, generator=generator, callback=callback, noise_sampler=noise_sampler
+    )
+
+
+def dpmpp_2s_ancestral(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    cond: Any = None,
+    generator: Generator = None,
+    callback: Callback | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2S) ancestral (k-diffusion ``sample_dpmpp_2s_ancestral``), two D per step.
+
+    Per step σ → σ' with (σ_down, σ_up) as above and λ = −log σ, h = log(σ/σ_down):
+
+        σ_mid = σ·e^{−h/2} = √(σ·σ_down)                 (the λ-midpoint, r = 1/2)
+        u     = D + (σ_mid/σ)(y − D)                     (DPM-Solver++(1) to σ_mid)
+        D_mid = D(u, σ_mid)
+        y'    = D_mid + (σ_down/σ)(y − D_mid)  +  s_noise·σ_up·z
+
+    (DPM-Solver++ Alg. 1: x_t = (σ_t/σ_s) x_s − α_t(e^{−h} − 1) D_mid, divided by α_t.)
+    When σ_down = 0 (the last step, or η ≥ the clamp) the step is Euler to 0, i.e. y' = D.
+    With η = 0 this is the deterministic, second-order DPM-Solver++(2S).
+
+    Args:
+        denoiser: ``denoiser(x, sigma[B], cond) -> x0 estimate``.
+        x: the starting point in σ form, ``noise * sigmas[0]``, shape [B, ...].
+        sigmas: decreasing σ levels ending at 0 (any device; read once as float64).
+        eta: η ≥ 0 of σ_up.
+        s_noise: multiplier of the added noise.
+        noise_sampler: ``(sigma, sigma_next) -> N(0, I) like x``; defaults to ``generator``.
+            Called once per step that adds noise (never on the last step into σ = 0).
+    """
+    eta, s_noise = check_eta(eta), check_s_noise(s_noise)
+    levels = sigma_levels(sigmas)  # Python floats: coefficients in float64, no device sync per step
+    noise = noise_sampler or default_noise_sampler(x, generator)
+    for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
+        denoised = denoise(denoiser, x, sigma, cond)  # D(y, σ), [B, ...]
+        # σ_down² + σ_up² = σ'², with σ_up ≤ σ' (clamped), so σ_down is real
+        sigma_down, sigma_up = ancestral_sigmas(sigma, sigma_next, eta)
+        if sigma_down == 0:
+            # Euler step to σ_down = 0: y + (0 − σ)(y − D)/σ = D
+            x = denoised
+        else:
+            # DPM-Solver++(2S): first-order step to the λ-midpoint, then the full step with D_mid
+            sigma_mid = math.sqrt(sigma * sigma_down)  # e^{−(λ + h/2)}, λ = −log σ
+            u = torch.lerp(denoised, x, sigma_mid / sigma)  # D + (σ_mid/σ)(y − D), [B, ...]
+            denoised_mid = denoise(denoiser, u, sigma_mid, cond)  # D_mid, [B, ...]
+            x = torch.lerp(denoised_mid, x, sigma_down / sigma)  # D_mid + (σ_down/σ)(y − D_mid)
+        if s_noise * sigma_up > 0:
+            # ancestral noise: brings the noise level from σ_down back up to σ'
+            x = x + (s_noise * sigma_up) * noise(sigma, sigma_next)
+        report(callback, x, i, sigma, denoised)
+    return x
