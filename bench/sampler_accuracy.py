@@ -1,0 +1,165 @@
+"""Accuracy against NFE: diffkit's deterministic samplers and their diffusers peers, same run.
+
+Data: the conformance kit's Gaussian mixture (d = 4; one broad anisotropic component and two
+tight ones), whose exact denoiser is closed-form. Linear β schedule, T = 1000. Every run starts
+from the same VP noise z (x_T = z, i.e. y = z·√(1+σ_start²) in σ form) and is scored against
+the exact probability-flow ODE endpoint from its own σ_start (RK4, float64):
+
+    error = √(mean_n ‖x0_n − x0_exact,n‖²) / √tr Cov[x0]
+
+Part 1 — each sampler with its diffusers peer on the peer's own σ grid (diffkit fed that grid),
+for diffusers' default spacing ("linspace") and "trailing": ratio diffkit/diffusers (goal ≤ 1.05).
+Part 2 — the best diffkit sampler × spacing at 10 NFE against the best diffusers scheduler ×
+spacing × Karras option at 10 NFE (goal ≤ 0.5×).
+
+    python bench/sampler_accuracy.py [--points 512] [--nfe 5 10 20 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import time
+
+import numpy as np
+import torch
+
+import diffkit
+from bench.peers import DIFFUSERS_PEERS, ExactEpsModel, diffusers_sigma_grid, make_scheduler, run_diffusers
+from diffkit.testing import problems
+from diffkit.testing.subject import resolve_sampler
+
+SCHEDULE = diffkit.build("schedule", "linear")
+DATA = problems.data("mixture")
+SCALE = problems.scale("mixture")
+SPACINGS = tuple(getattr(diffkit.schedules, "SPACINGS", ("leading", "linspace", "trailing")))
+
+
+class CountingDenoiser:
+    """diffkit's denoiser for the data (σ form), counting calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, y: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+        self.calls += 1
+        return torch.from_numpy(DATA.denoise(y.double().numpy(), sigma.double().numpy()))
+
+
+def error(x0: torch.Tensor, y_start: torch.Tensor, sigma_start: float) -> float:
+    exact = DATA.ode_solution(y_start.numpy(), sigma_start)
+    return float(np.sqrt(np.mean(np.sum((x0.double().numpy() - exact) ** 2, axis=-1)))) / SCALE
+
+
+def run_diffkit(sampler: str, sigmas: torch.Tensor, z: torch.Tensor) -> tuple[float, int]:
+    """(error, NFE) of a diffkit sampler on the σ grid ``sigmas`` from VP noise z."""
+    denoiser = CountingDenoiser()
+    y = z.double() * math.sqrt(1 + float(sigmas[0]) ** 2)
+    out = diffkit.get("sampler", sampler)(denoiser, y, sigmas)
+    return error(out, y, float(sigmas[0])), denoiser.calls
+
+
+def steps_for_nfe(run_calls, nfe: int) -> int | None:
+    """The largest step count whose run makes at most ``nfe`` denoiser calls."""
+    best = None
+    for steps in range(1, nfe + 1):
+        if run_calls(steps) <= nfe:
+            best = steps
+    return best
+
+
+def peer_calls(name: str, spacing: str, steps: int, **extra) -> int:
+    scheduler = make_scheduler(name, SCHEDULE, spacing, **extra)
+    scheduler.set_timesteps(steps)
+    model = ExactEpsModel(DATA.denoise, SCHEDULE)
+    run_diffusers(scheduler, model, torch.zeros(1, problems.DIM))
+    return model.calls
+
+
+def side_by_side(name: str, spacing: str, nfe: int, z: torch.Tensor, **extra) -> dict | None:
+    steps = steps_for_nfe(lambda s: peer_calls(name, spacing, s, **extra), nfe)
+    if steps is None:
+        return None
+    scheduler = make_scheduler(name, SCHEDULE, spacing, **extra)
+    scheduler.set_timesteps(steps)
+    sigmas = diffusers_sigma_grid(scheduler, SCHEDULE)
+    model = ExactEpsModel(DATA.denoise, SCHEDULE)
+    theirs = run_diffusers(scheduler, model, z)
+    y = z.double() * math.sqrt(1 + float(sigmas[0]) ** 2)
+    their_error = error(theirs, y, float(sigmas[0]))
+    our_error, our_calls = run_diffkit(name, sigmas, z)
+    return {
+        "steps": steps, "nfe": model.calls, "our_nfe": our_calls, "ours": our_error, "theirs": their_error,
+        "sigma_start": float(sigmas[0]),
+    }
+
+
+def _has_option(name: str, option: str) -> bool:
+    import inspect
+
+    import diffusers
+
+    return option in inspect.signature(getattr(diffusers, DIFFUSERS_PEERS[name][0]).__init__).parameters
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--points", type=int, default=512)
+    parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50])
+    args = parser.parse_args()
+    z = torch.randn(args.points, problems.DIM, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    start = time.perf_counter()
+    print(f"# machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, points {args.points}")
+    available = [n for n in DIFFUSERS_PEERS if n in diffkit.names("sampler")]
+    deterministic = [n for n in diffkit.names("sampler") if not resolve_sampler(n).stochastic]
+
+    print("\n## Part 1: each sampler against its diffusers peer on the peer's σ grid")
+    print("| sampler | spacing | NFE | diffkit error | diffusers error | ratio |")
+    print("|---|---|---|---|---|---|")
+    for name in available:
+        for spacing in ("linspace", "trailing"):
+            for nfe in args.nfe:
+                row = side_by_side(name, spacing, nfe, z)
+                if row is None:
+                    continue
+                ratio = row["ours"] / row["theirs"] if row["theirs"] > 0 else float("nan")
+                nfe_note = row["nfe"] if row["our_nfe"] == row["nfe"] else f"{row['nfe']} (diffkit {row['our_nfe']})"
+                print(f"| {name} | {spacing} | {nfe_note} | {row['ours']:.3e} | {row['theirs']:.3e} | {ratio:.3f} |")
+
+    print("\n## Part 2: best at 10 NFE, every run starting at the table's σ_max (t = T−1)")
+    sigma_max = SCHEDULE.sigma_max
+    best_theirs = (math.inf, "")
+    for name in available:
+        karras_options = (False, True) if _has_option(name, "use_karras_sigmas") else (False,)
+        for spacing in ("leading", "linspace", "trailing"):
+            for karras in karras_options:
+                extra = {"use_karras_sigmas": True} if karras else {}
+                row = side_by_side(name, spacing, 10, z, **extra)
+                if row is None or abs(row["sigma_start"] / sigma_max - 1) > 1e-6:
+                    continue
+                print(f"  diffusers {name:<12} {spacing:<9} karras={karras!s:<5} NFE {row['nfe']:>2}: {row['theirs']:.3e}")
+                if row["theirs"] < best_theirs[0]:
+                    label = f"{name} ({DIFFUSERS_PEERS[name][0]}), {spacing}, karras={karras}, {row['nfe']} NFE"
+                    best_theirs = (row["theirs"], label)
+    print(f"best diffusers: {best_theirs[0]:.3e} — {best_theirs[1]}")
+    best_ours = (math.inf, "")
+    for name in deterministic:
+        for spacing in SPACINGS:
+            steps = steps_for_nfe(lambda s: run_diffkit(name, SCHEDULE.sigmas_for(s, spacing), z[:1])[1], 10)
+            if steps is None:
+                continue
+            sigmas = SCHEDULE.sigmas_for(steps, spacing)
+            if abs(float(sigmas[0]) / sigma_max - 1) > 1e-6:
+                continue
+            err, nfe = run_diffkit(name, sigmas, z)
+            print(f"  diffkit {name:<20} {spacing:<15} steps {steps:>2} NFE {nfe:>2}: {err:.3e}")
+            if err < best_ours[0]:
+                best_ours = (err, f"{name}, {spacing}, {nfe} NFE")
+    print(f"best diffkit:   {best_ours[0]:.3e} — {best_ours[1]}")
+    print(f"ratio best diffkit / best diffusers at 10 NFE: {best_ours[0] / best_theirs[0]:.3f} (goal ≤ 0.5)")
+    print(f"\n# {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Sampler overhead per step: diffkit's sampling loop against diffusers' ``scheduler.step()`` loop.
+
+The network is replaced by a trivial one (it returns its input), so what is timed is the solver's own
+work per step: coefficient arithmetic, tensor updates, bookkeeping. Both loops run the same
+number of steps on the same tensors, CPU, same process; the figure is the median of several
+repeats, per step, and the ratio diffkit/diffusers (goal ≤ 0.5).
+
+    python bench/sampler_overhead.py [--steps 50] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import platform
+import statistics
+import time
+
+import torch
+
+import diffkit
+from bench.peers import DIFFUSERS_PEERS, make_scheduler
+
+SCHEDULE = diffkit.build("schedule", "linear")
+SHAPES = [(1, 3, 32, 32), (16, 4, 64, 64)]
+
+
+def time_diffkit(name: str, x: torch.Tensor, sigmas: torch.Tensor) -> float:
+    def denoiser(y: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+        return y  # trivial network: no work, so only the solver is timed
+
+    sampler = diffkit.get("sampler", name)
+    generator = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    sampler(denoiser, x, sigmas, generator=generator)
+    return time.perf_counter() - start
+
+
+def time_diffusers(name: str, steps: int, x: torch.Tensor) -> float:
+    scheduler = make_scheduler(name, SCHEDULE, "trailing")  # schedulers are stateful: fresh per run
+    scheduler.set_timesteps(steps)  # outside the timing, like diffkit's sigmas_for
+    stochastic = "generator" in inspect.signature(scheduler.step).parameters
+    extra = {"generator": torch.Generator().manual_seed(0)} if stochastic else {}
+    start = time.perf_counter()
+    sample = x
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(sample, t)
+        eps = model_input  # the same trivial network
+        sample = scheduler.step(eps, t, sample, **extra).prev_sample
+    return time.perf_counter() - start
+
+
+def median_time(run, repeats: int) -> float:
+    run()  # warm-up
+    return statistics.median(run() for _ in range(repeats))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    print(f"# machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"# {args.steps} steps, median of {args.repeats}; times are per step (μs)")
+    print("| sampler | diffusers scheduler | shape | diffkit μs/step | diffusers μs/step | ratio |")
+    print("|---|---|---|---|---|---|")
+    for name in [n for n in DIFFUSERS_PEERS if n in diffkit.names("sampler")]:
+        for shape in SHAPES:
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+            scheduler = make_scheduler(name, SCHEDULE, "trailing")
+            scheduler.set_timesteps(args.steps)
+            sigmas = SCHEDULE.sigmas_for(args.steps, "trailing")
+            ours = median_time(lambda: time_diffkit(name, x, sigmas), args.repeats)
+            theirs = median_time(lambda: time_diffusers(name, args.steps, x.clone()), args.repeats)
+            # per sampler step for both (a Heun step is two diffusers step() calls)
+            ours_step, theirs_step = ours / args.steps * 1e6, theirs / args.steps * 1e6
+            print(
+                f"| {name} | {DIFFUSERS_PEERS[name][0]} | {'×'.join(map(str, shape))} | {ours_step:.0f} | "
+                f"{theirs_step:.0f} | {ours_step / theirs_step:.2f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
