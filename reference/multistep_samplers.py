@@ -111,7 +111,7 @@ def dpmpp_3m_sample(
     *,
     cond: Any = None,
     lower_order_final: bool = True,
-    match_diffusers: bool = False,
+    match_dpm_solver_code: bool = False,
 ) -> F64:
     """DPM-Solver++(3M), data prediction, VP form (Lu et al. 2022; the multistep third-order
     update of their code and of diffusers' DPMSolverMultistepScheduler(solver_order=3)):
@@ -119,11 +119,11 @@ def dpmpp_3m_sample(
         x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) m_0 + alpha_t ((e^{-h} - 1)/h + 1) D1
               - alpha_t ((e^{-h} - 1 + h)/h^2 - 1/2) D2
 
-    with D1 ~ h D', D2 ~ h^2 D'' (match_diffusers=False, Taylor) or h^2 D''/2 (diffusers).
+    with D1 ~ h D', D2 ~ h^2 D'' (match_dpm_solver_code=False, Taylor) or h^2 D''/2 (diffusers).
     Orders 1, 2, then 3; the last step (into sigma = 0) is x_t = m_0; lower_order_final with
     fewer than 15 steps makes the second-to-last step second order.
     """
-    return _dpmpp_sample(denoiser, x, sigmas, cond, 3, lower_order_final, not match_diffusers)
+    return _dpmpp_sample(denoiser, x, sigmas, cond, 3, lower_order_final, not match_dpm_solver_code)
 
 
 def _unipc_coefficients(h: float, rks: list[float], order: int) -> tuple[F64, F64, float]:

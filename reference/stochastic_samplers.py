@@ -245,13 +245,13 @@ def dpmpp_3m_sde_sample(
     *,
     eta: float = 1.0,
     s_noise: float = 1.0,
-    match_k_diffusion: bool = False,
+    match_dpm_solver_code: bool = False,
     noise_sampler: Optional[NoiseSampler] = None,
     cond: Any = None,
 ) -> F64:
     """DPM-Solver++(3M) SDE: orders 1, 2 (heun weight), then 3. The second-derivative term has its
-    Taylor weight, or half of it with match_k_diffusion (k-diffusion sample_dpmpp_3m_sde, second order)."""
+    Taylor weight, or half of it with match_dpm_solver_code (k-diffusion sample_dpmpp_3m_sde, second order)."""
     return _sde_multistep(
         denoiser, x, sigmas, max_order=3, eta=eta, s_noise=s_noise, solver_type="heun",
-        d2_scale=0.5 if match_k_diffusion else 1.0, noise_sampler=noise_sampler, cond=cond,
+        d2_scale=0.5 if match_dpm_solver_code else 1.0, noise_sampler=noise_sampler, cond=cond,
     )

@@ -21,7 +21,6 @@ from typing import Any
 import attrs
 import torch
 
-from diffkit.errors import ConfigError
 from diffkit.samplers.common import (
     Callback,
     Denoiser,
@@ -30,19 +29,12 @@ from diffkit.samplers.common import (
     ancestral_loop,
     ancestral_sigmas,
     check_eta,
+    check_s_noise,
     default_noise_sampler,
     denoise,
     report,
     sigma_levels,
 )
-
-
-def check_s_noise(s_noise: float) -> float:
-    """s_noise (the noise multiplier of k-diffusion's samplers) must be a finite number ≥ 0."""
-    ok = not isinstance(s_noise, bool) and isinstance(s_noise, (int, float))
-    if not ok or not math.isfinite(s_noise) or s_noise < 0:
-        raise ConfigError(f"s_noise must be a finite number ≥ 0 (1 = the sampler's own noise), got {s_noise!r}")
-    return float(s_noise)
 
 
 @attrs.frozen(kw_only=True)

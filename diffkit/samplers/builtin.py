@@ -8,7 +8,8 @@ from diffkit.hookspecs import hookimpl
 from diffkit.registry import Registrar
 from diffkit.samplers.ddim import DDIMOptions, ddim
 from diffkit.samplers.ddpm import DDPMOptions, ddpm
-from diffkit.samplers.euler import ChurnOptions, euler
+from diffkit.samplers.churn import ChurnOptions
+from diffkit.samplers.euler import euler
 from diffkit.samplers.heun import dpm2, heun
 from diffkit.samplers.lms import LMSOptions, lms
 from diffkit_reference import ode_samplers as ode_reference

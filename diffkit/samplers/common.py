@@ -96,6 +96,21 @@ def check_eta(eta: float) -> float:
     return float(eta)
 
 
+def check_s_noise(s_noise: float) -> float:
+    """s_noise (the noise multiplier of k-diffusion's samplers) must be a finite number ≥ 0."""
+    ok = not isinstance(s_noise, bool) and isinstance(s_noise, (int, float))
+    if not ok or not math.isfinite(s_noise) or s_noise < 0:
+        raise ConfigError(f"s_noise must be a finite number ≥ 0 (1 = the sampler's own noise), got {s_noise!r}")
+    return float(s_noise)
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """A boolean option must be a real ``bool`` (1, "yes" or None are errors, not truthy values)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def report(
     callback: Callback | None,
     x: torch.Tensor,

@@ -31,18 +31,10 @@ from typing import Any
 import attrs
 import torch
 
-from diffkit.errors import ConfigError
-from diffkit.samplers.common import Callback, Denoiser, Generator, denoise, report, sigma_levels
+from diffkit.samplers.common import Callback, Denoiser, Generator, check_flag, denoise, report, sigma_levels
 
 # diffusers' rule for `lower_order_final`: below this many steps the last steps drop order.
 LOWER_ORDER_FINAL_BELOW = 15
-
-
-def check_flag(name: str, value: Any) -> bool:
-    """A boolean option must be a real ``bool`` (1, "yes" or None are errors, not truthy values)."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 def phi(k: int, z: float) -> float:
@@ -189,9 +181,12 @@ class DPMPP3MOptions:
     """With fewer than 15 steps, take the second-to-last step at second order (diffusers' rule).
     The last step, into σ = 0, is first order either way."""
 
-    match_diffusers: bool = attrs.field(default=False, validator=lambda _i, _a, v: check_flag("match_diffusers", v))
-    """Use diffusers'/k-diffusion's third-order term, which is half the Taylor term: their
-    images exactly, but the method is then only second order as the step count grows."""
+    match_dpm_solver_code: bool = attrs.field(
+        default=False, validator=lambda _i, _a, v: check_flag("match_dpm_solver_code", v)
+    )
+    """Weight the second difference Δ2 as DPM-Solver's reference code does (and diffusers and
+    k-diffusion after it): half its Taylor value. Reproduces their samples exactly, but the
+    method is then only second order as the step count grows (see docs/samplers.md)."""
 
 
 def dpmpp_3m(
@@ -203,7 +198,7 @@ def dpmpp_3m(
     generator: Generator = None,
     callback: Callback | None = None,
     lower_order_final: bool = True,
-    match_diffusers: bool = False,
+    match_dpm_solver_code: bool = False,
 ) -> torch.Tensor:
     """DPM-Solver++(3M): third-order multistep DPM-Solver++ (Lu et al. 2022), one D per step.
 
@@ -216,17 +211,17 @@ def dpmpp_3m(
         x: the starting point in σ form, ``noise * sigmas[0]``, shape [B, ...].
         sigmas: decreasing σ levels ending at 0 (any device; read once as float64).
         lower_order_final: see :class:`DPMPP3MOptions`.
-        match_diffusers: see :class:`DPMPP3MOptions`.
+        match_dpm_solver_code: see :class:`DPMPP3MOptions`.
     """
     check_flag("lower_order_final", lower_order_final)
-    check_flag("match_diffusers", match_diffusers)
+    check_flag("match_dpm_solver_code", match_dpm_solver_code)
     return _dpmpp_multistep(
         denoiser,
         x,
         sigmas,
         max_order=3,
         lower_order_final=lower_order_final,
-        taylor=not match_diffusers,
+        taylor=not match_dpm_solver_code,
         cond=cond,
         callback=callback,
     )

@@ -26,19 +26,20 @@ import attrs
 import torch
 
 from diffkit.errors import check_choice
-from diffkit.samplers.ancestral import check_s_noise
 from diffkit.samplers.common import (
     Callback,
     Denoiser,
     Generator,
     NoiseSampler,
     check_eta,
+    check_flag,
+    check_s_noise,
     default_noise_sampler,
     denoise,
     report,
     sigma_levels,
 )
-from diffkit.samplers.dpmpp_multistep import check_flag, phi
+from diffkit.samplers.dpmpp_multistep import phi
 
 SOLVER_TYPES = ("midpoint", "heun")
 
@@ -70,11 +71,12 @@ class DPMPP3MSDEOptions:
     s_noise: float = attrs.field(default=1.0, validator=lambda _i, _a, v: check_s_noise(v))
     """Multiplies the added noise."""
 
-    match_k_diffusion: bool = attrs.field(
-        default=False, validator=lambda _i, _a, v: check_flag("match_k_diffusion", v)
+    match_dpm_solver_code: bool = attrs.field(
+        default=False, validator=lambda _i, _a, v: check_flag("match_dpm_solver_code", v)
     )
-    """Weight the second difference as k-diffusion's ``sample_dpmpp_3m_sde`` does (half the
-    Taylor term): its samples exactly, but the method is then only second order."""
+    """Weight the second difference Δ2 as DPM-Solver's reference code does (and k-diffusion's
+    ``sample_dpmpp_3m_sde`` after it): half its Taylor value. Reproduces k-diffusion's samples
+    exactly, but the method is then only second order (see docs/samplers.md)."""
 
 
 def _sde_weights(
@@ -206,7 +208,7 @@ def dpmpp_3m_sde(
     callback: Callback | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
-    match_k_diffusion: bool = False,
+    match_dpm_solver_code: bool = False,
     noise_sampler: NoiseSampler | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(3M) SDE (k-diffusion ``sample_dpmpp_3m_sde``), one D per step.
@@ -217,7 +219,7 @@ def dpmpp_3m_sde(
     k-diffusion (and DPM-Solver's reference code) weight the second difference Δ2 by half
     its Taylor value, which leaves an O(h³) local error: that solver is second order.
     By default Δ2 ≈ h²D'' carries its exact weight xφ_3(−x), so the η = 0 solver is third
-    order; ``match_k_diffusion=True`` restores k-diffusion's weight and its samples.
+    order; ``match_dpm_solver_code=True`` restores k-diffusion's weight and its samples.
 
     Args:
         denoiser: ``denoiser(x, sigma[B], cond) -> x0 estimate``.
@@ -225,13 +227,13 @@ def dpmpp_3m_sde(
         sigmas: decreasing σ levels ending at 0 (any device; read once as float64).
         eta: η ≥ 0, the noise scale (1: reverse SDE, 0: ODE).
         s_noise: multiplier of the added noise.
-        match_k_diffusion: use k-diffusion's Δ2 weight (second order).
+        match_dpm_solver_code: use k-diffusion's Δ2 weight (second order).
         noise_sampler: ``(sigma, sigma_next) -> N(0, I) like x``; defaults to fresh draws from
             ``generator``. Called once per step with η·s_noise > 0, except the last.
     """
     eta, s_noise = check_eta(eta), check_s_noise(s_noise)
-    check_flag("match_k_diffusion", match_k_diffusion)
+    check_flag("match_dpm_solver_code", match_dpm_solver_code)
     return _dpmpp_sde(
         denoiser, x, sigmas, max_order=3, eta=eta, s_noise=s_noise, solver_type="heun",
-        taylor=not match_k_diffusion, cond=cond, generator=generator, callback=callback, noise_sampler=noise_sampler,
+        taylor=not match_dpm_solver_code, cond=cond, generator=generator, callback=callback, noise_sampler=noise_sampler,
     )

@@ -1,7 +1,7 @@
 """Two-stage solvers of the probability-flow ODE: Heun (EDM) and DPM-Solver-2 (k-diffusion).
 
 σ form (x = x0 + σ·ε, x of shape [B, ...]), dy/dσ = d(y, σ) = (y − D(y, σ))/σ. Each step
-σ → σ' first applies EDM's optional churn (σ̂ = σ(1 + γ), see :mod:`diffkit.samplers.euler`),
+σ → σ' first applies EDM's optional churn (σ̂ = σ(1 + γ), see :mod:`diffkit.samplers.churn`),
 then, with d = d(ŷ, σ̂) and h = σ' − σ̂:
 
     heun  (Karras et al. 2022, Alg. 2, lines 7–11)
@@ -20,22 +20,39 @@ Both are second order and take two denoiser calls per step, except the last step
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from diffkit.samplers.common import (
-    Callback,
-    Denoiser,
-    Generator,
-    NoiseSampler,
-    default_noise_sampler,
-    denoise,
-    report,
-    sigma_levels,
-    to_d,
-)
-from diffkit.samplers.euler import churn, churn_gamma, check_churn
+from diffkit.samplers.churn import churned_loop
+from diffkit.samplers.common import Callback, Denoiser, Generator, NoiseSampler, to_d
+
+Evaluate = Callable[[torch.Tensor, float], torch.Tensor]  # (y, σ) -> D(y, σ)
+
+
+def heun_step(x: torch.Tensor, denoised: torch.Tensor, sigma_hat: float, sigma_next: float, evaluate: Evaluate) -> torch.Tensor:
+    """One Heun step (ŷ, σ̂) → σ' given D(ŷ, σ̂); Euler into σ' = 0."""
+    if sigma_next == 0:
+        # Euler into σ = 0: ŷ + (0 − σ̂)(ŷ − D)/σ̂ = D (the corrector would divide by σ' = 0)
+        return denoised
+    # Heun: Euler predictor y₂ at σ', then the mean of the slopes at both ends
+    d = to_d(x, sigma_hat, denoised)  # dy/dσ at (ŷ, σ̂), [B, ...]
+    x_2 = torch.lerp(denoised, x, sigma_next / sigma_hat)  # D + (σ'/σ̂)(ŷ − D)
+    d_2 = to_d(x_2, sigma_next, evaluate(x_2, sigma_next))  # slope at (y₂, σ')
+    return x + (0.5 * (sigma_next - sigma_hat)) * (d + d_2)
+
+
+def dpm2_step(x: torch.Tensor, denoised: torch.Tensor, sigma_hat: float, sigma_next: float, evaluate: Evaluate) -> torch.Tensor:
+    """One DPM-Solver-2 step (ŷ, σ̂) → σ' given D(ŷ, σ̂); Euler into σ' = 0."""
+    if sigma_next == 0:
+        # Euler into σ = 0 (log σ' = −∞: no midpoint): y' = D
+        return denoised
+    # DPM-Solver-2: Euler to the log-σ midpoint σ_m, then the whole step with its slope
+    sigma_mid = math.exp(0.5 * (math.log(sigma_hat) + math.log(sigma_next)))
+    x_2 = torch.lerp(denoised, x, sigma_mid / sigma_hat)  # D + (σ_m/σ̂)(ŷ − D)
+    d_2 = to_d(x_2, sigma_mid, evaluate(x_2, sigma_mid))  # slope at (y₂, σ_m)
+    return x + (sigma_next - sigma_hat) * d_2
 
 
 def heun(
@@ -60,28 +77,14 @@ def heun(
         denoiser: ``denoiser(x, sigma[B], cond) -> x0 estimate``.
         x: the starting point in σ form, ``noise * sigmas[0]``, shape [B, ...].
         sigmas: decreasing σ levels ending at 0 (any device; read once as float64).
-        s_churn, s_tmin, s_tmax, s_noise: EDM's churn (see :class:`~diffkit.samplers.euler.ChurnOptions`).
+        s_churn, s_tmin, s_tmax, s_noise: EDM's churn (see :class:`~diffkit.samplers.churn.ChurnOptions`).
         noise_sampler: ``(sigma, sigma_hat) -> N(0, I) like x`` for the churn noise;
             defaults to ``generator``.
     """
-    s_churn, s_tmin, s_tmax, s_noise = check_churn(s_churn, s_tmin, s_tmax, s_noise)
-    levels = sigma_levels(sigmas)  # σ_0 > … > σ_N = 0 as Python floats: no device sync per step
-    steps = len(levels) - 1  # N, the γ denominator
-    noise = noise_sampler or default_noise_sampler(x, generator)  # z ~ N(0, I), [B, ...]
-    for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
-        x, sigma_hat = churn(x, sigma, churn_gamma(sigma, steps, s_churn, s_tmin, s_tmax), s_noise, noise)
-        denoised = denoise(denoiser, x, sigma_hat, cond)  # D(ŷ, σ̂), [B, ...]
-        if sigma_next == 0:
-            # Euler into σ = 0: ŷ + (0 − σ̂)(ŷ − D)/σ̂ = D (the corrector would divide by σ' = 0)
-            x = denoised
-        else:
-            # Heun: Euler predictor y₂ at σ', then the mean of the slopes at both ends
-            d = to_d(x, sigma_hat, denoised)  # dy/dσ at (ŷ, σ̂), [B, ...]
-            x_2 = torch.lerp(denoised, x, sigma_next / sigma_hat)  # D + (σ'/σ̂)(ŷ − D)
-            d_2 = to_d(x_2, sigma_next, denoise(denoiser, x_2, sigma_next, cond))  # slope at (y₂, σ')
-            x = x + (0.5 * (sigma_next - sigma_hat)) * (d + d_2)
-        report(callback, x, i, sigma, denoised, sigma_hat)
-    return x
+    return churned_loop(
+        denoiser, x, sigmas, heun_step, cond=cond, generator=generator, callback=callback,
+        s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, noise_sampler=noise_sampler,
+    )
 
 
 def dpm2(
@@ -106,25 +109,11 @@ def dpm2(
         denoiser: ``denoiser(x, sigma[B], cond) -> x0 estimate``.
         x: the starting point in σ form, ``noise * sigmas[0]``, shape [B, ...].
         sigmas: decreasing σ levels ending at 0 (any device; read once as float64).
-        s_churn, s_tmin, s_tmax, s_noise: EDM's churn (see :class:`~diffkit.samplers.euler.ChurnOptions`).
+        s_churn, s_tmin, s_tmax, s_noise: EDM's churn (see :class:`~diffkit.samplers.churn.ChurnOptions`).
         noise_sampler: ``(sigma, sigma_hat) -> N(0, I) like x`` for the churn noise;
             defaults to ``generator``.
     """
-    s_churn, s_tmin, s_tmax, s_noise = check_churn(s_churn, s_tmin, s_tmax, s_noise)
-    levels = sigma_levels(sigmas)  # σ_0 > … > σ_N = 0 as Python floats: no device sync per step
-    steps = len(levels) - 1  # N, the γ denominator
-    noise = noise_sampler or default_noise_sampler(x, generator)  # z ~ N(0, I), [B, ...]
-    for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
-        x, sigma_hat = churn(x, sigma, churn_gamma(sigma, steps, s_churn, s_tmin, s_tmax), s_noise, noise)
-        denoised = denoise(denoiser, x, sigma_hat, cond)  # D(ŷ, σ̂), [B, ...]
-        if sigma_next == 0:
-            # Euler into σ = 0 (log σ' = −∞: no midpoint): y' = D
-            x = denoised
-        else:
-            # DPM-Solver-2: Euler to the log-σ midpoint σ_m, then the whole step with its slope
-            sigma_mid = math.exp(0.5 * (math.log(sigma_hat) + math.log(sigma_next)))
-            x_2 = torch.lerp(denoised, x, sigma_mid / sigma_hat)  # D + (σ_m/σ̂)(ŷ − D)
-            d_2 = to_d(x_2, sigma_mid, denoise(denoiser, x_2, sigma_mid, cond))  # slope at (y₂, σ_m)
-            x = x + (sigma_next - sigma_hat) * d_2
-        report(callback, x, i, sigma, denoised, sigma_hat)
-    return x
+    return churned_loop(
+        denoiser, x, sigmas, dpm2_step, cond=cond, generator=generator, callback=callback,
+        s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, noise_sampler=noise_sampler,
+    )

@@ -32,7 +32,8 @@ import torch
 
 from diffkit.errors import ConfigError
 from diffkit.samplers.common import Callback, Denoiser, Generator, denoise, report, sigma_levels
-from diffkit.samplers.dpmpp_multistep import advance, check_flag, phi
+from diffkit.samplers.common import check_flag
+from diffkit.samplers.dpmpp_multistep import advance, phi
 
 ORDERS = (1, 2, 3)
 

@@ -38,8 +38,8 @@ CONFIGS = [
     ("dpmpp_2m", {}),
     ("dpmpp_3m", {}),
     ("dpmpp_3m", {"lower_order_final": False}),
-    ("dpmpp_3m", {"match_diffusers": True}),
-    ("dpmpp_3m", {"match_diffusers": True, "lower_order_final": False}),
+    ("dpmpp_3m", {"match_dpm_solver_code": True}),
+    ("dpmpp_3m", {"match_dpm_solver_code": True, "lower_order_final": False}),
     ("unipc", {"order": 1}),
     ("unipc", {}),
     ("unipc", {"lower_order_final": False}),
@@ -208,7 +208,7 @@ def test_measured_convergence_order(name, options, order):
 
 def test_diffusers_third_order_term_leaves_a_second_order_method():
     # diffusers'/k-diffusion's 3M weights the D2 term by half the Taylor value: O(h³) local error
-    errors = median_errors("dpmpp_3m", {"match_diffusers": True}, (256, 512))
+    errors = median_errors("dpmpp_3m", {"match_dpm_solver_code": True}, (256, 512))
     slope = math.log2(errors[0] / errors[1])
     assert 1.6 < slope < 2.3, (errors, slope)
 
@@ -225,7 +225,7 @@ def test_unipc_rejects_bad_orders(order):
 
 
 @pytest.mark.parametrize("value", [1, 0, "yes", None])
-@pytest.mark.parametrize("option", ["lower_order_final", "match_diffusers"])
+@pytest.mark.parametrize("option", ["lower_order_final", "match_dpm_solver_code"])
 def test_boolean_options_must_be_booleans(option, value):
     with pytest.raises(ConfigError, match=f"{option} must be True or False"):
         dpmpp_3m(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), **{option: value})
@@ -357,7 +357,7 @@ def test_dpmpp_matches_diffusers_dpmsolver_multistep(
     if solver_order == 2:  # lower_order_final changes nothing here: the step into σ = 0 is first order
         ours = dpmpp_2m(denoiser, y, sigmas)
     else:
-        ours = dpmpp_3m(denoiser, y, sigmas, lower_order_final=lower_order_final, match_diffusers=True)
+        ours = dpmpp_3m(denoiser, y, sigmas, lower_order_final=lower_order_final, match_dpm_solver_code=True)
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
 
 

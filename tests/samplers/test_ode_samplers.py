@@ -15,7 +15,8 @@ import diffkit
 import diffkit_reference as ref
 from diffkit.errors import ConfigError
 from diffkit.samplers.ddim import ddim
-from diffkit.samplers.euler import ChurnOptions, euler
+from diffkit.samplers.churn import ChurnOptions
+from diffkit.samplers.euler import euler
 from diffkit.samplers.heun import dpm2, heun
 from diffkit.samplers.lms import LMSOptions, lms, lms_coefficients
 from diffkit.testing import check_sampler

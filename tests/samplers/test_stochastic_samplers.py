@@ -46,7 +46,7 @@ def _extra_options(name: str, data) -> dict:
     if name == "dpmpp_2m_sde":
         return {"solver_type": data.draw(st.sampled_from(["midpoint", "heun"]))}
     if name == "dpmpp_3m_sde":
-        return {"match_k_diffusion": data.draw(st.booleans())}
+        return {"match_dpm_solver_code": data.draw(st.booleans())}
     return {}
 
 
@@ -186,7 +186,7 @@ def _observed_order(fn, **options) -> float:
         (dpmpp_2m_sde, {"solver_type": "midpoint"}, 2),
         (dpmpp_2m_sde, {"solver_type": "heun"}, 2),
         (dpmpp_3m_sde, {}, 3),
-        (dpmpp_3m_sde, {"match_k_diffusion": True}, 2),  # k-diffusion's half-weight Δ2: second order
+        (dpmpp_3m_sde, {"match_dpm_solver_code": True}, 2),  # k-diffusion's half-weight Δ2: second order
     ],
     ids=["euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_2m_sde-midpoint", "dpmpp_2m_sde-heun", "dpmpp_3m_sde",
          "dpmpp_3m_sde-k-diffusion"],
@@ -223,8 +223,8 @@ def test_bad_solver_type_and_flag_are_rejected():
         dpmpp_2m_sde(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), solver_type="huen")
     with pytest.raises(UnknownNameError, match="midpoint"):
         diffkit.get_entry("sampler", "dpmpp_2m_sde").options(solver_type="euler")
-    with pytest.raises(ConfigError, match="match_k_diffusion must be True or False"):
-        dpmpp_3m_sde(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), match_k_diffusion=1)
+    with pytest.raises(ConfigError, match="match_dpm_solver_code must be True or False"):
+        dpmpp_3m_sde(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), match_dpm_solver_code=1)
     with pytest.raises(UnknownNameError, match="unknown option .* 'solver_type'"):
         diffkit.build("sampler", "dpmpp_3m_sde", solver_type="heun")  # 3M SDE has no solver_type
 
