@@ -32,6 +32,7 @@ from diffkit.samplers.common import (
     check_s_noise,
     default_noise_sampler,
     denoise,
+    float32_state,
     report,
     sigma_levels,
 )
@@ -48,6 +49,7 @@ class AncestralOptions:
     """Multiplies the added noise σ_up·z (not σ_down): < 1 leaves the result a little less noisy."""
 
 
+@float32_state
 def euler_ancestral(
     denoiser: Denoiser,
     x: torch.Tensor,
@@ -86,6 +88,7 @@ def euler_ancestral(
     )
 
 
+@float32_state
 def dpmpp_2s_ancestral(
     denoiser: Denoiser,
     x: torch.Tensor,

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+from diffkit_reference import multistep_samplers as multistep_reference
+from diffkit_reference import ode_samplers as ode_reference
 from diffkit_reference import samplers as reference
+from diffkit_reference import stochastic_samplers as stochastic_reference
 
 from diffkit.hookspecs import hookimpl
 from diffkit.registry import Registrar
+from diffkit.samplers.ancestral import (
+    AncestralOptions,
+    dpmpp_2s_ancestral,
+    euler_ancestral,
+)
+from diffkit.samplers.churn import ChurnOptions
 from diffkit.samplers.ddim import DDIMOptions, ddim
 from diffkit.samplers.ddpm import DDPMOptions, ddpm
-from diffkit.samplers.churn import ChurnOptions
+from diffkit.samplers.dpmpp_multistep import DPMPP3MOptions, dpmpp_2m, dpmpp_3m
+from diffkit.samplers.dpmpp_sde import (
+    DPMPP2MSDEOptions,
+    DPMPP3MSDEOptions,
+    dpmpp_2m_sde,
+    dpmpp_3m_sde,
+)
 from diffkit.samplers.euler import euler
 from diffkit.samplers.heun import dpm2, heun
 from diffkit.samplers.lms import LMSOptions, lms
-from diffkit_reference import ode_samplers as ode_reference
-from diffkit_reference import multistep_samplers as multistep_reference
-from diffkit.samplers.dpmpp_multistep import DPMPP3MOptions, dpmpp_2m, dpmpp_3m
 from diffkit.samplers.unipc import UniPCOptions, unipc
-from diffkit_reference import stochastic_samplers as stochastic_reference
-from diffkit.samplers.ancestral import AncestralOptions, dpmpp_2s_ancestral, euler_ancestral
-from diffkit.samplers.dpmpp_sde import DPMPP2MSDEOptions, DPMPP3MSDEOptions, dpmpp_2m_sde, dpmpp_3m_sde
 
 
 @hookimpl

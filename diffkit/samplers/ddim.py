@@ -26,6 +26,7 @@ from diffkit.samplers.common import (
     ancestral_loop,
     ancestral_sigmas,
     check_eta,
+    float32_state,
 )
 
 
@@ -37,6 +38,7 @@ class DDIMOptions:
     """Noise scale η ≥ 0: 0 is deterministic (the probability-flow ODE), 1 is DDPM-like."""
 
 
+@float32_state
 def ddim(
     denoiser: Denoiser,
     x: torch.Tensor,

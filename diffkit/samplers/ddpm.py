@@ -33,6 +33,7 @@ from diffkit.samplers.common import (
     NoiseSampler,
     ancestral_loop,
     default_noise_sampler,
+    float32_state,
     report,
     sigma_levels,
 )
@@ -58,6 +59,7 @@ def posterior_noise(sigma: float, sigma_next: float, variance: str) -> float:
     return math.sqrt((sigma**2 - sigma_next**2) * (1 + sigma_next**2) / (1 + sigma**2))
 
 
+@float32_state
 def ddpm(
     denoiser: Denoiser,
     x: torch.Tensor,

@@ -31,7 +31,16 @@ from typing import Any
 import attrs
 import torch
 
-from diffkit.samplers.common import Callback, Denoiser, Generator, check_flag, denoise, report, sigma_levels
+from diffkit.samplers.common import (
+    Callback,
+    Denoiser,
+    Generator,
+    check_flag,
+    denoise,
+    float32_state,
+    report,
+    sigma_levels,
+)
 
 # diffusers' rule for `lower_order_final`: below this many steps the last steps drop order.
 LOWER_ORDER_FINAL_BELOW = 15
@@ -147,6 +156,7 @@ def _dpmpp_multistep(
     return x
 
 
+@float32_state
 def dpmpp_2m(
     denoiser: Denoiser,
     x: torch.Tensor,
@@ -189,6 +199,7 @@ class DPMPP3MOptions:
     method is then only second order as the step count grows (see docs/samplers.md)."""
 
 
+@float32_state
 def dpmpp_3m(
     denoiser: Denoiser,
     x: torch.Tensor,

@@ -36,6 +36,7 @@ from diffkit.samplers.common import (
     check_s_noise,
     default_noise_sampler,
     denoise,
+    float32_state,
     report,
     sigma_levels,
 )
@@ -160,6 +161,7 @@ def _dpmpp_sde(
     return x
 
 
+@float32_state
 def dpmpp_2m_sde(
     denoiser: Denoiser,
     x: torch.Tensor,
@@ -198,6 +200,7 @@ def dpmpp_2m_sde(
     )
 
 
+@float32_state
 def dpmpp_3m_sde(
     denoiser: Denoiser,
     x: torch.Tensor,

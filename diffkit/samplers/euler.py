@@ -18,7 +18,13 @@ from typing import Any
 import torch
 
 from diffkit.samplers.churn import churned_loop
-from diffkit.samplers.common import Callback, Denoiser, Generator, NoiseSampler
+from diffkit.samplers.common import (
+    Callback,
+    Denoiser,
+    Generator,
+    NoiseSampler,
+    float32_state,
+)
 
 
 def euler_step(
@@ -29,6 +35,7 @@ def euler_step(
     return torch.lerp(denoised, x, sigma_next / sigma_hat)
 
 
+@float32_state
 def euler(
     denoiser: Denoiser,
     x: torch.Tensor,

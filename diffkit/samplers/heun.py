@@ -26,7 +26,14 @@ from typing import Any
 import torch
 
 from diffkit.samplers.churn import churned_loop
-from diffkit.samplers.common import Callback, Denoiser, Generator, NoiseSampler, to_d
+from diffkit.samplers.common import (
+    Callback,
+    Denoiser,
+    Generator,
+    NoiseSampler,
+    float32_state,
+    to_d,
+)
 
 Evaluate = Callable[[torch.Tensor, float], torch.Tensor]  # (y, σ) -> D(y, σ)
 
@@ -55,6 +62,7 @@ def dpm2_step(x: torch.Tensor, denoised: torch.Tensor, sigma_hat: float, sigma_n
     return x + (sigma_next - sigma_hat) * d_2
 
 
+@float32_state
 def heun(
     denoiser: Denoiser,
     x: torch.Tensor,
@@ -87,6 +95,7 @@ def heun(
     )
 
 
+@float32_state
 def dpm2(
     denoiser: Denoiser,
     x: torch.Tensor,

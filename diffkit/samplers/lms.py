@@ -23,7 +23,16 @@ import torch
 from numpy.polynomial import Polynomial
 
 from diffkit.errors import ConfigError
-from diffkit.samplers.common import Callback, Denoiser, Generator, denoise, report, sigma_levels, to_d
+from diffkit.samplers.common import (
+    Callback,
+    Denoiser,
+    Generator,
+    denoise,
+    float32_state,
+    report,
+    sigma_levels,
+    to_d,
+)
 
 
 def check_order(order: Any) -> int:
@@ -61,6 +70,7 @@ def lms_coefficients(levels: list[float], i: int, k: int) -> list[float]:
     return coeffs
 
 
+@float32_state
 def lms(
     denoiser: Denoiser,
     x: torch.Tensor,

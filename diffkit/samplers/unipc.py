@@ -31,8 +31,16 @@ import attrs
 import torch
 
 from diffkit.errors import ConfigError
-from diffkit.samplers.common import Callback, Denoiser, Generator, denoise, report, sigma_levels
-from diffkit.samplers.common import check_flag
+from diffkit.samplers.common import (
+    Callback,
+    Denoiser,
+    Generator,
+    check_flag,
+    denoise,
+    float32_state,
+    report,
+    sigma_levels,
+)
 from diffkit.samplers.dpmpp_multistep import advance, phi
 
 ORDERS = (1, 2, 3)
@@ -107,6 +115,7 @@ def unipc_weights(order: int, h: float, rks: Sequence[float]) -> tuple[list[floa
     return collect(rho_p, rks), collect(rho_c, nodes)
 
 
+@float32_state
 def unipc(
     denoiser: Denoiser,
     x: torch.Tensor,

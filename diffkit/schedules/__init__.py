@@ -4,7 +4,12 @@ from diffkit.schedules.base import ALPHA_BAR_FLOOR, DiscreteSchedule
 from diffkit.schedules.grids import SPACINGS, spacing_options
 from diffkit.schedules.sigma_spacing import SIGMA_SPACINGS
 from diffkit.schedules.spacing import TIMESTEP_SPACINGS
-from diffkit.schedules.vp import CosineSchedule, LinearSchedule, ScaledLinearSchedule, SigmoidSchedule
+from diffkit.schedules.vp import (
+    CosineSchedule,
+    LinearSchedule,
+    ScaledLinearSchedule,
+    SigmoidSchedule,
+)
 
 Schedule = DiscreteSchedule
 

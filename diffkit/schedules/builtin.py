@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from diffkit.hookspecs import hookimpl
 from diffkit.registry import Registrar
-from diffkit.schedules.vp import CosineSchedule, LinearSchedule, ScaledLinearSchedule, SigmoidSchedule
+from diffkit.schedules.vp import (
+    CosineSchedule,
+    LinearSchedule,
+    ScaledLinearSchedule,
+    SigmoidSchedule,
+)
 
 
 @hookimpl

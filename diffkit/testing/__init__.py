@@ -16,7 +16,12 @@ endpoint on analytic data (deterministic) or the data's mean and covariance (sto
 parity with the registered numpy twin. See :mod:`diffkit.testing.accuracy` for the bounds.
 """
 
-from diffkit.testing.api import SAMPLER_GROUPS, SCHEDULE_GROUPS, check_sampler, check_schedule
+from diffkit.testing.api import (
+    SAMPLER_GROUPS,
+    SCHEDULE_GROUPS,
+    check_sampler,
+    check_schedule,
+)
 from diffkit.testing.contract import SamplerContract, ScheduleContract
 from diffkit.testing.report import CheckResult, Report
 

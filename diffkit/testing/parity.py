@@ -15,7 +15,11 @@ import torch
 
 from diffkit import registry
 from diffkit.testing import problems
-from diffkit.testing.denoisers import RecordingDenoiser, numpy_denoiser, torch_from_numpy
+from diffkit.testing.denoisers import (
+    RecordingDenoiser,
+    numpy_denoiser,
+    torch_from_numpy,
+)
 from diffkit.testing.grids import karras_sigmas
 from diffkit.testing.report import CheckResult, skipped, verdict
 from diffkit.testing.subject import SamplerSubject, accepts_keyword
