@@ -5,7 +5,7 @@ Importing diffkit loads no plugin; registries fill on the first lookup.
 
 from __future__ import annotations
 
-from diffkit.denoisers import VPDenoiser
+from diffkit.denoisers import EDMDenoiser, VPDenoiser
 from diffkit.errors import (
     ConfigError,
     ConflictError,
@@ -14,6 +14,7 @@ from diffkit.errors import (
     ShapeError,
     UnknownNameError,
 )
+from diffkit.guidance import CFGDenoiser
 from diffkit.hookspecs import hookimpl
 from diffkit.registry import KINDS, build, get, get_entry, names
 from diffkit.sampling import sample
@@ -21,6 +22,8 @@ from diffkit.sampling import sample
 __version__ = "0.1.0"
 
 __all__ = [
+    "CFGDenoiser",
+    "EDMDenoiser",
     "KINDS",
     "ConfigError",
     "ConflictError",

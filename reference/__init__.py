@@ -15,7 +15,25 @@ from .forward import (
     x0_from_v,
 )
 from .reverse import ddim_invert_step, ddim_sigma, ddim_step, ddpm_step
+from .multistep_samplers import dpmpp_2m_sample, dpmpp_3m_sample, unipc_sample
+from .ode_samplers import dpm2_sample, edm_euler_sample, edm_heun_sample, lms_coefficients, lms_sample
+from .parameterizations import (
+    edm_denoise,
+    edm_loss_weight,
+    edm_preconditioning,
+    edm_training_target,
+    guided_x0,
+    learned_variance_frac,
+    vp_denoise,
+    vp_preconditioning,
+)
 from .samplers import ddim_sample, ddpm_sample, euler_sample
+from .stochastic_samplers import (
+    dpmpp_2m_sde_sample,
+    dpmpp_2s_ancestral_sample,
+    dpmpp_3m_sde_sample,
+    euler_ancestral_sample,
+)
 from .schedules import (
     alphas_cumprod,
     alphas_cumprod_from_sigmas,
@@ -41,15 +59,35 @@ __all__ = [
     "ddim_step",
     "ddpm_sample",
     "ddpm_step",
+    "dpm2_sample",
+    "dpmpp_2m_sample",
+    "dpmpp_2m_sde_sample",
+    "dpmpp_2s_ancestral_sample",
+    "dpmpp_3m_sample",
+    "dpmpp_3m_sde_sample",
+    "edm_denoise",
+    "edm_euler_sample",
+    "edm_heun_sample",
+    "edm_loss_weight",
+    "edm_preconditioning",
+    "edm_training_target",
     "eps_from_v",
     "eps_from_x0",
+    "euler_ancestral_sample",
     "euler_sample",
+    "guided_x0",
+    "learned_variance_frac",
+    "lms_coefficients",
+    "lms_sample",
     "q_posterior",
     "q_sample",
     "rescale_zero_terminal_snr",
     "sigmas_from_alphas_cumprod",
     "timesteps",
+    "unipc_sample",
     "v_from_x0_eps",
+    "vp_denoise",
+    "vp_preconditioning",
     "x0_from_eps",
     "x0_from_v",
 ]
