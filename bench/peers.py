@@ -50,7 +50,8 @@ def diffusers_sigma_grid(scheduler: Any, schedule: Any) -> torch.Tensor:
     if sigmas is None or type(scheduler).__name__ == "DDIMScheduler":
         t = scheduler.timesteps.long()
         return torch.cat([schedule.sigmas[t], schedule.sigmas.new_zeros(1)])
-    sigmas = sigmas.double()
+    # Heun/KDPM2 repeat each σ (one entry per model call): keep each level once
+    sigmas = torch.unique_consecutive(sigmas.double())
     return sigmas if sigmas[-1] == 0 else torch.cat([sigmas, sigmas.new_zeros(1)])
 
 

@@ -5,6 +5,10 @@ work per step: coefficient arithmetic, tensor updates, bookkeeping. Both loops r
 number of steps on the same tensors, CPU, same process; the figure is the median of several
 repeats, per step, and the ratio diffkit/diffusers (goal ≤ 0.5).
 
+Stochastic samplers draw one N(0, I) tensor per step in both libraries, and for large tensors
+that draw (torch's CPU normal generator) is most of the step. The last column gives the ratio
+with one draw per step, timed on its own, taken off both sides: the solver's own overhead.
+
     python bench/sampler_overhead.py [--steps 50] [--repeats 7]
 """
 
@@ -20,6 +24,7 @@ import torch
 
 import diffkit
 from bench.peers import DIFFUSERS_PEERS, make_scheduler
+from diffkit.testing.subject import resolve_sampler
 
 SCHEDULE = diffkit.build("schedule", "linear")
 SHAPES = [(1, 3, 32, 32), (16, 4, 64, 64)]
@@ -50,6 +55,19 @@ def time_diffusers(name: str, steps: int, x: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
+def noise_draw_time(shape: tuple[int, ...], repeats: int) -> float:
+    """Seconds for one standard-normal draw of ``shape`` from a torch.Generator (median)."""
+    generator = torch.Generator().manual_seed(0)
+
+    def draw() -> float:
+        start = time.perf_counter()
+        for _ in range(10):
+            torch.randn(shape, generator=generator)
+        return (time.perf_counter() - start) / 10
+
+    return median_time(draw, repeats)
+
+
 def median_time(run, repeats: int) -> float:
     run()  # warm-up
     return statistics.median(run() for _ in range(repeats))
@@ -62,8 +80,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"# machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"# {args.steps} steps, median of {args.repeats}; times are per step (μs)")
-    print("| sampler | diffusers scheduler | shape | diffkit μs/step | diffusers μs/step | ratio |")
-    print("|---|---|---|---|---|---|")
+    print("| sampler | diffusers scheduler | shape | diffkit μs/step | diffusers μs/step | ratio | ratio without the noise draw |")
+    print("|---|---|---|---|---|---|---|")
+    noise_us = {shape: noise_draw_time(shape, args.repeats) * 1e6 for shape in SHAPES}
+    print("# one N(0, I) draw: " + ", ".join(f"{'×'.join(map(str, k))}: {v:.0f} μs" for k, v in noise_us.items()))
     for name in [n for n in DIFFUSERS_PEERS if n in diffkit.names("sampler")]:
         for shape in SHAPES:
             x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
@@ -74,9 +94,14 @@ def main() -> None:
             theirs = median_time(lambda: time_diffusers(name, args.steps, x.clone()), args.repeats)
             # per sampler step for both (a Heun step is two diffusers step() calls)
             ours_step, theirs_step = ours / args.steps * 1e6, theirs / args.steps * 1e6
+            if resolve_sampler(name).stochastic:
+                noise = noise_us[shape]
+                solver_only = f"{max(ours_step - noise, 0) / max(theirs_step - noise, 1e-9):.2f}"
+            else:
+                solver_only = "(no noise)"
             print(
                 f"| {name} | {DIFFUSERS_PEERS[name][0]} | {'×'.join(map(str, shape))} | {ours_step:.0f} | "
-                f"{theirs_step:.0f} | {ours_step / theirs_step:.2f} |"
+                f"{theirs_step:.0f} | {ours_step / theirs_step:.2f} | {solver_only} |"
             )
 
 
