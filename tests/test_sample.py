@@ -84,8 +84,11 @@ def test_spacing_options_reach_the_spacing():
     assert torch.equal(a, run(sigmas=grid))
     assert not torch.equal(a, run(steps=10, spacing="karras"))  # ρ = 7 is another grid
     # steps_offset as an argument or as a spacing option: the same leading grid
-    assert torch.equal(run(steps=10, steps_offset=1), run(steps=10, spacing_options={"steps_offset": 1}))
-    assert torch.equal(run(steps=10, steps_offset=1), run(sigmas=schedule.sigmas_for(10, steps_offset=1)))
+    leading = run(steps=10, spacing="leading", steps_offset=1)
+    assert torch.equal(leading, run(steps=10, spacing="leading", spacing_options={"steps_offset": 1}))
+    assert torch.equal(leading, run(sigmas=schedule.sigmas_for(10, "leading", steps_offset=1)))
+    with pytest.raises(ConfigError, match="only applies to 'leading'"):  # the default is trailing
+        run(steps=10, steps_offset=1)
 
 
 def test_user_sigmas_get_their_final_zero_appended():
@@ -155,3 +158,13 @@ def test_grid_arguments_are_checked(kwargs, message):
 def test_sigma_spacings_are_not_capped_at_the_training_steps():
     out = run(steps=1500, spacing="exponential")
     assert abs(float(out.mean()) - MU) < 1 and torch.isfinite(out).all()
+
+
+def test_defaults_are_unipc_on_a_trailing_grid():
+    seen = []
+    a = diffkit.sample(exact_denoiser(), (2, 3), schedule="linear", steps=8, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(0), callback=lambda info: seen.append(info["sigma"]))
+    b = diffkit.sample(exact_denoiser(), (2, 3), schedule="linear", steps=8, dtype=torch.float64,
+                       sampler="unipc", spacing="trailing", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    assert seen[0] == diffkit.build("schedule", "linear").sigma_max  # trailing starts at pure noise
