@@ -61,11 +61,11 @@ def error(x0: torch.Tensor, z: torch.Tensor, sigma_start: float) -> float:
     return float(np.sqrt(np.mean(np.sum((x0.double().numpy() - exact) ** 2, axis=-1)))) / SCALE
 
 
-def run_diffkit(sampler: str, sigmas: torch.Tensor, z: torch.Tensor) -> tuple[float, int]:
-    """(error, NFE) of a diffkit sampler on the σ grid ``sigmas`` from VP noise z."""
+def run_diffkit(sampler: str, sigmas: torch.Tensor, z: torch.Tensor, options: dict | None = None) -> tuple[float, int]:
+    """(error, NFE) of a diffkit sampler (with ``options``) on the σ grid ``sigmas`` from VP noise z."""
     denoiser = CountingDenoiser()
     y = z.double() * math.sqrt(1 + float(sigmas[0]) ** 2)
-    out = diffkit.get("sampler", sampler)(denoiser, y, sigmas)
+    out = diffkit.build("sampler", sampler, **(options or {}))(denoiser, y, sigmas)
     return error(out, z, float(sigmas[0])), denoiser.calls
 
 
@@ -111,6 +111,15 @@ def _has_option(name: str, option: str) -> bool:
     return option in inspect.signature(getattr(diffusers, DIFFUSERS_PEERS[name][0]).__init__).parameters
 
 
+def _peer_variants(name: str) -> list[dict]:
+    """Every σ-grid option the diffusers peer offers (default, Karras, exponential, λ-uniform),
+    and solver order 3 for UniPC, so the best diffusers configuration is found."""
+    grids = [{}] + [{flag: True} for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_lu_lambdas")
+                    if _has_option(name, flag)]
+    orders = [{}, {"solver_order": 3}] if name == "unipc" else [{}]
+    return [{**grid, **order} for grid in grids for order in orders]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=512)
@@ -139,31 +148,31 @@ def main() -> None:
     sigma_max = SCHEDULE.sigma_max
     best_theirs = (math.inf, "")
     for name in available:
-        karras_options = (False, True) if _has_option(name, "use_karras_sigmas") else (False,)
-        for spacing in ("leading", "linspace", "trailing"):
-            for karras in karras_options:
-                extra = {"use_karras_sigmas": True} if karras else {}
+        for extra in _peer_variants(name):
+            for spacing in ("leading", "linspace", "trailing"):
                 row = side_by_side(name, spacing, 10, z, **extra)
                 if row is None or abs(row["sigma_start"] / sigma_max - 1) > 1e-6:
                     continue
-                print(f"  diffusers {name:<12} {spacing:<9} karras={karras!s:<5} NFE {row['nfe']:>2}: {row['theirs']:.3e}")
+                label = f"{name} ({DIFFUSERS_PEERS[name][0]}), {spacing}, {extra or 'defaults'}, {row['nfe']} NFE"
+                print(f"  diffusers {label}: {row['theirs']:.3e}")
                 if row["theirs"] < best_theirs[0]:
-                    label = f"{name} ({DIFFUSERS_PEERS[name][0]}), {spacing}, karras={karras}, {row['nfe']} NFE"
                     best_theirs = (row["theirs"], label)
     print(f"best diffusers: {best_theirs[0]:.3e} — {best_theirs[1]}")
     best_ours = (math.inf, "")
-    for name in deterministic:
+    variants = [(name, {}) for name in deterministic] + [("unipc", {"order": 3})]
+    for name, options in variants:
         for spacing in SPACINGS:
-            steps = steps_for_nfe(lambda s: run_diffkit(name, SCHEDULE.sigmas_for(s, spacing), z[:1])[1], 10)
+            steps = steps_for_nfe(lambda s: run_diffkit(name, SCHEDULE.sigmas_for(s, spacing), z[:1], options)[1], 10)
             if steps is None:
                 continue
             sigmas = SCHEDULE.sigmas_for(steps, spacing)
             if abs(float(sigmas[0]) / sigma_max - 1) > 1e-6:
                 continue
-            err, nfe = run_diffkit(name, sigmas, z)
-            print(f"  diffkit {name:<20} {spacing:<15} steps {steps:>2} NFE {nfe:>2}: {err:.3e}")
+            err, nfe = run_diffkit(name, sigmas, z, options)
+            label = f"{name} {options or ''}, {spacing}, {nfe} NFE"
+            print(f"  diffkit {label}: {err:.3e}")
             if err < best_ours[0]:
-                best_ours = (err, f"{name}, {spacing}, {nfe} NFE")
+                best_ours = (err, label)
     print(f"best diffkit:   {best_ours[0]:.3e} — {best_ours[1]}")
     print(f"ratio best diffkit / best diffusers at 10 NFE: {best_ours[0] / best_theirs[0]:.3f} (goal ≤ 0.5)")
     print(f"\n# {time.perf_counter() - start:.0f} s")

@@ -106,9 +106,20 @@ def test_ddim_with_the_exact_model_recovers_the_exact_ode_solution():
     assert all(0.8 < p < 1.3 for p in orders), (errors, orders)  # Euler: first order
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
-def test_same_generator_gives_bit_identical_results(sampler):
-    fn = diffkit.build("sampler", sampler, **({"eta": 0.7} if sampler == "ddim" else {}))
+STOCHASTIC_CONFIGS = [
+    ("ddim", {"eta": 0.7}),
+    ("ddpm", {}),
+    ("euler", {"s_churn": 10.0}),
+    ("euler_ancestral", {}),
+    ("dpmpp_2s_ancestral", {}),
+    ("dpmpp_2m_sde", {}),
+    ("dpmpp_3m_sde", {}),
+]
+
+
+@pytest.mark.parametrize("sampler, options", STOCHASTIC_CONFIGS)
+def test_same_generator_gives_bit_identical_results(sampler, options):
+    fn = diffkit.build("sampler", sampler, **options)
     sigmas = diffkit.build("schedule", "linear").sigmas_for(20)
     x = torch.randn(4, 3, 8, 8) * float(sigmas[0])
     a = fn(denoiser_torch, x, sigmas, generator=torch.Generator().manual_seed(7))
