@@ -9,7 +9,7 @@ Stochastic samplers draw one N(0, I) tensor per step in both libraries, and for 
 that draw (torch's CPU normal generator) is most of the step. The last column gives the ratio
 with one draw per step, timed on its own, taken off both sides: the solver's own overhead.
 
-    python bench/sampler_overhead.py [--steps 50] [--repeats 7]
+    python -m bench.sampler_overhead [--steps 50] [--repeats 7]
 """
 
 from __future__ import annotations
