@@ -2,8 +2,9 @@
 
 The network is replaced by a trivial one (it returns its input), so what is timed is the solver's own
 work per step: coefficient arithmetic, tensor updates, bookkeeping. Both loops run the same
-number of steps on the same tensors, CPU, same process; the figure is the median of several
-repeats, per step, and the ratio diffkit/diffusers (goal ≤ 0.5).
+number of steps on the same tensors, CPU, same process, alternating diffkit and diffusers runs;
+the figure is the fastest of several repeats (the least disturbed by the rest of the machine),
+per sampler step, and the ratio diffkit/diffusers (goal ≤ 0.5).
 
 Stochastic samplers draw one N(0, I) tensor per step in both libraries, and for large tensors
 that draw (torch's CPU normal generator) is most of the step. The last column gives the ratio
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import platform
-import statistics
 import time
 
 import torch
@@ -56,7 +56,7 @@ def time_diffusers(name: str, steps: int, x: torch.Tensor) -> float:
 
 
 def noise_draw_time(shape: tuple[int, ...], repeats: int) -> float:
-    """Seconds for one standard-normal draw of ``shape`` from a torch.Generator (median)."""
+    """Seconds for one standard-normal draw of ``shape`` from a torch.Generator (fastest repeat)."""
     generator = torch.Generator().manual_seed(0)
 
     def draw() -> float:
@@ -65,12 +65,14 @@ def noise_draw_time(shape: tuple[int, ...], repeats: int) -> float:
             torch.randn(shape, generator=generator)
         return (time.perf_counter() - start) / 10
 
-    return median_time(draw, repeats)
+    return min(draw() for _ in range(repeats))
 
 
-def median_time(run, repeats: int) -> float:
-    run()  # warm-up
-    return statistics.median(run() for _ in range(repeats))
+def fastest_pair(ours, theirs, repeats: int) -> tuple[float, float]:
+    """The fastest of ``repeats`` runs of each, run alternately after one warm-up of each."""
+    ours(), theirs()
+    times = [(ours(), theirs()) for _ in range(repeats)]
+    return min(t[0] for t in times), min(t[1] for t in times)
 
 
 def main() -> None:
@@ -79,19 +81,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     print(f"# machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"# {args.steps} steps, median of {args.repeats}; times are per step (μs)")
-    print("| sampler | diffusers scheduler | shape | diffkit μs/step | diffusers μs/step | ratio | ratio without the noise draw |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"# {args.steps} steps, fastest of {args.repeats} alternating repeats; times are per step (μs)")
     noise_us = {shape: noise_draw_time(shape, args.repeats) * 1e6 for shape in SHAPES}
     print("# one N(0, I) draw: " + ", ".join(f"{'×'.join(map(str, k))}: {v:.0f} μs" for k, v in noise_us.items()))
+    print("| sampler | diffusers scheduler | shape | diffkit μs/step | diffusers μs/step | ratio | ratio without the noise draw |")
+    print("|---|---|---|---|---|---|---|")
     for name in [n for n in DIFFUSERS_PEERS if n in diffkit.names("sampler")]:
         for shape in SHAPES:
             x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-            scheduler = make_scheduler(name, SCHEDULE, "trailing")
-            scheduler.set_timesteps(args.steps)
             sigmas = SCHEDULE.sigmas_for(args.steps, "trailing")
-            ours = median_time(lambda: time_diffkit(name, x, sigmas), args.repeats)
-            theirs = median_time(lambda: time_diffusers(name, args.steps, x.clone()), args.repeats)
+            ours, theirs = fastest_pair(
+                lambda: time_diffkit(name, x, sigmas), lambda: time_diffusers(name, args.steps, x.clone()), args.repeats
+            )
             # per sampler step for both (a Heun step is two diffusers step() calls)
             ours_step, theirs_step = ours / args.steps * 1e6, theirs / args.steps * 1e6
             if resolve_sampler(name).stochastic:
