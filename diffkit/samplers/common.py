@@ -68,11 +68,14 @@ def sigma_levels(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
     return levels
 
 
+def sigma_batch(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """σ as the [B] tensor a denoiser receives: on x's device, in x's dtype but at least float32."""
+    return torch.full((x.shape[0],), sigma, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+
+
 def denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float, cond: Any) -> torch.Tensor:
     """D(x, σ, cond) with σ broadcast to shape [B]; the result must be shaped like x."""
-    sigma_dtype = torch.promote_types(x.dtype, torch.float32)
-    sigma_batch = torch.full((x.shape[0],), sigma, dtype=sigma_dtype, device=x.device)
-    denoised = denoiser(x, sigma_batch, cond)
+    denoised = denoiser(x, sigma_batch(x, sigma), cond)
     if denoised.shape != x.shape:
         raise ShapeError(
             f"the denoiser returned shape {tuple(denoised.shape)} for input of shape "

@@ -35,6 +35,7 @@ from diffkit.samplers.common import (
     default_noise_sampler,
     float32_state,
     report,
+    sigma_batch,
     sigma_levels,
 )
 
@@ -112,8 +113,7 @@ def denoise_with_variance(
     denoiser: Denoiser, x: torch.Tensor, sigma: float, cond: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0, frac) = denoiser.forward_with_variance(x, σ[B], cond), both checked to be shaped like x."""
-    sigma_batch = torch.full((x.shape[0],), sigma, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
-    denoised, frac = denoiser.forward_with_variance(x, sigma_batch, cond)  # type: ignore[attr-defined]
+    denoised, frac = denoiser.forward_with_variance(x, sigma_batch(x, sigma), cond)  # type: ignore[attr-defined]
     if denoised.shape != x.shape or frac.shape != x.shape:
         raise ShapeError(
             f"forward_with_variance returned shapes {tuple(denoised.shape)} and {tuple(frac.shape)} for input "

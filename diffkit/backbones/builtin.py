@@ -1,0 +1,12 @@
+"""Registers the built-in backbones through the same hook a third-party plugin uses."""
+
+from __future__ import annotations
+
+from diffkit.backbones.dit import DiTConfig, build_dit
+from diffkit.hookspecs import hookimpl
+from diffkit.registry import Registrar
+
+
+@hookimpl
+def diffkit_register_backbones(backbones: Registrar) -> None:
+    backbones.add("dit", build_dit, options=DiTConfig, paper="Peebles & Xie 2023, Scalable Diffusion Models with Transformers")
