@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from diffkit.denoisers import EDMDenoiser, VPDenoiser
 from diffkit.errors import (
+    CheckpointError,
     ConfigError,
     ConflictError,
     DiffkitError,
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CFGDenoiser",
+    "CheckpointError",
     "EDMDenoiser",
     "KINDS",
     "ConfigError",

@@ -60,3 +60,7 @@ def check_choice(what: str, value: str, valid: Iterable[str]) -> str:
 
 class ShapeError(DiffkitError, ValueError):
     """Tensor shapes that do not fit together (e.g. a denoiser output unlike its input)."""
+
+
+class CheckpointError(DiffkitError, ValueError):
+    """Weights that do not fit the model: the message lists every offending key."""

@@ -37,7 +37,11 @@ from diffkit.errors import ConfigError, ConflictError, PluginError, UnknownNameE
 
 ENTRY_POINT_GROUP = "diffkit"
 KINDS: tuple[str, ...] = ("schedule", "sampler", "backbone", "conditioner", "autoencoder")
-BUILTIN_PLUGINS: tuple[str, ...] = ("diffkit.schedules.builtin", "diffkit.samplers.builtin")
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "diffkit.schedules.builtin",
+    "diffkit.samplers.builtin",
+    "diffkit.backbones.builtin",
+)
 
 ENV_STRICT = "DIFFKIT_STRICT_PLUGINS"
 ENV_NO_AUTOLOAD = "DIFFKIT_DISABLE_PLUGIN_AUTOLOAD"

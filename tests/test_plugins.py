@@ -193,8 +193,9 @@ def test_unknown_name_suggests_close_matches_and_never_crashes_without_any():
     with pytest.raises(UnknownNameError) as info:
         h.get_entry("sampler", "zzzzzzzz")
     assert info.value.suggestions == [] and "valid: ddim, ddpm" in str(info.value)
-    with pytest.raises(UnknownNameError, match="no backbone is registered"):
-        h.get_entry("backbone", "unet")
+    empty = PluginHost(builtins=(), entry_points=lambda: [], environ={})
+    with pytest.raises(UnknownNameError, match="no autoencoder is registered"):
+        empty.get_entry("autoencoder", "kl")
     with pytest.raises(UnknownNameError, match="did you mean 'sampler'"):
         h.get_entry("smapler", "ddim")
 

@@ -9,4 +9,6 @@ from diffkit.registry import Registrar
 
 @hookimpl
 def diffkit_register_backbones(backbones: Registrar) -> None:
-    backbones.add("dit", build_dit, options=DiTConfig, paper="Peebles & Xie 2023, Scalable Diffusion Models with Transformers")
+    backbones.add(
+        "dit", build_dit, options=DiTConfig, paper="Peebles & Xie 2023, Scalable Diffusion Models with Transformers"
+    )

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from diffkit.backbones.dit import DiT, DiTConfig
-from diffkit.errors import ConfigError, DiffkitError
+from diffkit.errors import CheckpointError, ConfigError
 
 DIFFUSERS_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")
 
@@ -65,10 +65,6 @@ _REQUIRED = {
 _IGNORED = ("dropout", "norm_num_groups", "upcast_attention", "use_linear_projection")
 
 
-class CheckpointError(DiffkitError, ValueError):
-    """Weights that do not fit the model: the message lists every offending key."""
-
-
 def config_from_diffusers(config: Mapping[str, Any], **overrides: Any) -> DiTConfig:
     """The :class:`DiTConfig` of a diffusers ``DiTTransformer2DModel`` config dict.
 
@@ -80,7 +76,9 @@ def config_from_diffusers(config: Mapping[str, Any], **overrides: Any) -> DiTCon
     config = dict(config)
     class_name = config.get("_class_name", "DiTTransformer2DModel")
     if class_name not in DIFFUSERS_CLASSES:
-        raise ConfigError(f"not a diffusers DiT config: _class_name is {class_name!r}, expected one of {DIFFUSERS_CLASSES}")
+        raise ConfigError(
+            f"not a diffusers DiT config: _class_name is {class_name!r}, expected one of {DIFFUSERS_CLASSES}"
+        )
     settings = {**_DEFAULTS[class_name], **{k: v for k, v in config.items() if not k.startswith("_")}}
     unknown = sorted(set(settings) - set(_DEFAULTS[class_name]) - set(_REQUIRED) - set(_IGNORED))
     if unknown:
@@ -250,7 +248,8 @@ def load_diffusers_dit(path: str | Path, **overrides: Any) -> DiT:
     ``path`` is the model folder or a pipeline folder with a ``transformer/`` subfolder.
     Sharded weights (``*.safetensors.index.json``) are read shard by shard.
     """
-    from safetensors.torch import load_file  # imported here: only loading real checkpoints needs it
+    # Imported here: only loading saved checkpoints needs safetensors.
+    from safetensors.torch import load_file
 
     folder = Path(path)
     if not (folder / "config.json").exists() and (folder / "transformer" / "config.json").exists():

@@ -17,8 +17,8 @@ layer, N(0, 0.02²) label table and timestep-MLP weights, and zeros in every ada
 layer and in the output layer (the "Zero" of adaLN-Zero: each block starts as the identity,
 the network's output as 0).
 
-Parameter counts (Table 4 of the paper): :meth:`DiT.num_parameters` counts like the paper,
-including the fixed position embedding — 675,129,632 for DiT-XL/2 at 256 px. Here the
+Parameter counts: :meth:`DiT.num_parameters` counts as the paper and its code do, including
+the fixed position embedding — 675,129,632 for DiT-XL/2 at 256 px. Here the
 position embedding is a non-persistent buffer (a function of the config: no optimizer, no
 ``requires_grad_()`` and no checkpoint can change it), so ``model.parameters()`` holds
 T·D fewer numbers (294,912 for XL/2).

@@ -27,8 +27,8 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "geglu")
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: x·(1 + scale) + shift, with per-sample shift/scale [B, D] broadcast over tokens.
 
-    x: [B, N, D]; shift, scale: [B, D]. The "1 +" makes a zero scale the identity, which is
-    what lets adaLN-Zero start every block as the identity map.
+    x: [B, N, D]; shift, scale: [B, D]. With the "1 +", zero shift and scale leave x as it
+    is; adaLN-Zero starts there (and with zero gates, so every block starts as the identity).
     """
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)  # (B, N, D)
 
