@@ -155,7 +155,8 @@ class Registrar:
 
 def _first_docstring_line(obj: Any) -> str:
     doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    first = doc.strip().splitlines()[0] if doc.strip() else ""
+    return first.replace("``", "")  # reST literals read as plain text in `diffkit list`
 
 
 def normalize_kind(kind: str) -> str:
