@@ -41,6 +41,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "diffkit.schedules.builtin",
     "diffkit.samplers.builtin",
     "diffkit.backbones.builtin",
+    "diffkit.autoencoders.builtin",
 )
 
 ENV_STRICT = "DIFFKIT_STRICT_PLUGINS"

@@ -21,25 +21,45 @@ from diffkit.backbones.embeddings import (
     sincos_position_embedding_2d,
     timestep_embedding,
 )
-from diffkit.backbones.layers import AdaLNModulation, Attention, FeedForward, modulate
+from diffkit.backbones.diffusers_unet import load_diffusers_unet, unet_from_diffusers
+from diffkit.backbones.layers import (
+    AdaLNModulation,
+    Attention,
+    Downsample2D,
+    FeedForward,
+    ResBlock,
+    Upsample2D,
+    modulate,
+)
+from diffkit.backbones.unet import PRESETS as UNET_PRESETS
+from diffkit.backbones.unet import UNet, UNetConfig, build_unet
 
 __all__ = [
     "DIT_PRESETS",
+    "UNET_PRESETS",
     "AdaLNModulation",
     "Attention",
     "CheckpointError",
     "DiT",
     "DiTConfig",
+    "Downsample2D",
     "FeedForward",
     "LabelEmbedder",
+    "ResBlock",
     "TimestepEmbedder",
+    "UNet",
+    "UNetConfig",
+    "Upsample2D",
     "build_dit",
+    "build_unet",
     "class_labels",
     "config_from_diffusers",
     "convert_diffusers_state_dict",
     "dit_from_diffusers",
     "load_diffusers_dit",
+    "load_diffusers_unet",
     "modulate",
     "sincos_position_embedding_2d",
     "timestep_embedding",
+    "unet_from_diffusers",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from diffkit.backbones.dit import DiTConfig, build_dit
+from diffkit.backbones.unet import UNetConfig, build_unet
 from diffkit.hookspecs import hookimpl
 from diffkit.registry import Registrar
 
@@ -12,3 +13,4 @@ def diffkit_register_backbones(backbones: Registrar) -> None:
     backbones.add(
         "dit", build_dit, options=DiTConfig, paper="Peebles & Xie 2023, Scalable Diffusion Models with Transformers"
     )
+    backbones.add("unet", build_unet, options=UNetConfig, paper="Ho et al. 2020; Dhariwal & Nichol 2021")

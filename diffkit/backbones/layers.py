@@ -1,4 +1,4 @@
-"""Layers shared by every backbone: attention, feed-forward and adaLN modulation.
+"""Layers shared by every backbone: attention, feed-forward, adaLN modulation, ResBlock, resampling.
 
 Backbones import these; they never carry their own copy. Shapes use B (batch), N (query
 tokens), M (context tokens), D (model width), H (heads), d = D/H (head width).
@@ -11,6 +11,9 @@ tokens), M (context tokens), D (model width), H (heads), d = D/H (head width).
   (Shazeer 2020) feed-forward.
 * :func:`modulate` and :class:`AdaLNModulation` — adaptive layer norm (adaLN, Peebles & Xie
   2023 §3.2): per-sample shift/scale (and gates) regressed from a conditioning vector.
+* :class:`ResBlock`, :class:`Downsample2D`, :class:`Upsample2D` — the convolutional residual
+  block (optional time-embedding injection, ADM scale-shift, up/down) and the resamplers of
+  the UNets and the KL autoencoder, named so diffusers' ``ResnetBlock2D`` weights load 1:1.
 """
 
 from __future__ import annotations
@@ -179,3 +182,176 @@ class FeedForward(nn.Module):
         else:
             h = F.silu(h)
         return self.fc2(h)  # (B, N, out_dim)
+
+
+# -- convolutional blocks (UNet, autoencoder) -------------------------------------------------
+#
+# Shapes: B (batch), C (channels), H×W (spatial). Parameter names follow diffusers'
+# ResnetBlock2D / Downsample2D / Upsample2D, so that their weights map one to one.
+
+
+class Downsample2D(nn.Module):
+    """Halve H and W: a 3×3 stride-2 convolution, or 2×2 average pooling (``use_conv=False``).
+
+    Args:
+        channels: C in.
+        use_conv: convolve (learned, DDPM/ADM ``conv_resample``) or average-pool (no weights).
+        out_channels: C out of the convolution (default C; pooling keeps C).
+        padding: 1 — symmetric zero padding (UNet); 0 — pad one row/column of zeros at the
+            bottom/right only, then convolve without padding (the Stable Diffusion / LDM
+            autoencoder's encoder). Both give ⌈H/2⌉ × ⌈W/2⌉ for even sizes.
+
+    Parameters: ``conv`` (the diffusers name with ``name="op"`` or ``"conv"``).
+    """
+
+    def __init__(
+        self, channels: int, use_conv: bool = True, *, out_channels: int | None = None, padding: int = 1
+    ) -> None:
+        super().__init__()
+        self.channels, self.use_conv, self.padding = channels, use_conv, padding
+        out_channels = channels if out_channels is None else out_channels
+        if padding not in (0, 1):
+            raise ConfigError(f"Downsample2D padding must be 0 or 1, got {padding!r}")
+        if use_conv:
+            self.conv: nn.Module = nn.Conv2d(channels, out_channels, kernel_size=3, stride=2, padding=padding)
+        else:
+            if out_channels != channels:
+                raise ConfigError("average-pool downsampling cannot change the number of channels")
+            self.conv = nn.AvgPool2d(kernel_size=2, stride=2)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, C, H, W] → [B, C_out, H/2, W/2]."""
+        if x.shape[1] != self.channels:
+            raise ShapeError(f"Downsample2D expects {self.channels} channels, got {x.shape[1]}")
+        if self.use_conv and self.padding == 0:
+            x = F.pad(x, (0, 1, 0, 1))  # (B, C, H+1, W+1): zeros at the right and bottom only
+        return self.conv(x)
+
+
+class Upsample2D(nn.Module):
+    """Double H and W: nearest-neighbour ×2, then (``use_conv=True``) a 3×3 convolution.
+
+    Parameters: ``conv`` (diffusers' ``Upsample2D`` name).
+    """
+
+    def __init__(self, channels: int, use_conv: bool = True, *, out_channels: int | None = None) -> None:
+        super().__init__()
+        self.channels, self.use_conv = channels, use_conv
+        out_channels = channels if out_channels is None else out_channels
+        if use_conv:
+            self.conv = nn.Conv2d(channels, out_channels, kernel_size=3, padding=1)
+        elif out_channels != channels:
+            raise ConfigError("upsampling without a convolution cannot change the number of channels")
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, C, H, W] → [B, C_out, 2H, 2W]."""
+        if x.shape[1] != self.channels:
+            raise ShapeError(f"Upsample2D expects {self.channels} channels, got {x.shape[1]}")
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # (B, C, 2H, 2W)
+        return self.conv(x) if self.use_conv else x
+
+
+class ResBlock(nn.Module):
+    """The residual block of DDPM (Ho et al. 2020) and ADM (Dhariwal & Nichol 2021).
+
+    h = conv1(SiLU(GN1(x)))                                    [B, C_out, H, W]
+    e = time_emb_proj(SiLU(temb))                              [B, C_out] or [B, 2·C_out]
+    default:      h = GN2(h + e)
+    scale_shift:  h = GN2(h)·(1 + scale) + shift, (scale, shift) = e   (ADM's scale-shift norm)
+    h = conv2(dropout(SiLU(h)))
+    out = shortcut(x) + h, shortcut a 1×1 conv when C_in ≠ C_out (else the identity).
+
+    With ``up``/``down`` (ADM's ``resblock_updown``), both x and SiLU(GN1(x)) are resampled by
+    nearest ×2 / 2×2 average pooling right before ``conv1`` (and the shortcut), as in
+    diffusers' ResnetBlock2D with ``up``/``down``.
+
+    Args:
+        in_channels, out_channels: C_in, C_out.
+        temb_channels: width of the embedding vector; ``None`` builds a block without one
+            (the autoencoder's), whose forward takes ``temb=None``.
+        groups: GroupNorm groups (both norms); eps: their ε.
+        dropout: dropout probability before ``conv2``.
+        scale_shift: ADM's scale-shift norm instead of adding the embedding.
+        up, down: resample inside the block (at most one of them).
+        output_scale_factor: the sum is divided by this (diffusers' option; 1 here by default).
+
+    Parameters: ``norm1``, ``conv1``, ``time_emb_proj``, ``norm2``, ``conv2``, ``conv_shortcut``
+    — the names of diffusers' ResnetBlock2D, so its state dict loads unchanged.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        *,
+        temb_channels: int | None = None,
+        groups: int = 32,
+        eps: float = 1e-6,
+        dropout: float = 0.0,
+        scale_shift: bool = False,
+        up: bool = False,
+        down: bool = False,
+        output_scale_factor: float = 1.0,
+    ) -> None:
+        super().__init__()
+        out_channels = in_channels if out_channels is None else out_channels
+        if in_channels % groups or out_channels % groups:
+            raise ConfigError(
+                f"ResBlock channels ({in_channels} → {out_channels}) must be divisible by groups={groups}"
+            )
+        if up and down:
+            raise ConfigError("a ResBlock resamples up or down, not both")
+        if scale_shift and temb_channels is None:
+            raise ConfigError("scale_shift needs an embedding: pass temb_channels")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.scale_shift, self.up, self.down = scale_shift, up, down
+        self.output_scale_factor = output_scale_factor
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.time_emb_proj = (
+            nn.Linear(temb_channels, (2 if scale_shift else 1) * out_channels) if temb_channels is not None else None
+        )
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.conv_shortcut = (
+            nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
+        )
+
+    def _resample(self, x: torch.Tensor) -> torch.Tensor:
+        if self.up:
+            return F.interpolate(x, scale_factor=2.0, mode="nearest")  # (B, C, 2H, 2W)
+        if self.down:
+            return F.avg_pool2d(x, kernel_size=2, stride=2)  # (B, C, H/2, W/2)
+        return x
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, C_in, H, W]; temb: [B, temb_channels] (or None without an embedding).
+
+        Returns [B, C_out, H', W'] with H' = H, 2H (up) or H/2 (down).
+        """
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ShapeError(f"ResBlock expects x of shape [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
+        h = F.silu(self.norm1(x))  # (B, C_in, H, W)
+        x, h = self._resample(x), self._resample(h)
+        h = self.conv1(h)  # (B, C_out, H', W')
+        if self.time_emb_proj is None:
+            if temb is not None:
+                raise ShapeError("this ResBlock has no embedding input (built with temb_channels=None)")
+            h = self.norm2(h)
+        else:
+            if temb is None:
+                raise ShapeError("this ResBlock needs an embedding temb [B, temb_channels]")
+            emb = self.time_emb_proj(F.silu(temb))[:, :, None, None]  # (B, C_out or 2·C_out, 1, 1)
+            if self.scale_shift:
+                scale, shift = emb.chunk(2, dim=1)  # 2 × (B, C_out, 1, 1)
+                h = self.norm2(h) * (1 + scale) + shift  # ADM scale-shift norm
+            else:
+                h = self.norm2(h + emb)  # DDPM: add the embedding, then normalise
+        h = self.conv2(self.dropout(F.silu(h)))  # (B, C_out, H', W')
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)  # (B, C_out, H', W')
+        out = x + h
+        return out / self.output_scale_factor if self.output_scale_factor != 1.0 else out
