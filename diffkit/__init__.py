@@ -5,6 +5,7 @@ Importing diffkit loads no plugin; registries fill on the first lookup.
 
 from __future__ import annotations
 
+from diffkit.checkpoints import load_pretrained, save_pretrained
 from diffkit.denoisers import EDMDenoiser, VPDenoiser
 from diffkit.errors import (
     CheckpointError,
@@ -39,6 +40,8 @@ __all__ = [
     "get",
     "get_entry",
     "hookimpl",
+    "load_pretrained",
     "names",
     "sample",
+    "save_pretrained",
 ]

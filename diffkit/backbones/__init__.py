@@ -21,7 +21,17 @@ from diffkit.backbones.embeddings import (
     sincos_position_embedding_2d,
     timestep_embedding,
 )
+from diffkit.backbones.diffusers_latent_unet import latent_unet_from_diffusers, load_diffusers_latent_unet
 from diffkit.backbones.diffusers_unet import load_diffusers_unet, unet_from_diffusers
+from diffkit.backbones.latent_unet import PRESETS as LATENT_UNET_PRESETS
+from diffkit.backbones.latent_unet import (
+    LatentUNet,
+    LatentUNetConfig,
+    SpatialTransformer,
+    TransformerBlock,
+    build_latent_unet,
+    cross_attention_context,
+)
 from diffkit.backbones.layers import (
     AdaLNModulation,
     Attention,
@@ -36,6 +46,7 @@ from diffkit.backbones.unet import UNet, UNetConfig, build_unet
 
 __all__ = [
     "DIT_PRESETS",
+    "LATENT_UNET_PRESETS",
     "UNET_PRESETS",
     "AdaLNModulation",
     "Attention",
@@ -45,18 +56,26 @@ __all__ = [
     "Downsample2D",
     "FeedForward",
     "LabelEmbedder",
+    "LatentUNet",
+    "LatentUNetConfig",
     "ResBlock",
+    "SpatialTransformer",
     "TimestepEmbedder",
+    "TransformerBlock",
     "UNet",
     "UNetConfig",
     "Upsample2D",
     "build_dit",
+    "build_latent_unet",
     "build_unet",
     "class_labels",
     "config_from_diffusers",
     "convert_diffusers_state_dict",
+    "cross_attention_context",
     "dit_from_diffusers",
+    "latent_unet_from_diffusers",
     "load_diffusers_dit",
+    "load_diffusers_latent_unet",
     "load_diffusers_unet",
     "modulate",
     "sincos_position_embedding_2d",
