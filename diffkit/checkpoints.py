@@ -41,6 +41,7 @@ from torch import nn
 
 from diffkit import registry
 from diffkit.errors import CheckpointError, ConfigError, UnknownNameError
+from diffkit.state_dicts import check_state_dict
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "diffkit.json"
@@ -340,6 +341,25 @@ def _load_diffusers(folder: Path, *, allow_pickle: bool, variant: str | None) ->
     return module
 
 
+def read_diffusers_folder(
+    path: str | Path, component: str, *, allow_pickle: bool = False, variant: str | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config dict, state dict) of a diffusers model folder, as ``load_pretrained`` reads it.
+
+    ``path`` is the model folder (``config.json`` + weights) or a pipeline folder holding it as
+    the subfolder ``component`` (e.g. ``"unet"``, ``"vae"``, ``"transformer"``). Weights are
+    read as :func:`load_pretrained` reads them: safetensors (sharded too), pickle only with
+    ``allow_pickle``.
+    """
+    folder = Path(path)
+    if not (folder / "config.json").exists() and (folder / component / "config.json").exists():
+        folder = folder / component
+    suffix = f".{variant}" if variant else ""
+    names = [f"{_DIFFUSERS_STEM}{suffix}.safetensors", f"{_DIFFUSERS_STEM}{suffix}.bin"]
+    state_dict, _ = _read_weights(folder, names, allow_pickle=allow_pickle)
+    return _read_json(folder / "config.json"), state_dict
+
+
 def _pipeline_message(folder: Path) -> str:
     index = _read_json(folder / "model_index.json")
     parts = []
@@ -467,20 +487,7 @@ def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, torch.Te
     """``module.load_state_dict(state_dict, strict=True)`` after checking keys and shapes;
     a :class:`CheckpointError` lists every missing, unexpected and mis-shaped key."""
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    missing = sorted(k for k in expected if k not in state_dict)
-    unexpected = sorted(k for k in state_dict if k not in expected)
-    misshaped = sorted(
-        f"{k}: {tuple(state_dict[k].shape)}, expected {shape}"
-        for k, shape in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != shape
-    )
-    if missing or unexpected or misshaped:
-        lines = [f"{what} do not fit {type(module).__name__}:"]
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if keys:
-                lines.append(f"  {len(keys)} {title} key(s):")
-                lines += [f"    {k}" for k in keys]
-        raise CheckpointError("\n".join(lines))
+    check_state_dict(state_dict, expected, what=f"{what} do not fit {type(module).__name__}")
     module.load_state_dict(dict(state_dict), strict=True)
 
 
@@ -488,6 +495,7 @@ __all__ = [
     "CONFIG_FILE",
     "DIFFUSERS_FORMATS",
     "FORMAT_VERSION",
+    "read_diffusers_folder",
     "WEIGHTS_FILE",
     "DiffusersFormat",
     "load_pretrained",

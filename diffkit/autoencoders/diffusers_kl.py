@@ -24,7 +24,6 @@ then conv, log σ² clamped to [−30, 20]), so outputs agree to float32 round-o
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 
 from diffkit.autoencoders.kl import KLAutoencoder, KLConfig
 from diffkit.errors import CheckpointError, ConfigError
+from diffkit.state_dicts import check_state_dict
 
 DIFFUSERS_CLASS = "AutoencoderKL"
 
@@ -164,20 +164,7 @@ def convert_diffusers_state_dict(
     """
     state_dict = _modernise(state_dict)
     expected = expected_diffusers_shapes(config)
-    missing = sorted(k for k in expected if k not in state_dict)
-    unexpected = sorted(k for k in state_dict if k not in expected)
-    misshaped = sorted(
-        f"{k}: {tuple(state_dict[k].shape)}, expected {shape}"
-        for k, shape in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != shape
-    )
-    if missing or unexpected or misshaped:
-        lines = [f"the diffusers AutoencoderKL weights do not fit {_describe(config)}:"]
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if keys:
-                lines.append(f"  {len(keys)} {title} key(s):")
-                lines += [f"    {k}" for k in keys]
-        raise CheckpointError("\n".join(lines))
+    check_state_dict(state_dict, expected, what=f"the diffusers AutoencoderKL weights do not fit {_describe(config)}")
     return {
         key: torch.cat([state_dict[s] for s in sources]) if len(sources) > 1 else state_dict[sources[0]]
         for key, sources, _ in _plan(config)
@@ -220,24 +207,13 @@ def load_diffusers_kl(path: str | Path, **overrides: Any) -> KLAutoencoder:
     """A :class:`KLAutoencoder` from a saved diffusers folder (``config.json`` + safetensors weights).
 
     ``path`` is the VAE folder or a pipeline folder with a ``vae/`` subfolder; the weights are
-    ``diffusion_pytorch_model.safetensors``, or the folder's only ``*.safetensors`` file.
+    read as :func:`diffkit.load_pretrained` reads them.
     """
-    # Imported here: only loading saved checkpoints needs safetensors.
-    from safetensors.torch import load_file
+    # reads the folder exactly as diffkit.load_pretrained does (safetensors, shards, no pickle)
+    from diffkit.checkpoints import read_diffusers_folder
 
-    folder = Path(path)
-    if not (folder / "config.json").exists() and (folder / "vae" / "config.json").exists():
-        folder = folder / "vae"
-    config_dict = json.loads((folder / "config.json").read_text())
-    # diffusers' default file name first (a folder may also hold e.g. a .fp16 variant).
-    files = [folder / "diffusion_pytorch_model.safetensors"]
-    if not files[0].exists():
-        files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"no safetensors weights in {folder}")
-    if len(files) > 1:
-        raise CheckpointError(f"several safetensors files in {folder}: {[f.name for f in files]}; keep one")
-    return kl_from_diffusers(config_dict, load_file(files[0]), **overrides)
+    config_dict, state_dict = read_diffusers_folder(path, "vae")
+    return kl_from_diffusers(config_dict, state_dict, **overrides)
 
 
 __all__ = [

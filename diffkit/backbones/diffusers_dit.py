@@ -25,7 +25,6 @@ How the layouts differ:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import torch
 
 from diffkit.backbones.dit import DiT, DiTConfig
 from diffkit.errors import CheckpointError, ConfigError
+from diffkit.state_dicts import check_state_dict
 
 DIFFUSERS_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")
 
@@ -176,20 +176,7 @@ def convert_diffusers_state_dict(
     (diffusers names), or naming the blocks whose embedder copy differs from block 0's.
     """
     expected = expected_diffusers_shapes(config)
-    missing = sorted(k for k in expected if k not in state_dict)
-    unexpected = sorted(k for k in state_dict if k not in expected)
-    misshaped = sorted(
-        f"{k}: {tuple(state_dict[k].shape)}, expected {shape}"
-        for k, shape in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != shape
-    )
-    if missing or unexpected or misshaped:
-        lines = [f"the diffusers DiT weights do not fit {_describe(config)}:"]
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if keys:
-                lines.append(f"  {len(keys)} {title} key(s):")
-                lines += [f"    {k}" for k in keys]
-        raise CheckpointError("\n".join(lines))
+    check_state_dict(state_dict, expected, what=f"the diffusers DiT weights do not fit {_describe(config)}")
 
     differing = [
         i
@@ -248,26 +235,10 @@ def load_diffusers_dit(path: str | Path, **overrides: Any) -> DiT:
     ``path`` is the model folder or a pipeline folder with a ``transformer/`` subfolder.
     Sharded weights (``*.safetensors.index.json``) are read shard by shard.
     """
-    # Imported here: only loading saved checkpoints needs safetensors.
-    from safetensors.torch import load_file
+    # reads the folder exactly as diffkit.load_pretrained does (safetensors, shards, no pickle)
+    from diffkit.checkpoints import read_diffusers_folder
 
-    folder = Path(path)
-    if not (folder / "config.json").exists() and (folder / "transformer" / "config.json").exists():
-        folder = folder / "transformer"
-    config_dict = json.loads((folder / "config.json").read_text())
-    index = sorted(folder.glob("*.safetensors.index.json"))
-    if index:
-        shards = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
-        files = [folder / s for s in shards]
-    else:
-        files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"no safetensors weights in {folder}")
-    if len(files) > 1 and not index:
-        raise CheckpointError(f"several safetensors files and no index in {folder}: {[f.name for f in files]}")
-    state_dict: dict[str, torch.Tensor] = {}
-    for file in files:
-        state_dict.update(load_file(file))
+    config_dict, state_dict = read_diffusers_folder(path, "transformer")
     return dit_from_diffusers(config_dict, state_dict, **overrides)
 
 
