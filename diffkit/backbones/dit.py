@@ -277,7 +277,8 @@ class DiT(nn.Module):
         batch = x.shape[0]
         t = _timesteps(t, batch, x.device)  # (B,)
 
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, T, D), T = H·W/p²
+        # contiguous: a transposed residual stream made every LayerNorm copy its input
+        x = self.patch_embed(x).flatten(2).transpose(1, 2).contiguous()  # (B, T, D), T = H·W/p²
         x = x + self.pos_embed  # (B, T, D); under autocast the sum (residual stream) stays fp32
         c = self.t_embedder(t)  # (B, D)
         if self.y_embedder is not None:

@@ -229,6 +229,16 @@ class Downsample2D(nn.Module):
         return self.conv(x)
 
 
+def nearest_upsample_2x(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour ×2 upsampling of (B, C, H, W), equal to ``F.interpolate(mode="nearest")``.
+
+    Written as a broadcast and a reshape: on the CPU, in the standard (non-channels-last)
+    layout, this is about 3× faster than ``F.interpolate`` (bench/backbones.py, KL decoder).
+    """
+    b, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+
+
 class Upsample2D(nn.Module):
     """Double H and W: nearest-neighbour ×2, then (``use_conv=True``) a 3×3 convolution.
 
@@ -249,7 +259,7 @@ class Upsample2D(nn.Module):
         """x: [B, C, H, W] → [B, C_out, 2H, 2W]."""
         if x.shape[1] != self.channels:
             raise ShapeError(f"Upsample2D expects {self.channels} channels, got {x.shape[1]}")
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # (B, C, 2H, 2W)
+        x = nearest_upsample_2x(x)  # (B, C, 2H, 2W)
         return self.conv(x) if self.use_conv else x
 
 

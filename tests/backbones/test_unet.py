@@ -508,3 +508,13 @@ def test_config_conversion_rejects_what_the_unet_does_not_have(change, words):
     }
     with pytest.raises(ConfigError, match=words):
         config_from_diffusers(config)
+
+
+def test_nearest_upsample_matches_interpolate_in_both_layouts():
+    import torch.nn.functional as F
+
+    from diffkit.backbones.layers import nearest_upsample_2x
+
+    x = torch.randn(2, 3, 5, 7)
+    for tensor in (x, x.to(memory_format=torch.channels_last)):
+        assert torch.equal(nearest_upsample_2x(tensor), F.interpolate(tensor, scale_factor=2.0, mode="nearest"))
