@@ -29,14 +29,15 @@ import inspect
 import numbers
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
 from torch import nn
 
 from diffkit.backbones.layers import Attention, Downsample2D, ResBlock, Upsample2D
-from diffkit.errors import ConfigError, ShapeError, UnknownNameError
+from diffkit.configs import ModelConfig
+from diffkit.errors import ConfigError, ShapeError
 from diffkit.samplers.common import randn_like
 
 # -- configuration --------------------------------------------------------------------------
@@ -85,7 +86,7 @@ def _channels(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 
 
 @attrs.frozen(kw_only=True)
-class KLConfig:
+class KLConfig(ModelConfig):
     """Configuration of :class:`KLAutoencoder`; the defaults are Stable Diffusion's VAE (KL-f8).
 
     ``PRESETS["kl-f8"]`` is a value of this class; change one with
@@ -142,27 +143,12 @@ class KLConfig:
         """Channels of the encoder's output: 2·z (μ, log σ²) with ``double_z``, else z."""
         return 2 * self.latent_channels if self.double_z else self.latent_channels
 
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict (``block_out_channels`` as a list)."""
-        data = attrs.asdict(self)
-        data["block_out_channels"] = list(self.block_out_channels)
-        return data
+    PRESET_NOUN: ClassVar[str] = "KL autoencoder preset"
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> KLConfig:
-        """Inverse of :meth:`to_dict`; an unknown key is an error naming close matches."""
-        fields = [f.name for f in attrs.fields(cls)]
-        for key in data:
-            if key not in fields:
-                raise UnknownNameError("KLConfig field", key, fields)
-        return cls(**data)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> KLConfig:
-        """``PRESETS[name]`` with some fields changed (unknown names are errors)."""
-        if name not in PRESETS:
-            raise UnknownNameError("KL autoencoder preset", name, PRESETS)
-        return cls.from_dict({**PRESETS[name].to_dict(), **overrides})
+    def presets(cls) -> Mapping[str, KLConfig]:
+        """The named presets (:data:`PRESETS`)."""
+        return PRESETS
 
 
 # kl-f8 is Stable Diffusion 1.x/2.x's VAE (CompVis/stable-diffusion-v1-4 "vae/config.json"):

@@ -12,6 +12,11 @@ from diffkit.backbones.diffusers_dit import (
     dit_from_diffusers,
     load_diffusers_dit,
 )
+from diffkit.backbones.diffusers_latent_unet import (
+    latent_unet_from_diffusers,
+    load_diffusers_latent_unet,
+)
+from diffkit.backbones.diffusers_unet import load_diffusers_unet, unet_from_diffusers
 from diffkit.backbones.dit import PRESETS as DIT_PRESETS
 from diffkit.backbones.dit import DiT, DiTConfig, build_dit
 from diffkit.backbones.embeddings import (
@@ -21,8 +26,6 @@ from diffkit.backbones.embeddings import (
     sincos_position_embedding_2d,
     timestep_embedding,
 )
-from diffkit.backbones.diffusers_latent_unet import latent_unet_from_diffusers, load_diffusers_latent_unet
-from diffkit.backbones.diffusers_unet import load_diffusers_unet, unet_from_diffusers
 from diffkit.backbones.latent_unet import PRESETS as LATENT_UNET_PRESETS
 from diffkit.backbones.latent_unet import (
     LatentUNet,

@@ -30,7 +30,7 @@ import inspect
 import numbers
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -44,7 +44,8 @@ from diffkit.backbones.embeddings import (
     sincos_position_embedding_2d,
 )
 from diffkit.backbones.layers import AdaLNModulation, Attention, FeedForward, modulate
-from diffkit.errors import ConfigError, ShapeError, UnknownNameError
+from diffkit.configs import ModelConfig
+from diffkit.errors import ConfigError, ShapeError
 
 # -- configuration --------------------------------------------------------------------------
 
@@ -68,7 +69,7 @@ def _boolean(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 
 
 @attrs.frozen(kw_only=True)
-class DiTConfig:
+class DiTConfig(ModelConfig):
     """Configuration of :class:`DiT`; the defaults are DiT-XL/2 for 256 px ImageNet latents.
 
     ``PRESETS["DiT-B/4"]`` etc. are values of this class; change one with
@@ -129,25 +130,12 @@ class DiTConfig:
         """T = (input_size / p)²."""
         return self.grid_size**2
 
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict."""
-        return attrs.asdict(self)
+    PRESET_NOUN: ClassVar[str] = "DiT preset"
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DiTConfig:
-        """Inverse of :meth:`to_dict`; an unknown key is an error naming close matches."""
-        fields = [f.name for f in attrs.fields(cls)]
-        for key in data:
-            if key not in fields:
-                raise UnknownNameError("DiTConfig field", key, fields)
-        return cls(**data)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> DiTConfig:
-        """``PRESETS[name]`` with some fields changed (unknown names are errors)."""
-        if name not in PRESETS:
-            raise UnknownNameError("DiT preset", name, PRESETS)
-        return cls.from_dict({**PRESETS[name].to_dict(), **overrides})
+    def presets(cls) -> Mapping[str, DiTConfig]:
+        """The named presets (:data:`PRESETS`)."""
+        return PRESETS
 
 
 # The paper's Table 1 models (depth N, width D, heads) × patch sizes 2, 4, 8, for 256 px

@@ -47,7 +47,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -74,7 +74,8 @@ from diffkit.backbones.unet import (
     _probability,
     _timesteps,
 )
-from diffkit.errors import ConfigError, ShapeError, UnknownNameError
+from diffkit.configs import ModelConfig
+from diffkit.errors import ConfigError, ShapeError
 
 # Fixed by LDM / diffusers' Transformer2DModel and BasicTransformerBlock (not configurable there).
 TRANSFORMER_GROUPNORM_EPS = 1e-6
@@ -152,7 +153,7 @@ def _heads_validator(instance: Any, attribute: attrs.Attribute, value: Any) -> N
 
 
 @attrs.frozen(kw_only=True)
-class LatentUNetConfig:
+class LatentUNetConfig(ModelConfig):
     """Configuration of :class:`LatentUNet`; the defaults are Stable Diffusion 1.x's UNet (860 M).
 
     ``PRESETS["sd15"]`` etc. are values of this class; change one with ``attrs.evolve`` or
@@ -244,25 +245,12 @@ class LatentUNetConfig:
         """E: ``time_embed_dim`` or 4·ch_0."""
         return self.time_embed_dim if self.time_embed_dim is not None else 4 * self.block_out_channels[0]
 
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict (tuples become lists)."""
-        return attrs.asdict(self)
+    PRESET_NOUN: ClassVar[str] = "latent UNet preset"
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LatentUNetConfig:
-        """Inverse of :meth:`to_dict`; an unknown key is an error naming close matches."""
-        fields = [f.name for f in attrs.fields(cls)]
-        for key in data:
-            if key not in fields:
-                raise UnknownNameError("LatentUNetConfig field", key, fields)
-        return cls(**data)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> LatentUNetConfig:
-        """``PRESETS[name]`` with some fields changed (unknown names are errors)."""
-        if name not in PRESETS:
-            raise UnknownNameError("latent UNet preset", name, PRESETS)
-        return cls.from_dict({**PRESETS[name].to_dict(), **overrides})
+    def presets(cls) -> Mapping[str, LatentUNetConfig]:
+        """The named presets (:data:`PRESETS`)."""
+        return PRESETS
 
 
 PRESETS: Mapping[str, LatentUNetConfig] = MappingProxyType(

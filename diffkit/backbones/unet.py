@@ -36,7 +36,7 @@ import inspect
 import numbers
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -46,7 +46,8 @@ from torch.utils.checkpoint import checkpoint
 
 from diffkit.backbones.embeddings import LabelEmbedder, class_labels, timestep_embedding
 from diffkit.backbones.layers import Attention, Downsample2D, ResBlock, Upsample2D
-from diffkit.errors import ConfigError, ShapeError, UnknownNameError
+from diffkit.configs import ModelConfig
+from diffkit.errors import ConfigError, ShapeError
 
 RESAMPLE_KINDS = ("conv", "pool", "resnet")
 
@@ -106,7 +107,7 @@ def _level_indices(instance: Any, attribute: attrs.Attribute, value: Any) -> Non
 
 
 @attrs.frozen(kw_only=True)
-class UNetConfig:
+class UNetConfig(ModelConfig):
     """Configuration of :class:`UNet`; the defaults are DDPM's CIFAR-10 model (35.7 M parameters).
 
     ``PRESETS["ddpm-cifar10"]`` etc. are values of this class; change one with
@@ -190,25 +191,12 @@ class UNetConfig:
         """E: ``time_embed_dim`` or 4·ch_0."""
         return self.time_embed_dim if self.time_embed_dim is not None else 4 * self.block_out_channels[0]
 
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict (tuples become lists)."""
-        return attrs.asdict(self)
+    PRESET_NOUN: ClassVar[str] = "UNet preset"
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UNetConfig:
-        """Inverse of :meth:`to_dict`; an unknown key is an error naming close matches."""
-        fields = [f.name for f in attrs.fields(cls)]
-        for key in data:
-            if key not in fields:
-                raise UnknownNameError("UNetConfig field", key, fields)
-        return cls(**data)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> UNetConfig:
-        """``PRESETS[name]`` with some fields changed (unknown names are errors)."""
-        if name not in PRESETS:
-            raise UnknownNameError("UNet preset", name, PRESETS)
-        return cls.from_dict({**PRESETS[name].to_dict(), **overrides})
+    def presets(cls) -> Mapping[str, UNetConfig]:
+        """The named presets (:data:`PRESETS`)."""
+        return PRESETS
 
 
 PRESETS: Mapping[str, UNetConfig] = MappingProxyType(
