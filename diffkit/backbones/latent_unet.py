@@ -64,6 +64,7 @@ from diffkit.backbones.layers import (
     Upsample2D,
 )
 from diffkit.backbones.unet import (
+    PyramidGeometry,
     _boolean,
     _int_at_least,
     _int_tuple,
@@ -74,7 +75,6 @@ from diffkit.backbones.unet import (
     _probability,
     _timesteps,
 )
-from diffkit.configs import ModelConfig
 from diffkit.errors import ConfigError, ShapeError
 
 # Fixed by LDM / diffusers' Transformer2DModel and BasicTransformerBlock (not configurable there).
@@ -153,7 +153,7 @@ def _heads_validator(instance: Any, attribute: attrs.Attribute, value: Any) -> N
 
 
 @attrs.frozen(kw_only=True)
-class LatentUNetConfig(ModelConfig):
+class LatentUNetConfig(PyramidGeometry):
     """Configuration of :class:`LatentUNet`; the defaults are Stable Diffusion 1.x's UNet (860 M).
 
     ``PRESETS["sd15"]`` etc. are values of this class; change one with ``attrs.evolve`` or
@@ -222,28 +222,11 @@ class LatentUNetConfig(ModelConfig):
                 raise ConfigError(
                     f"width {width} of level {level} is not divisible by its {self.heads(level)} attention heads"
                 )
-        if self.sample_size % self.downsample_factor:
-            raise ConfigError(
-                f"sample_size {self.sample_size} is not divisible by 2^(levels−1) = {self.downsample_factor}"
-            )
+        self.check_sample_size()
 
     def heads(self, level: int) -> int:
         """The number of attention heads at ``level`` (−1 or the last level: the middle)."""
         return self.num_heads[level] if isinstance(self.num_heads, tuple) else self.num_heads
-
-    @property
-    def num_levels(self) -> int:
-        return len(self.block_out_channels)
-
-    @property
-    def downsample_factor(self) -> int:
-        """2^(levels−1): H and W must be multiples of this."""
-        return 2 ** (len(self.block_out_channels) - 1)
-
-    @property
-    def embed_dim(self) -> int:
-        """E: ``time_embed_dim`` or 4·ch_0."""
-        return self.time_embed_dim if self.time_embed_dim is not None else 4 * self.block_out_channels[0]
 
     PRESET_NOUN: ClassVar[str] = "latent UNet preset"
 

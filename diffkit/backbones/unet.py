@@ -106,8 +106,39 @@ def _level_indices(instance: Any, attribute: attrs.Attribute, value: Any) -> Non
         raise ConfigError(f"{attribute.name} must be a tuple of level indices, got {value!r}")
 
 
+class PyramidGeometry(ModelConfig):
+    """What the UNet configs share: levels of ``block_out_channels``, the time-embedding width,
+    and the check that ``sample_size`` survives every downsampling."""
+
+    __slots__ = ()
+    block_out_channels: tuple[int, ...]
+    time_embed_dim: int | None
+    sample_size: int
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.block_out_channels)
+
+    @property
+    def downsample_factor(self) -> int:
+        """2^(levels−1): H and W must be multiples of this."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @property
+    def embed_dim(self) -> int:
+        """E: ``time_embed_dim`` or 4·ch_0."""
+        return self.time_embed_dim if self.time_embed_dim is not None else 4 * self.block_out_channels[0]
+
+    def check_sample_size(self) -> None:
+        """``sample_size`` must be divisible by 2^(levels−1)."""
+        if self.sample_size % self.downsample_factor:
+            raise ConfigError(
+                f"sample_size {self.sample_size} is not divisible by 2^(levels−1) = {self.downsample_factor}"
+            )
+
+
 @attrs.frozen(kw_only=True)
-class UNetConfig(ModelConfig):
+class UNetConfig(PyramidGeometry):
     """Configuration of :class:`UNet`; the defaults are DDPM's CIFAR-10 model (35.7 M parameters).
 
     ``PRESETS["ddpm-cifar10"]`` etc. are values of this class; change one with
@@ -172,24 +203,7 @@ class UNetConfig(ModelConfig):
                 raise ConfigError(
                     f"width {width} of an attention level is not divisible by attention_head_dim={self.attention_head_dim}"
                 )
-        if self.sample_size % self.downsample_factor:
-            raise ConfigError(
-                f"sample_size {self.sample_size} is not divisible by 2^(levels−1) = {self.downsample_factor}"
-            )
-
-    @property
-    def num_levels(self) -> int:
-        return len(self.block_out_channels)
-
-    @property
-    def downsample_factor(self) -> int:
-        """2^(levels−1): H and W must be multiples of this."""
-        return 2 ** (len(self.block_out_channels) - 1)
-
-    @property
-    def embed_dim(self) -> int:
-        """E: ``time_embed_dim`` or 4·ch_0."""
-        return self.time_embed_dim if self.time_embed_dim is not None else 4 * self.block_out_channels[0]
+        self.check_sample_size()
 
     PRESET_NOUN: ClassVar[str] = "UNet preset"
 
