@@ -35,6 +35,9 @@ conditional half first, as [cond; uncond]):
   along dim 0;
 * Mappings (e.g. ``{"text": emb, "pooled": vec}``): both must have the same keys; combined
   key by key with these rules, recursively (the result is a ``dict``);
+* attrs records (a :class:`~diffkit.conditioners.Conditioning`): both of the same class;
+  combined field by field with these rules (a field that is None must be None in both), and
+  the result is a record of that class (so it is validated again);
 * anything else (None, numbers, strings, inside a Mapping or at the top) must be equal in
   both branches and is passed once, unchanged;
 * when exactly one of cond / uncond is None (at the top), the branches cannot be batched:
@@ -50,6 +53,7 @@ import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
 import torch
 from torch import nn
 
@@ -127,6 +131,18 @@ def batch_conditions(cond: Any, uncond: Any, batch: int, where: str = "") -> Any
                 f"{uncond_keys}"
             )
         return {key: batch_conditions(cond[key], uncond[key], batch, f"{where}[{key!r}]") for key in cond}
+    if attrs.has(type(cond)) or attrs.has(type(uncond)):
+        if type(cond) is not type(uncond):
+            raise ConfigError(
+                f"conditioning{where}: cond and uncond must be records of the same class, got "
+                f"{type(cond).__name__} (cond) and {type(uncond).__name__} (uncond)"
+            )
+        combined = {  # keyed by the __init__ argument name (attrs' alias: "_x" → "x")
+            f.alias: batch_conditions(getattr(cond, f.name), getattr(uncond, f.name), batch, f"{where}.{f.name}")
+            for f in attrs.fields(type(cond))
+            if f.init
+        }
+        return attrs.evolve(cond, **combined)  # [cond; uncond] field by field, validated again
     if cond is uncond or _equal(cond, uncond):
         return cond  # shared by both branches (None, a flag, a number, ...)
     raise ConfigError(

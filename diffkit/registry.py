@@ -42,6 +42,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "diffkit.samplers.builtin",
     "diffkit.backbones.builtin",
     "diffkit.autoencoders.builtin",
+    "diffkit.conditioners.builtin",
 )
 
 ENV_STRICT = "DIFFKIT_STRICT_PLUGINS"

@@ -5,7 +5,8 @@ The network, in the paper's order (§3.2, Fig. 3):
 1. patchify: a p×p, stride-p convolution turns the latent [B, C, H, W] into T = (H/p)·(W/p)
    tokens of width D, plus a fixed 2-D sin-cos position embedding;
 2. conditioning vector c = t-embedding + label embedding [B, D] (the label table has a null
-   class for classifier-free guidance);
+   class for classifier-free guidance) + W·v + b for a conditioning record's ``vector``
+   v [B, D_v] when ``vector_dim`` = D_v > 0;
 3. N blocks with adaLN-Zero: from c, each block regresses shift, scale and a gate for its
    attention and for its MLP, x ← x + gate·f(modulate(LN(x), shift, scale));
 4. final adaLN layer (shift, scale), a linear map to p²·C_out per token, and unpatchify.
@@ -40,6 +41,8 @@ from torch.utils.checkpoint import checkpoint
 from diffkit.backbones.embeddings import (
     LabelEmbedder,
     TimestepEmbedder,
+    add_vector_embedding,
+    check_conditioning,
     class_labels,
     sincos_position_embedding_2d,
 )
@@ -92,6 +95,8 @@ class DiTConfig(ModelConfig):
     """MLP width = int(D · mlp_ratio)."""
     num_classes: int = attrs.field(default=1000, validator=_int_at_least(0))
     """Class labels 0 … num_classes−1, plus the null class ``num_classes``; 0 = unconditional."""
+    vector_dim: int = attrs.field(default=0, validator=_int_at_least(0))
+    """D_v > 0: a Linear(D_v → D) adds the conditioning record's ``vector`` [B, D_v] to c."""
     learn_sigma: bool = attrs.field(default=True, validator=_boolean)
     """Output 2C channels (prediction, then learned variance) instead of C."""
     frequency_embedding_size: int = attrs.field(default=256, validator=_int_at_least(2))
@@ -193,8 +198,10 @@ class DiT(nn.Module):
 
     ``forward(x, t, cond=None)``: x [B, C, H, W] with H = W = ``input_size``; t [B] the
     timestep in the model's units (training timesteps 0 … T−1; fractional values allowed);
-    cond the conditioning (see :func:`~diffkit.backbones.embeddings.class_labels`: None for
-    the null class, labels [B], or a record with ``labels``). Returns [B, C_out, H, W].
+    cond the conditioning: None for the null class, labels [B], or a
+    :class:`~diffkit.conditioners.Conditioning` record, of which the model reads ``labels``
+    (:func:`~diffkit.backbones.embeddings.class_labels`) and ``vector`` (with ``vector_dim``
+    > 0); a record carrying ``concat`` is an error. Returns [B, C_out, H, W].
 
     ``gradient_checkpointing`` (initialised from the config) may be switched on the module.
     """
@@ -214,6 +221,7 @@ class DiT(nn.Module):
             dim, config.frequency_embedding_size, freq_shift=config.timestep_freq_shift
         )
         self.y_embedder = LabelEmbedder(config.num_classes, dim) if config.num_classes > 0 else None
+        self.vector_embed = nn.Linear(config.vector_dim, dim) if config.vector_dim > 0 else None
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
         self.final_layer = FinalLayer(config)
         self.initialize_weights()
@@ -257,6 +265,11 @@ class DiT(nn.Module):
         x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C_out, h, p, w, p)
         return x.reshape(x.shape[0], c_out, grid * p, grid * p)  # (B, C_out, H, W)
 
+    def readable_conditioning(self) -> set[str]:
+        """The conditioning record fields this model reads (``labels``, ``vector``; never ``concat``)."""
+        readable = {"labels"} if self.y_embedder is not None else set()
+        return readable | ({"vector"} if self.vector_embed is not None else set())
+
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
         cfg = self.config
         expected = (cfg.in_channels, cfg.input_size, cfg.input_size)
@@ -269,11 +282,11 @@ class DiT(nn.Module):
         x = self.patch_embed(x).flatten(2).transpose(1, 2).contiguous()  # (B, T, D), T = H·W/p²
         x = x + self.pos_embed  # (B, T, D); under autocast the sum (residual stream) stays fp32
         c = self.t_embedder(t)  # (B, D)
+        check_conditioning(cond, self.readable_conditioning(), model="DiT", tensor_field="labels")
         if self.y_embedder is not None:
             labels = class_labels(cond, batch, self.y_embedder.null_label, x.device)  # (B,)
             c = c + self.y_embedder(labels)  # (B, D)
-        elif cond is not None:
-            raise ConfigError("this DiT is unconditional (num_classes=0): pass cond=None")
+        c = add_vector_embedding(c, cond, self.vector_embed)  # (B, D)
 
         use_checkpoint = self.gradient_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:

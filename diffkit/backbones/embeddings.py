@@ -6,6 +6,10 @@
   classifier-free guidance uses for "no label". Dropping labels to the null class during
   training (CFG's token drop) is the class-label conditioner's job, never the backbone's.
 * :func:`class_labels` — the one place that reads class labels out of a conditioning record.
+* :func:`conditioning_field`, :func:`check_conditioning`, :func:`add_vector_embedding` and
+  :func:`concat_conditioning` — how every backbone reads the other fields of a
+  :class:`~diffkit.conditioners.Conditioning` record (``vector``, ``concat``) and checks that it
+  can use what the record carries.
 * :func:`sincos_position_embedding_2d` — the fixed 2-D sin-cos position embedding of MAE/DiT.
 """
 
@@ -97,13 +101,13 @@ class LabelEmbedder(nn.Module):
 def class_labels(cond: Any, batch_size: int, null_label: int, device: torch.device) -> torch.Tensor:
     """The class labels [B] (int64) a backbone reads from its ``cond`` argument.
 
-    The rule (until the ``Conditioning`` record of the conditioners lands, this is the only
-    function to change):
+    The rule:
 
     * ``None`` — unconditional: every sample gets the null class ``null_label``;
     * an integer tensor of shape [B] — the labels themselves (the null class is allowed);
-    * a mapping with a ``"labels"`` entry, or an object with a ``labels`` attribute — that
-      entry, read by the same rule (so a record whose ``labels`` is None is unconditional).
+    * a :class:`~diffkit.conditioners.Conditioning` record (or any object with a ``labels``
+      attribute), or a mapping with a ``"labels"`` entry — that entry, read by the same rule
+      (so a record whose ``labels`` is None is unconditional).
 
     Anything else raises a ``TypeError``; a wrongly shaped or floating-point tensor raises
     :class:`~diffkit.errors.ShapeError`.
@@ -126,6 +130,110 @@ def class_labels(cond: Any, batch_size: int, null_label: int, device: torch.devi
         "cond must be None (unconditional), an integer tensor of class labels [B], or a record "
         f"with a 'labels' entry; got {type(cond).__name__}"
     )
+
+
+# -- the other fields of a conditioning record ---------------------------------------------------
+
+CONDITIONING_FIELDS: tuple[str, ...] = ("labels", "vector", "context", "mask", "concat")
+
+# What a backbone needs in order to read each field (for error messages).
+_NEEDS = {
+    "labels": "labels need a class table (num_classes > 0)",
+    "vector": "a vector needs a projection into the time embedding (vector_dim > 0)",
+    "context": "a context needs cross-attention (latent_unet)",
+    "concat": "concat channels need a backbone that concatenates them to x (unet, latent_unet)",
+}
+
+
+def conditioning_field(cond: Any, name: str) -> Any:
+    """The ``name`` entry of a conditioning record: an attribute of a record, a key of a mapping.
+
+    None when ``cond`` is None, a bare tensor (whose meaning is the backbone's: labels for
+    ``unet``/``dit``, a context for ``latent_unet``), or has no such entry.
+    """
+    if cond is None or isinstance(cond, torch.Tensor):
+        return None
+    if isinstance(cond, Mapping):
+        return cond.get(name)
+    return getattr(cond, name, None)
+
+
+def check_conditioning(cond: Any, readable: set[str], *, model: str, tensor_field: str) -> None:
+    """Raise :class:`ConfigError` when ``model`` cannot use what ``cond`` carries.
+
+    ``readable``: the fields this model reads (from its config); ``tensor_field``: what a bare
+    tensor ``cond`` means to it. The rule:
+
+    * ``concat`` present but not readable is an error (it is never a by-product);
+    * otherwise the model must read at least one of the fields present. A conditioner may
+      encode one input several ways (the text conditioner: ``context`` and a pooled
+      ``vector``; the class-label one: ``labels`` and an embedded ``vector``); a backbone
+      reads the ones it is built for and ignores the others.
+
+    ``mask`` counts with ``context``. A record with no field (or ``None``) is always accepted.
+    """
+    if cond is None:
+        return
+    if isinstance(cond, torch.Tensor):
+        present = [tensor_field]
+    else:
+        present = [n for n in CONDITIONING_FIELDS if n != "mask" and conditioning_field(cond, n) is not None]
+    if not present:
+        return
+    if "concat" in present and "concat" not in readable:
+        raise ConfigError(f"this {model} cannot use the conditioning's concat: {_NEEDS['concat']}")
+    if not any(name in readable for name in present):
+        reasons = "; ".join(_NEEDS[name] for name in present)
+        raise ConfigError(
+            f"this {model} is unconditional in everything the conditioning carries ({', '.join(present)}): "
+            f"{reasons}. Pass cond=None, or configure the model for the conditioning"
+        )
+
+
+def add_vector_embedding(emb: torch.Tensor, cond: Any, projection: nn.Linear | None) -> torch.Tensor:
+    """e + W·v + b: the record's ``vector`` v [B, D_v] projected into the embedding e [B, E].
+
+    Returns ``emb`` unchanged when the record has no vector or the model no ``projection``
+    (``vector_dim`` = 0; :func:`check_conditioning` decides whether that is an error).
+    """
+    vector = conditioning_field(cond, "vector")
+    if vector is None or projection is None:
+        return emb
+    expected = (emb.shape[0], projection.in_features)
+    if not isinstance(vector, torch.Tensor) or not vector.dtype.is_floating_point or tuple(vector.shape) != expected:
+        raise ShapeError(
+            f"the conditioning vector must be a floating-point tensor [B, vector_dim] = {list(expected)}, got "
+            f"{getattr(vector, 'dtype', type(vector).__name__)} {tuple(getattr(vector, 'shape', ()))}"
+        )
+    return emb + projection(vector.to(device=emb.device, dtype=projection.weight.dtype))  # (B, E)
+
+
+def concat_conditioning(x: torch.Tensor, cond: Any, in_channels: int, *, model: str) -> torch.Tensor:
+    """[x, c] along channels, c the record's ``concat`` [B, C_c, H, W] (x alone without one).
+
+    The result must have ``in_channels`` channels, so a model conditioned this way counts
+    C_x + C_c input channels; anything else raises :class:`ShapeError`.
+    """
+    concat = conditioning_field(cond, "concat")
+    if concat is None:
+        if x.ndim != 4 or x.shape[1] != in_channels:
+            raise ShapeError(f"{model} expects x of shape [B, {in_channels}, H, W], got {tuple(x.shape)}")
+        return x
+    if not isinstance(concat, torch.Tensor) or not concat.dtype.is_floating_point or concat.ndim != 4:
+        raise ShapeError(
+            f"the conditioning's concat must be a floating-point tensor [B, C_c, H, W], got "
+            f"{getattr(concat, 'dtype', type(concat).__name__)} {tuple(getattr(concat, 'shape', ()))}"
+        )
+    if x.ndim != 4 or concat.shape[0] != x.shape[0] or concat.shape[2:] != x.shape[2:]:
+        raise ShapeError(
+            f"the conditioning's concat {tuple(concat.shape)} must match x {tuple(x.shape)} in batch, height and width"
+        )
+    if x.shape[1] + concat.shape[1] != in_channels:
+        raise ShapeError(
+            f"{model} has in_channels={in_channels}, but x has {x.shape[1]} channels and the conditioning's concat "
+            f"{concat.shape[1]}: in_channels must count both ({x.shape[1] + concat.shape[1]})"
+        )
+    return torch.cat([x, concat.to(device=x.device, dtype=x.dtype)], dim=1)  # (B, C_x + C_c, H, W)
 
 
 def sincos_position_embedding_2d(dim: int, height: int, width: int) -> torch.Tensor:

@@ -5,9 +5,12 @@ The pixel UNet of :mod:`diffkit.backbones.unet` (DDPM ResBlocks, skip stack, res
 its self-attention layers replaced by *spatial transformers*, so that the network can attend
 to a conditioning sequence (a text encoder's token features, say) τ(y) = context [B, M, d_ctx]:
 
-1. ``conv_in``: 3×3 convolution, C_in latent channels → ch_0 (any C_in: 4 for SD's KL-f8);
+1. ``conv_in``: 3×3 convolution, C_in latent channels → ch_0 (any C_in: 4 for SD's KL-f8), on
+   x — or on [x, c] (channels) when the conditioning record carries ``concat`` c (LDM's
+   inpainting / super-resolution models), so that C_in counts both;
 2. embedding e [B, E]: sinusoidal features of t (width ch_0, [cos, sin], shift 0) → Linear,
-   SiLU, Linear (E = 4·ch_0);
+   SiLU, Linear (E = 4·ch_0), plus W·v + b for a conditioning vector v [B, D_v] (a pooled text
+   embedding, say) when ``vector_dim`` = D_v > 0;
 3. down path: at level ℓ, ``layers_per_block`` ResBlocks (taking e), each followed by a spatial
    transformer when ℓ ∈ ``cross_attention_levels``, then (all but the last level) a 3×3
    stride-2 convolution; every intermediate output, from ``conv_in``'s on, is pushed on the
@@ -28,8 +31,9 @@ x [B, C, H, W], with C = H_heads·d:
     out = x + proj_out(h)  (back to [B, C, H, W])
 
 Conditioning (:func:`cross_attention_context`): ``cond`` is None, a context tensor
-[B, M, d_ctx], or a record with ``context`` and an optional boolean ``mask`` [B, M]
-(True = keep the token). **Without a context the cross-attention sub-layers are skipped**
+[B, M, d_ctx], or a record (:class:`~diffkit.conditioners.Conditioning`) with ``context`` and
+an optional boolean ``mask`` [B, M] (True = keep the token), and optionally ``vector`` and
+``concat``. **Without a context the cross-attention sub-layers are skipped**
 (their residual branch adds nothing; the rest of the network runs unchanged), and a sample
 whose mask keeps no token is treated the same way. This is *not* Stable Diffusion's
 "unconditional" input for classifier-free guidance — that is the text encoder's encoding of
@@ -55,7 +59,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from diffkit.backbones.embeddings import timestep_embedding
+from diffkit.backbones.embeddings import (
+    add_vector_embedding,
+    check_conditioning,
+    concat_conditioning,
+    timestep_embedding,
+)
 from diffkit.backbones.layers import (
     Attention,
     Downsample2D,
@@ -90,14 +99,14 @@ def cross_attention_context(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The (context [B, M, d_ctx] or None, mask bool [B, M] or None) a latent UNet reads from ``cond``.
 
-    The rule (until the ``Conditioning`` record of the conditioners lands, this is the only
-    function to change):
+    The rule:
 
     * ``None`` — no context: the cross-attention layers are skipped;
     * a floating-point tensor [B, M, d_ctx] — the context, every token kept;
-    * a mapping with a ``"context"`` entry (and optionally ``"mask"``), or an object with a
-      ``context`` attribute (and optionally ``mask``) — that context (None: no context) and
-      that mask: bool [B, M], True = attend to the token, None = keep every token.
+    * a :class:`~diffkit.conditioners.Conditioning` record (or any object with a ``context``
+      attribute and optionally ``mask``), or a mapping with a ``"context"`` entry (and
+      optionally ``"mask"``) — that context (None: no context) and that mask: bool [B, M],
+      True = attend to the token, None = keep every token.
 
     Anything else raises a ``TypeError``; wrong shapes or dtypes raise
     :class:`~diffkit.errors.ShapeError`.
@@ -163,7 +172,8 @@ class LatentUNetConfig(PyramidGeometry):
     sample_size: int = attrs.field(default=64, validator=_int_at_least(1))
     """Nominal latent height = width (SD 1.x: 512 px / 8); any multiple of 2^(levels−1) works."""
     in_channels: int = attrs.field(default=4, validator=_int_at_least(1))
-    """C_in, the latent channels (4 for SD's KL-f8 autoencoder; any count works)."""
+    """C_in, the latent channels (4 for SD's KL-f8 autoencoder; any count works), plus the
+    channels of a conditioning record's ``concat``, if any."""
     out_channels: int = attrs.field(default=4, validator=_int_at_least(1))
     """C_out."""
     block_out_channels: tuple[int, ...] = attrs.field(
@@ -184,6 +194,8 @@ class LatentUNetConfig(PyramidGeometry):
     """Transformer blocks per spatial transformer."""
     context_dim: int = attrs.field(default=768, validator=_int_at_least(1))
     """d_ctx, the width of the context tokens (CLIP ViT-L/14: 768; OpenCLIP ViT-H: 1024)."""
+    vector_dim: int = attrs.field(default=0, validator=_int_at_least(0))
+    """D_v > 0: a Linear(D_v → E) adds the conditioning record's ``vector`` [B, D_v] to the embedding."""
     use_linear_projection: bool = attrs.field(default=False, validator=_boolean)
     """proj_in / proj_out: linear layers on the tokens (SD 2.x) or 1×1 convolutions (SD 1.x)."""
     time_embed_dim: int | None = attrs.field(default=None, validator=_optional_int_at_least(1))
@@ -425,9 +437,12 @@ class LatentUNet(nn.Module):
     ``forward(x, t, cond=None)``: x [B, C_in, H, W] (latents) with H, W multiples of
     2^(levels−1); t [B] the timestep in the model's units (SD: 0 … 999; fractional allowed; a
     scalar is broadcast); cond the conditioning (see :func:`cross_attention_context`: None,
-    a context [B, M, d_ctx], or a record with ``context`` and ``mask``). Returns [B, C_out, H, W].
+    a context [B, M, d_ctx], or a :class:`~diffkit.conditioners.Conditioning` record with
+    ``context`` and ``mask``, ``vector`` (read with ``vector_dim`` > 0) and ``concat`` (x's
+    channels plus these make ``in_channels``)). Returns [B, C_out, H, W].
 
-    Submodules: ``conv_in``, ``time_embed`` (``linear_1``, ``linear_2``), ``down[ℓ]`` /
+    Submodules: ``conv_in``, ``time_embed`` (``linear_1``, ``linear_2``), ``vector_embed``
+    (with ``vector_dim`` > 0), ``down[ℓ]`` /
     ``up[i]`` (``up[i]`` is level L−1−i) with ``resnets``, ``attentions`` (spatial transformers)
     and ``downsample`` / ``upsample``, ``mid`` (``resnets``, ``attention``), ``norm_out``,
     ``conv_out``. ``gradient_checkpointing`` (initialised from the config) may be switched on
@@ -444,6 +459,7 @@ class LatentUNet(nn.Module):
         chans, emb = config.block_out_channels, config.embed_dim
         self.conv_in = nn.Conv2d(config.in_channels, chans[0], kernel_size=3, padding=1)
         self.time_embed = nn.ModuleDict({"linear_1": nn.Linear(chans[0], emb), "linear_2": nn.Linear(emb, emb)})
+        self.vector_embed = nn.Linear(config.vector_dim, emb) if config.vector_dim > 0 else None
 
         # Down path; ``skips`` tracks the channels of every tensor pushed on the skip stack.
         skips, width = [chans[0]], chans[0]
@@ -478,8 +494,12 @@ class LatentUNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def embed(self, t: torch.Tensor) -> torch.Tensor:
-        """The time embedding e [B, E] of timesteps t [B]."""
+    def readable_conditioning(self) -> set[str]:
+        """The conditioning record fields this model reads."""
+        return {"context", "concat"} | ({"vector"} if self.vector_embed is not None else set())
+
+    def embed(self, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """The time embedding e [B, E] of timesteps t [B] (+ the projected ``vector`` of ``cond``)."""
         cfg = self.config
         ch0 = cfg.block_out_channels[0]
         freq = timestep_embedding(t, ch0, freq_shift=cfg.timestep_freq_shift)  # (B, ch_0) float32, [cos, sin]
@@ -487,7 +507,8 @@ class LatentUNet(nn.Module):
             half = ch0 // 2
             freq = torch.cat([freq[:, half : 2 * half], freq[:, :half], freq[:, 2 * half :]], dim=1)  # [sin, cos]
         linear_1, linear_2 = self.time_embed["linear_1"], self.time_embed["linear_2"]
-        return linear_2(F.silu(linear_1(freq.to(linear_1.weight.dtype))))  # (B, E)
+        e = linear_2(F.silu(linear_1(freq.to(linear_1.weight.dtype))))  # (B, E)
+        return add_vector_embedding(e, cond, self.vector_embed)  # (B, E)
 
     def _run(self, module: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
         """module(*args), recomputed in the backward pass under gradient checkpointing."""
@@ -497,18 +518,18 @@ class LatentUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
         cfg = self.config
-        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            raise ShapeError(f"LatentUNet expects x of shape [B, {cfg.in_channels}, H, W], got {tuple(x.shape)}")
+        x = concat_conditioning(x, cond, cfg.in_channels, model="LatentUNet")  # (B, C_in, H, W): [x, concat]
         if x.shape[2] % cfg.downsample_factor or x.shape[3] % cfg.downsample_factor:
             raise ShapeError(
                 f"LatentUNet input height and width must be multiples of {cfg.downsample_factor}, "
                 f"got {tuple(x.shape[2:])}"
             )
         context, mask = cross_attention_context(cond, x.shape[0], cfg.context_dim)  # (B, M, d_ctx), (B, M)
+        check_conditioning(cond, self.readable_conditioning(), model="LatentUNet", tensor_field="context")
         if context is not None:
             context = context.to(device=x.device, dtype=self.conv_in.weight.dtype)
             mask = None if mask is None else mask.to(x.device)
-        e = self.embed(_timesteps(t, x.shape[0], x.device))  # (B, E)
+        e = self.embed(_timesteps(t, x.shape[0], x.device), cond)  # (B, E)
 
         h = self.conv_in(x)  # (B, ch_0, H, W)
         skips = [h]

@@ -2,10 +2,12 @@
 
 The network, in order:
 
-1. ``conv_in``: 3×3 convolution, C_in → ch_0 channels;
+1. ``conv_in``: 3×3 convolution, C_in → ch_0 channels, on x — or on [x, c] (channels) when the
+   conditioning record carries ``concat`` c, so that C_in counts both;
 2. embedding e [B, E]: sinusoidal features of t (width ch_0) → Linear, SiLU, Linear (E = 4·ch_0
    by default), plus a class-label embedding [B, E] when ``num_classes > 0`` (ADM's class
-   conditioning; the table has a null class for classifier-free guidance);
+   conditioning; the table has a null class for classifier-free guidance), plus W·v + b for a
+   conditioning vector v [B, D_v] when ``vector_dim`` = D_v > 0;
 3. down path, one *level* per entry of ``block_out_channels`` (ch_0, ch_1, …): at level ℓ,
    ``layers_per_block`` :class:`~diffkit.backbones.layers.ResBlock` s (C → ch_ℓ) that each take
    e, each followed by self-attention when ℓ ∈ ``attention_levels``, then (all but the last
@@ -44,7 +46,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from diffkit.backbones.embeddings import LabelEmbedder, class_labels, timestep_embedding
+from diffkit.backbones.embeddings import (
+    LabelEmbedder,
+    add_vector_embedding,
+    check_conditioning,
+    class_labels,
+    concat_conditioning,
+    timestep_embedding,
+)
 from diffkit.backbones.layers import Attention, Downsample2D, ResBlock, Upsample2D
 from diffkit.configs import ModelConfig
 from diffkit.errors import ConfigError, ShapeError
@@ -148,7 +157,7 @@ class UNetConfig(PyramidGeometry):
     sample_size: int = attrs.field(default=32, validator=_int_at_least(1))
     """Nominal height = width of the images (the network accepts any H, W divisible by 2^(levels−1))."""
     in_channels: int = attrs.field(default=3, validator=_int_at_least(1))
-    """C_in, the image channels."""
+    """C_in, the image channels (plus the channels of a conditioning record's ``concat``, if any)."""
     out_channels: int = attrs.field(default=3, validator=_int_at_least(1))
     """C_out (2·C_in for ADM's learned σ: the prediction, then the variance channels)."""
     block_out_channels: tuple[int, ...] = attrs.field(
@@ -171,6 +180,8 @@ class UNetConfig(PyramidGeometry):
     """Frequencies 10000^(−i/(half − shift)): 1 for DDPM, 0 for ADM."""
     num_classes: int = attrs.field(default=0, validator=_int_at_least(0))
     """Class labels 0 … num_classes−1 plus the null class ``num_classes``; 0 = unconditional."""
+    vector_dim: int = attrs.field(default=0, validator=_int_at_least(0))
+    """D_v > 0: a Linear(D_v → E) adds the conditioning record's ``vector`` [B, D_v] to the embedding."""
     dropout: float = attrs.field(default=0.1, validator=_probability)
     """Dropout in every ResBlock, before its second convolution (DDPM CIFAR-10: 0.1)."""
     scale_shift: bool = attrs.field(default=False, validator=_boolean)
@@ -358,11 +369,15 @@ class UNet(nn.Module):
 
     ``forward(x, t, cond=None)``: x [B, C_in, H, W] with H, W multiples of 2^(levels−1); t [B]
     the timestep in the model's units (training timesteps 0 … T−1; fractional values allowed;
-    a scalar is broadcast); cond the conditioning (see
-    :func:`~diffkit.backbones.embeddings.class_labels`: None for the null class, labels [B], or
-    a record with ``labels``; must be None for an unconditional model). Returns [B, C_out, H, W].
+    a scalar is broadcast); cond the conditioning: None for the null class, labels [B],
+    or a :class:`~diffkit.conditioners.Conditioning` record, of which the model reads
+    ``labels`` (:func:`~diffkit.backbones.embeddings.class_labels`), ``vector`` (with
+    ``vector_dim`` > 0) and ``concat`` (x's channels plus these make ``in_channels``); it must
+    be able to use the record (:func:`~diffkit.backbones.embeddings.check_conditioning`).
+    Returns [B, C_out, H, W].
 
     Submodules: ``conv_in``, ``time_embed`` (``linear_1``, ``linear_2``), ``class_embed``,
+    ``vector_embed`` (with ``vector_dim`` > 0),
     ``down[ℓ]`` / ``up[i]`` (``up[i]`` is level L−1−i) with ``resnets``, ``attentions`` and
     ``downsample`` / ``upsample``, ``mid``, ``norm_out``, ``conv_out``.
     ``gradient_checkpointing`` (initialised from the config) may be switched on the module.
@@ -379,6 +394,7 @@ class UNet(nn.Module):
         self.conv_in = nn.Conv2d(config.in_channels, chans[0], kernel_size=3, padding=1)
         self.time_embed = nn.ModuleDict({"linear_1": nn.Linear(chans[0], emb), "linear_2": nn.Linear(emb, emb)})
         self.class_embed = LabelEmbedder(config.num_classes, emb) if config.num_classes > 0 else None
+        self.vector_embed = nn.Linear(config.vector_dim, emb) if config.vector_dim > 0 else None
 
         # Down path; ``skips`` tracks the channels of every tensor pushed on the skip stack.
         skips, width = [chans[0]], chans[0]
@@ -410,8 +426,14 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
+    def readable_conditioning(self) -> set[str]:
+        """The conditioning record fields this model reads."""
+        readable = {"concat"}
+        readable |= {"labels"} if self.class_embed is not None else set()
+        return readable | ({"vector"} if self.vector_embed is not None else set())
+
     def embed(self, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        """The embedding e [B, E] of timesteps t [B] (+ the class embedding of ``cond``)."""
+        """The embedding e [B, E] of timesteps t [B] (+ the class embedding and vector of ``cond``)."""
         cfg = self.config
         freq = timestep_embedding(
             t, cfg.block_out_channels[0], freq_shift=cfg.timestep_freq_shift
@@ -421,12 +443,11 @@ class UNet(nn.Module):
             freq = torch.cat([freq[:, half : 2 * half], freq[:, :half], freq[:, 2 * half :]], dim=1)  # [sin, cos]
         linear_1, linear_2 = self.time_embed["linear_1"], self.time_embed["linear_2"]
         e = linear_2(F.silu(linear_1(freq.to(linear_1.weight.dtype))))  # (B, E)
+        check_conditioning(cond, self.readable_conditioning(), model="UNet", tensor_field="labels")
         if self.class_embed is not None:
             labels = class_labels(cond, t.shape[0], self.class_embed.null_label, t.device)  # (B,)
             e = e + self.class_embed(labels)  # (B, E)
-        elif cond is not None:
-            raise ConfigError("this UNet is unconditional (num_classes=0): pass cond=None")
-        return e
+        return add_vector_embedding(e, cond, self.vector_embed)  # (B, E)
 
     def _run(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
         """module(*args), recomputed in the backward pass under gradient checkpointing."""
@@ -436,8 +457,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
         cfg = self.config
-        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            raise ShapeError(f"UNet expects x of shape [B, {cfg.in_channels}, H, W], got {tuple(x.shape)}")
+        x = concat_conditioning(x, cond, cfg.in_channels, model="UNet")  # (B, C_in, H, W): [x, concat]
         if x.shape[2] % cfg.downsample_factor or x.shape[3] % cfg.downsample_factor:
             raise ShapeError(
                 f"UNet input height and width must be multiples of {cfg.downsample_factor}, got {tuple(x.shape[2:])}"

@@ -1,0 +1,118 @@
+"""Text prompts → cross-attention context, its mask and a pooled vector.
+
+A list of B strings is tokenized by :class:`~diffkit.conditioners.tokenizer.ByteTokenizer`
+(UTF-8 bytes, fixed length L) and encoded by a small transformer trained from scratch
+(:class:`~diffkit.conditioners.text_encoder.TextEncoder`):
+
+    context [B, L, d_ctx]   the encoder's output tokens (for ``latent_unet``'s cross-attention)
+    mask    [B, L] bool     True on the real tokens (BOS, bytes, EOS), False on padding
+    vector  [B, d_ctx]      Σ mask·context / Σ mask, the masked mean (for ``vector_dim``)
+
+The null condition ∅ is the encoding of the empty string — a real, learned context, as
+Stable Diffusion's empty-prompt embedding — attended over all L positions (mask all True;
+``vector`` the mean over all L positions). A dropped sample (CFG training) gets exactly ∅:
+its text is replaced by "" before encoding and its mask set to True.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+
+from diffkit.conditioners.base import Conditioner, check_batch_list, config_signature, drop_probability, int_at_least
+from diffkit.conditioners.record import Conditioning
+from diffkit.conditioners.text_encoder import TextEncoder, masked_mean
+from diffkit.conditioners.tokenizer import ByteTokenizer
+from diffkit.configs import ModelConfig
+from diffkit.errors import ConfigError
+
+
+@attrs.frozen(kw_only=True)
+class TextConfig(ModelConfig):
+    """Configuration of :class:`TextConditioner` (the defaults: 3.3 M parameters)."""
+
+    width: int = attrs.field(default=256, validator=int_at_least(1))
+    """W, the encoder width (divisible by ``heads``)."""
+    depth: int = attrs.field(default=4, validator=int_at_least(1))
+    """Transformer blocks."""
+    heads: int = attrs.field(default=4, validator=int_at_least(1))
+    """Attention heads."""
+    max_length: int = attrs.field(default=77, validator=int_at_least(2))
+    """L, tokens per text including BOS and EOS (CLIP's 77); longer texts are cut."""
+    context_dim: int = attrs.field(default=256, validator=int_at_least(1))
+    """d_ctx, the width of ``context`` and ``vector`` (the backbone's ``context_dim``)."""
+    drop_prob: float = attrs.field(default=0.1, validator=drop_probability)
+    """p_uncond, the training-time probability of the empty-prompt condition."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ConfigError(f"width {self.width} is not divisible by heads {self.heads}")
+
+
+class TextConditioner(Conditioner):
+    """A list of str → ``Conditioning(context, mask, vector)``; see the module docstring.
+
+    Submodules: ``encoder`` (:class:`TextEncoder`); ``tokenizer`` is a plain attribute.
+    """
+
+    config: TextConfig
+
+    def __init__(self, config: TextConfig) -> None:
+        if not isinstance(config, TextConfig):
+            raise ConfigError(f"TextConditioner takes a TextConfig, got {type(config).__name__}")
+        super().__init__(config)
+        self.tokenizer = ByteTokenizer(config.max_length)
+        self.encoder = TextEncoder(
+            vocab_size=ByteTokenizer.vocab_size,
+            max_length=config.max_length,
+            width=config.width,
+            depth=config.depth,
+            heads=config.heads,
+            context_dim=config.context_dim,
+        )
+
+    def _texts(self, inputs: Any) -> list[str]:
+        texts = list(check_batch_list(inputs, "text inputs"))
+        for text in texts:
+            if not isinstance(text, str):
+                raise ConfigError(f"text inputs must be str, got {type(text).__name__}: {text!r}")
+        return texts
+
+    def batch_size_of(self, inputs: Any) -> int:
+        return len(self._texts(inputs))
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context [B, L, d_ctx], token mask [B, L]) of the texts, on the encoder's device."""
+        ids, mask = self.tokenizer.encode(texts, device=self.module_device())  # (B, L) each
+        return self.encoder(ids, mask), mask
+
+    def forward(
+        self,
+        inputs: Any,
+        *,
+        force_drop: bool | torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Conditioning:
+        texts = self._texts(inputs)
+        drop = self.drop_mask(len(texts), force_drop=force_drop, generator=generator)  # (B,) on the CPU
+        texts = ["" if dropped else text for text, dropped in zip(texts, drop.tolist())]
+        context, mask = self.encode(texts)  # (B, L, d_ctx), (B, L)
+        mask = mask | drop.to(mask.device)[:, None]  # ∅ attends over all L positions
+        return Conditioning(context=context, mask=mask, vector=masked_mean(context, mask))
+
+    def null(self, batch_size: int, device: torch.device | str | None = None) -> Conditioning:
+        context, token_mask = self.encode([""])  # (1, L, d_ctx)
+        mask = torch.ones_like(token_mask)  # (1, L): every position
+        record = Conditioning(context=context, mask=mask, vector=masked_mean(context, mask))
+        record = Conditioning(**{k: v.expand(batch_size, *v.shape[1:]) for k, v in record.as_dict().items()})
+        return record if device is None else record.to(device)
+
+
+def build_text(**config: Any) -> TextConditioner:
+    """Text prompts via a byte tokenizer and a small transformer encoder trained from scratch."""
+    return TextConditioner(TextConfig.from_dict(config))
+
+
+build_text.__signature__ = config_signature(TextConfig)  # type: ignore[attr-defined]
