@@ -1,0 +1,4 @@
+"""Data sets: the embedded handwritten digits (no download) and image folders."""
+
+from diffkit.data.digits import DigitsDataset, load_digits
+from diffkit.data.folder import ImageFolder

@@ -1,0 +1,357 @@
+"""Sample-quality metrics for models trained on the embedded digits (:mod:`diffkit.data.digits`).
+
+A small CNN classifier trained on the digits' train split gives two numbers for a batch of
+generated digits:
+
+* :func:`class_accuracy` — how often the classifier agrees with the label a class-conditional
+  sample was asked for (chance is 10 %);
+* :func:`digits_fid` — the Fréchet distance (the FID formula, :mod:`diffkit.metrics.frechet`)
+  between the classifier's penultimate features of the samples and of real digits. Its scale
+  is this classifier's, not Inception's: report it beside :func:`real_baseline_fid`, the same
+  distance between two disjoint sets of real digits of the same size, which is the floor that
+  sampling error alone gives.
+
+:func:`load_or_train_digits_classifier` trains the classifier once (a few seconds on a CPU)
+and caches its weights (safetensors + JSON) under ``$DIFFKIT_CACHE`` or ``~/.cache/diffkit``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+import os
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffkit.checkpoints import _write_atomic
+from diffkit.data.digits import (
+    NATIVE_SIZE,
+    NUM_CLASSES,
+    NUM_IMAGES,
+    DigitsDataset,
+    digits_file_sha256,
+    load_digits,
+)
+from diffkit.errors import ConfigError, ShapeError
+from diffkit.metrics.frechet import frechet_distance
+
+FEATURE_DIM = 128
+ARCHITECTURE_VERSION = 1  # bump when DigitsClassifier changes: old cached weights then miss
+DEFAULT_STEPS = 400
+CACHE_ENV = "DIFFKIT_CACHE"
+_CACHE_STEM = "digits-classifier"
+_SAVE_ID_KEY = "diffkit_save_id"
+
+
+# -- the network ------------------------------------------------------------------------------
+
+
+class DigitsClassifier(nn.Module):
+    """A small CNN for 8×8 digits in [−1, 1]; its penultimate layer is the FID feature space.
+
+    [B, 1, 8, 8] → conv 3×3 (32) → ReLU → conv 3×3 (64) → ReLU → max-pool 2 → [B, 64, 4, 4]
+    → flatten → linear (128) → ReLU (:meth:`features`, [B, 128]) → linear (10) (logits).
+
+    Images of another size [B, 1, H, W] (H, W ≥ 8, e.g. a 32×32 model's samples) are first
+    reduced to 8×8 by adaptive average pooling.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.fc = nn.Linear(64 * (NATIVE_SIZE // 2) ** 2, FEATURE_DIM)
+        self.head = nn.Linear(FEATURE_DIM, NUM_CLASSES)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] < NATIVE_SIZE or x.shape[3] < NATIVE_SIZE:
+            raise ShapeError(
+                f"DigitsClassifier takes grey images [B, 1, H, W] with H, W ≥ {NATIVE_SIZE}, got {tuple(x.shape)}"
+            )
+        x = x.to(self.fc.weight.dtype)
+        if x.shape[2:] != (NATIVE_SIZE, NATIVE_SIZE):
+            x = F.adaptive_avg_pool2d(x, NATIVE_SIZE)  # [B, 1, 8, 8]
+        return x
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate activations [B, 128] of images [B, 1, H, W] in [−1, 1]."""
+        h = F.relu(self.conv1(self._prepare(x)))  # [B, 32, 8, 8]
+        h = F.max_pool2d(F.relu(self.conv2(h)), 2)  # [B, 64, 4, 4]
+        return F.relu(self.fc(h.flatten(1)))  # [B, 128]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits [B, 10] of images [B, 1, H, W] in [−1, 1]."""
+        return self.head(self.features(x))
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+def _non_negative_int(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ConfigError(f"{attribute.name} must be a non-negative integer, got {value!r}")
+
+
+def _positive_int(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{attribute.name} must be a positive integer, got {value!r}")
+
+
+def _positive_float(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+        raise ConfigError(f"{attribute.name} must be a positive finite number, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class DigitsTrainingConfig:
+    """How :func:`train_digits_classifier` trains (and what names its cache entry).
+
+    Adam at ``lr`` with a cosine decay to 0 over ``steps`` minibatches of ``batch_size``
+    images drawn with replacement from the train split ``split_seed`` (the held-out test
+    split of the same seed stays unseen); each image is shifted by a random whole number of
+    pixels in [−max_shift, max_shift] along each axis, the uncovered border filled with
+    background (−1).
+    """
+
+    seed: int = attrs.field(default=0, validator=_non_negative_int)
+    steps: int = attrs.field(default=DEFAULT_STEPS, validator=_positive_int)
+    batch_size: int = attrs.field(default=128, validator=_positive_int)
+    lr: float = attrs.field(default=2e-3, validator=_positive_float)
+    max_shift: int = attrs.field(default=1, validator=_non_negative_int)
+    split_seed: int = attrs.field(default=0, validator=_non_negative_int)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
+        return attrs.asdict(self)
+
+
+def _random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image [B, 1, H, W] by its own (dy, dx) ∈ [−s, s]², background (−1) filled in."""
+    if max_shift == 0:
+        return images
+    b, _, h, w = images.shape
+    padded = F.pad(images, (max_shift,) * 4, value=-1.0)  # [B, 1, H + 2s, W + 2s]
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator).to(images.device)
+    rows = offsets[0, :, None] + torch.arange(h, device=images.device)  # [B, H]
+    cols = offsets[1, :, None] + torch.arange(w, device=images.device)  # [B, W]
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded[batch, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)  # [B, 1, H, W]
+
+
+def _train(config: DigitsTrainingConfig, device: torch.device | str) -> DigitsClassifier:
+    if torch.device(device).type != "cpu":
+        return _train_steps(config, device)
+    # On a CPU the tensors are tiny ([128, 64, 8, 8]): splitting them over threads costs more
+    # than it saves (ten times slower on two busy cores), and one thread makes the weights
+    # independent of the machine's thread count. The global setting is restored afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_steps(config, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_steps(config: DigitsTrainingConfig, device: torch.device | str) -> DigitsClassifier:
+    generator = torch.Generator().manual_seed(config.seed)  # minibatches and shifts
+    with torch.random.fork_rng(devices=[]):  # initial weights from the seed, global RNG untouched
+        torch.manual_seed(config.seed)
+        model = DigitsClassifier()
+    model.to(device).train()
+    train = DigitsDataset(NATIVE_SIZE, "train", config.split_seed)
+    images, labels = train.images.to(device), train.labels.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    for step in range(config.steps):
+        for group in optimizer.param_groups:  # cosine decay lr·½(1 + cos(π·step/steps))
+            group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
+        index = torch.randint(0, len(train), (config.batch_size,), generator=generator).to(device)
+        batch = _random_shift(images[index], config.max_shift, generator)
+        loss = F.cross_entropy(model(batch), labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def train_digits_classifier(
+    *, seed: int = 0, steps: int = DEFAULT_STEPS, device: torch.device | str = "cpu"
+) -> DigitsClassifier:
+    """Train a :class:`DigitsClassifier` on the digits' train split (split seed 0), in eval mode.
+
+    Deterministic given ``seed`` on a given device (initial weights, minibatches and shifts
+    all come from it). On a CPU it trains on one thread; the default 400 steps took about 7 s
+    on a shared, busy two-core machine and classified the held-out test split
+    (``DigitsDataset(split="test")``) at 98–99 % for seeds 0–3.
+    """
+    return _train(DigitsTrainingConfig(seed=seed, steps=steps), device)
+
+
+# -- the cache ----------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """``$DIFFKIT_CACHE`` when set, else ``~/.cache/diffkit``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "diffkit")
+
+
+def _cache_key(config: DigitsTrainingConfig) -> str:
+    """A hash of everything the weights depend on: the config, the network and the data."""
+    record = {"architecture": ARCHITECTURE_VERSION, "config": config.to_dict(), "data": digits_file_sha256()}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_cache(weights: Path, meta: Path, key: str) -> DigitsClassifier | None:
+    """The cached classifier, or None when absent; an unreadable entry warns and gives None."""
+    if not weights.exists() and not meta.exists():
+        return None
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        record = json.loads(meta.read_text(encoding="utf-8"))
+        with safe_open(str(weights), framework="pt") as handle:
+            save_id = (handle.metadata() or {}).get(_SAVE_ID_KEY)
+        if record.get("key") != key or record.get("save_id") != save_id:
+            raise ValueError("the JSON and the weights belong to different saves")
+        model = DigitsClassifier()
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except Exception as exc:  # noqa: BLE001 - any damage to a cache entry means "train again"
+        warnings.warn(f"ignoring the damaged digits-classifier cache entry {weights} ({exc}); retraining", stacklevel=3)
+        return None
+    return model.eval()
+
+
+def _write_cache(model: DigitsClassifier, weights: Path, meta: Path, key: str, config: DigitsTrainingConfig) -> None:
+    from safetensors.torch import save_file
+
+    save_id = uuid.uuid4().hex
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    record = {
+        "key": key,
+        "save_id": save_id,
+        "architecture": ARCHITECTURE_VERSION,
+        "config": config.to_dict(),
+        "data_sha256": digits_file_sha256(),
+    }
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(  # temp file, fsync, os.replace, fsync the folder
+        [
+            (weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", _SAVE_ID_KEY: save_id})),
+            (meta, lambda tmp: tmp.write_text(text, encoding="utf-8")),
+        ]
+    )
+
+
+def load_or_train_digits_classifier(
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+    device: torch.device | str = "cpu",
+) -> DigitsClassifier:
+    """The classifier of :func:`train_digits_classifier`, trained once and then read from a cache.
+
+    The cache entry, ``digits-classifier-<key>.safetensors`` + ``.json`` in ``cache_dir``
+    (default :func:`default_cache_dir`), is named by a hash of the training config, the
+    network version and the data file's SHA-256, so a change to any of them trains anew.
+    Files are written atomically; a damaged entry is retrained (with a warning) and
+    replaced, and a folder that cannot be written only warns. Returned in eval mode.
+    """
+    config = DigitsTrainingConfig(seed=seed, steps=steps)
+    key = _cache_key(config)
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    weights = folder / f"{_CACHE_STEM}-{key}.safetensors"
+    meta = folder / f"{_CACHE_STEM}-{key}.json"
+    model = _read_cache(weights, meta, key)
+    if model is None:
+        model = _train(config, "cpu")
+        try:
+            _write_cache(model, weights, meta, key, config)
+        except OSError as exc:
+            warnings.warn(f"could not cache the digits classifier in {folder} ({exc})", stacklevel=2)
+    return model.to(device).eval()
+
+
+# -- the metrics --------------------------------------------------------------------------------
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+@torch.no_grad()
+def _batched(fn: Any, images: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return torch.cat([fn(images[i : i + batch_size].to(device)) for i in range(0, images.shape[0], batch_size)])
+
+
+def class_accuracy(
+    classifier: DigitsClassifier, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 512
+) -> float:
+    """Fraction of ``images`` [N, 1, H, W] (in [−1, 1]) that ``classifier`` assigns to ``labels`` [N]."""
+    labels = torch.as_tensor(labels)
+    if images.ndim != 4 or labels.shape != (images.shape[0],) or images.shape[0] == 0:
+        raise ShapeError(
+            f"class_accuracy needs images [N, 1, H, W] and labels [N] with N ≥ 1, got {tuple(images.shape)} "
+            f"and {tuple(labels.shape)}"
+        )
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        logits = _batched(classifier, images, _device_of(classifier), batch_size)
+    finally:
+        classifier.train(was_training)
+    return float((logits.argmax(dim=1).cpu() == labels.cpu()).double().mean())
+
+
+def digits_fid(
+    classifier: DigitsClassifier,
+    images: torch.Tensor,
+    reference_images: torch.Tensor,
+    *,
+    batch_size: int = 512,
+) -> float:
+    """Fréchet distance between the classifier features of ``images`` and ``reference_images``.
+
+    Both are [N, 1, H, W] in [−1, 1] (N ≥ 2; the two N and sizes may differ). The value
+    shrinks with N for identical distributions too, so compare it with
+    :func:`real_baseline_fid` at the same N.
+    """
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        device = _device_of(classifier)
+        a = _batched(classifier.features, images, device, batch_size)
+        b = _batched(classifier.features, reference_images, device, batch_size)
+    finally:
+        classifier.train(was_training)
+    return frechet_distance(a, b)
+
+
+def real_baseline_fid(classifier: DigitsClassifier, n: int, seed: int = 0, *, size: int = NATIVE_SIZE) -> float:
+    """:func:`digits_fid` between two disjoint random sets of ``n`` real digits each.
+
+    The floor a sample of ``n`` images can reach: real data scores this against real data.
+    The 2n images are drawn without replacement from all 1,797 (so n ≤ 898) with
+    ``numpy.random.default_rng(seed)``, at image side ``size`` (use the samples' size, so both
+    go through the same resize).
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 2 <= n <= NUM_IMAGES // 2:
+        raise ConfigError(
+            f"n must be an integer in [2, {NUM_IMAGES // 2}] (two disjoint sets of n digits), got {n!r}"
+        )
+    images, _ = load_digits(size)
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(NUM_IMAGES)[: 2 * n])
+    return digits_fid(classifier, images[order[:n]], images[order[n:]])
