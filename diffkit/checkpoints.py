@@ -40,14 +40,15 @@ import torch
 from torch import nn
 
 from diffkit import registry
+from diffkit.atomic import TMP_SUFFIX, write_atomic
 from diffkit.errors import CheckpointError, ConfigError, UnknownNameError
 from diffkit.state_dicts import check_state_dict
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "diffkit.json"
+PIPELINE_FILE = "pipeline.json"  # a saved diffkit.Pipeline (diffkit.pipeline)
 WEIGHTS_FILE = "model.safetensors"
 _SAVE_ID_KEY = "diffkit_save_id"  # in the safetensors header's __metadata__
-_TMP_SUFFIX = ".tmp"  # temporary files are ".<final name>.<random>.tmp"; loading ignores them
 
 # -- the diffusers converter table ----------------------------------------------------------
 
@@ -106,7 +107,7 @@ def save_pretrained(
         raise ConfigError(
             f"save_pretrained needs a diffkit component with a .config (an attrs config), got {type(module).__name__}"
         )
-    entry = _entry_for(config, kind, name)
+    entry = entry_for_config(config, kind, name)
     config_dict = _config_to_dict(config)
     save_id = uuid.uuid4().hex
     record = {
@@ -125,7 +126,7 @@ def save_pretrained(
     folder.mkdir(parents=True, exist_ok=True)
     tensors = _plain_tensors(module.state_dict())
     text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    _write_atomic(
+    write_atomic(
         [
             (folder / WEIGHTS_FILE, lambda tmp: _save_safetensors(tensors, tmp, {_SAVE_ID_KEY: save_id})),
             (folder / CONFIG_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8")),
@@ -134,7 +135,7 @@ def save_pretrained(
     return folder
 
 
-def _entry_for(config: Any, kind: str | None, name: str | None) -> registry.Entry:
+def entry_for_config(config: Any, kind: str | None, name: str | None) -> registry.Entry:
     """The registry entry that builds modules with this config (given, or found by options class)."""
     if name is not None:
         if kind is None:
@@ -197,46 +198,6 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
     save_file(tensors, str(path), metadata={"format": "pt", **metadata})
 
 
-def _write_atomic(files: list[tuple[Path, Callable[[Path], Any]]]) -> None:
-    """Replace each ``path`` by what ``write(tmp)`` writes, with no half-written file ever visible.
-
-    Every file is first written to a temporary name next to its target and fsynced; only when
-    all are written are they renamed over their targets, one after the other, and the folder
-    fsynced. An exception (or a kill) while writing leaves every target as it was; the
-    temporary files are removed on an exception (after a kill they stay, named
-    ``.<name>.<random>.tmp``, and :func:`load_pretrained` ignores them).
-    """
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for path, write in files:
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}")
-            staged.append((tmp, path))
-            write(tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)  # the data is on disk before a rename makes it visible
-            finally:
-                os.close(fd)
-        for tmp, path in staged:
-            os.replace(tmp, path)  # atomic: readers see the old or the new file
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    for folder in {path.parent for _, path in staged}:
-        _fsync_dir(folder)  # the renames themselves are durable
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # -- loading ----------------------------------------------------------------------------------
 
 
@@ -249,7 +210,9 @@ def load_pretrained(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> nn.Module:
-    """The diffkit module stored in ``path`` (a diffkit or diffusers model folder), in eval mode.
+    """The diffkit module stored in ``path`` (a diffkit pipeline, component or diffusers model folder), in eval mode.
+
+    A folder written by :meth:`diffkit.Pipeline.save` gives back the :class:`~diffkit.Pipeline`.
 
     Args:
         path: a folder with ``diffkit.json`` (written by :func:`save_pretrained`) or with a
@@ -271,6 +234,10 @@ def load_pretrained(
     if not folder.is_dir():
         what = "a file; pass the folder that holds it" if folder.is_file() else "not found"
         raise CheckpointError(f"{folder} is {what}")
+    if (folder / PIPELINE_FILE).is_file():
+        from diffkit.pipeline import load_pipeline  # the pipeline imports this module
+
+        return load_pipeline(folder, device=device, dtype=dtype)
     if (folder / CONFIG_FILE).is_file():
         module = _load_diffkit(folder, allow_pickle=allow_pickle)
     elif (folder / "config.json").is_file():
@@ -419,7 +386,7 @@ def _read_weights(
                 raise CheckpointError(f"{file} repeats keys of another shard: {', '.join(overlap[:10])}")
             state_dict.update(part)
         return state_dict, save_id
-    present = sorted(p.name for p in folder.iterdir() if not p.name.endswith(_TMP_SUFFIX))
+    present = sorted(p.name for p in folder.iterdir() if not p.name.endswith(TMP_SUFFIX))
     if refused:
         raise CheckpointError(
             f"{folder} holds only pickle weights ({', '.join(refused)}); unpickling can run arbitrary code, so "

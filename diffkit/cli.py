@@ -1,4 +1,4 @@
-"""The ``diffkit`` command: ``diffkit list [KIND]`` and ``diffkit check NAME...``."""
+"""The ``diffkit`` command: ``list``, ``check``, and ``train`` / ``sample`` / ``demo`` (:mod:`diffkit.cli_run`)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         help="a sampler option for every run, e.g. -o eta=1.0 (VALUE is read as JSON, else as text)",
     )
     check.set_defaults(run=_check)
+    from diffkit.cli_run import add_commands
+
+    add_commands(commands)
     return parser
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffkit.checkpoints import _write_atomic
+from diffkit.atomic import write_atomic
 from diffkit.errors import ConfigError, ShapeError, check_choice
 
 ImageBatch = Union[torch.Tensor, np.ndarray]
@@ -149,6 +149,14 @@ def save_gif(
     return target
 
 
+def read_picture(path: str | os.PathLike[str]) -> np.ndarray:
+    """A PNG (or any image Pillow reads) as uint8 [H, W, C], C = 1 (grey) or 3 (RGB)."""
+    with Image.open(path) as image:
+        grey = image.mode in ("1", "L", "I;16", "I")
+        array = np.asarray(image.convert("L" if grey else "RGB"))
+    return array[:, :, None] if array.ndim == 2 else array
+
+
 # -- helpers ----------------------------------------------------------------------------------
 
 
@@ -225,4 +233,4 @@ def _target(path: str | os.PathLike[str], suffix: str, caller: str) -> Path:
 def _write(target: Path, write: Any) -> None:
     """Create the parent folders, then write through a fsynced temporary file and os.replace."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic([(target, write)])
+    write_atomic([(target, write)])

@@ -14,6 +14,14 @@ from .forward import (
     x0_from_eps,
     x0_from_v,
 )
+from .losses import (
+    discretized_gaussian_log_likelihood,
+    learned_variance_log,
+    min_snr_weight,
+    normal_kl,
+    training_target,
+    vlb_term,
+)
 from .reverse import ddim_invert_step, ddim_sigma, ddim_step, ddpm_step
 from .multistep_samplers import dpmpp_2m_sample, dpmpp_3m_sample, unipc_sample
 from .ode_samplers import dpm2_sample, edm_euler_sample, edm_heun_sample, lms_coefficients, lms_sample
@@ -59,6 +67,7 @@ __all__ = [
     "ddim_step",
     "ddpm_sample",
     "ddpm_step",
+    "discretized_gaussian_log_likelihood",
     "dpm2_sample",
     "dpmpp_2m_sample",
     "dpmpp_2m_sde_sample",
@@ -77,15 +86,20 @@ __all__ = [
     "euler_sample",
     "guided_x0",
     "learned_variance_frac",
+    "learned_variance_log",
     "lms_coefficients",
     "lms_sample",
+    "min_snr_weight",
+    "normal_kl",
     "q_posterior",
     "q_sample",
     "rescale_zero_terminal_snr",
     "sigmas_from_alphas_cumprod",
     "timesteps",
+    "training_target",
     "unipc_sample",
     "v_from_x0_eps",
+    "vlb_term",
     "vp_denoise",
     "vp_preconditioning",
     "x0_from_eps",

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffkit.checkpoints import _write_atomic
+from diffkit.atomic import write_atomic
 from diffkit.data.digits import (
     NATIVE_SIZE,
     NUM_CLASSES,
@@ -245,7 +245,7 @@ def _write_cache(model: DigitsClassifier, weights: Path, meta: Path, key: str, c
     }
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     weights.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(  # temp file, fsync, os.replace, fsync the folder
+    write_atomic(  # temp file, fsync, os.replace, fsync the folder
         [
             (weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", _SAVE_ID_KEY: save_id})),
             (meta, lambda tmp: tmp.write_text(text, encoding="utf-8")),

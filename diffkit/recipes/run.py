@@ -1,0 +1,158 @@
+"""Turn a recipe into a pipeline, data and a training run with its pictures on disk.
+
+A run folder (``diffkit train --out DIR``) holds::
+
+    recipe.json          the recipe as run (overrides applied)
+    checkpoints/         resumable training state (diffkit.training.checkpoints)
+    samples/step-*.png   a sample grid from the EMA weights every ``train.sample_every`` steps
+    progress.gif         those grids in order: training progress
+    samples.png          the final grid
+    trajectory.gif       the final grid's denoising trajectory (the x0 estimate at each step)
+    pipeline/            the trained pipeline (EMA weights): diffkit.load_pretrained(DIR/pipeline)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffkit.errors import CheckpointError, ConfigError, UnknownNameError
+from diffkit.imaging import read_picture, save_gif, save_png
+from diffkit.pipeline import Pipeline
+from diffkit.recipes.base import RecipeDict, backbone_spec
+from diffkit.training import TrainConfig, Trainer, TrainResult
+
+RECIPE_FILE = "recipe.json"
+DATA_SOURCES = ("digits", "folder")
+
+
+def build_pipeline(recipe: RecipeDict) -> Pipeline:
+    """The untrained :class:`~diffkit.Pipeline` a recipe describes."""
+    spec = dict(recipe["pipeline"])
+    spec["backbone"] = backbone_spec(recipe)
+    for key in ("schedule", "conditioner", "autoencoder"):
+        value = spec.get(key)
+        if isinstance(value, list):  # JSON has no tuples: ["name", {config}]
+            spec[key] = (value[0], value[1])
+    return Pipeline(**spec)
+
+
+def build_data(recipe: RecipeDict) -> Any:
+    """The training data set a recipe names (``digits`` or an image ``folder``)."""
+    data = dict(recipe["data"])
+    name = data.pop("name")
+    if name == "digits":
+        from diffkit.data import DigitsDataset
+
+        return DigitsDataset(size=data.get("size", 8))
+    if name == "folder":
+        from diffkit.data import ImageFolder
+
+        root = data.get("root")
+        if not root:
+            raise ConfigError("data.name=folder needs data.root=PATH (a folder of images)")
+        return ImageFolder(root, data["size"], flip=bool(data.get("flip", False)), channels=data.get("channels", 3))
+    raise UnknownNameError("data source", name, DATA_SOURCES)
+
+
+def preview_conditions(pipeline: Pipeline, n: int, recipe: RecipeDict) -> Any:
+    """Conditioning inputs for a preview grid of ``n``: each class in turn, or the recipe's prompts."""
+    conditioner = pipeline.conditioner
+    if conditioner is None:
+        return None
+    num_classes = getattr(conditioner.config, "num_classes", None)
+    if num_classes is not None:
+        return torch.arange(n) % num_classes
+    prompts = recipe["sample"].get("prompts")
+    if prompts:
+        return [prompts[i % len(prompts)] for i in range(n)]
+    raise ConfigError("this recipe's conditioner needs sample.prompts for its preview grids")
+
+
+def grid_rows(pipeline: Pipeline, n: int) -> int:
+    """Images per grid row: one row per cycle of the classes, else a square."""
+    num_classes = getattr(getattr(pipeline.conditioner, "config", None), "num_classes", None)
+    return num_classes or max(1, round(n**0.5))
+
+
+def _grid_scale(pipeline: Pipeline) -> int:
+    """Enlarge small images so a grid can be seen (8×8 digits ×4)."""
+    return max(1, 32 // pipeline.sample_shape[-1])
+
+
+def train_recipe(
+    recipe: RecipeDict,
+    out_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> tuple[Pipeline, TrainResult]:
+    """Train the recipe into ``out_dir``; returns the EMA pipeline and the run's figures."""
+    out = Path(out_dir)
+    recipe_path = out / RECIPE_FILE
+    if resume:
+        if not recipe_path.is_file():
+            raise CheckpointError(f"--resume: {out} holds no run to resume ({RECIPE_FILE} is missing)")
+        saved = json.loads(recipe_path.read_text(encoding="utf-8"))
+        if saved != recipe:
+            changed = sorted(k for k in set(saved) | set(recipe) if saved.get(k) != recipe.get(k))
+            raise CheckpointError(
+                f"--resume: the recipe differs from the one {out} was trained with (sections {changed}); "
+                "resume with the same recipe and overrides, or train into a new --out"
+            )
+    pipeline = build_pipeline(recipe)
+    data = build_data(recipe)
+    config = TrainConfig(**recipe["train"])
+    sample = recipe["sample"]
+    n = int(sample["n"])
+    cond = preview_conditions(pipeline, n, recipe)
+    nrow = grid_rows(pipeline, n)
+    scale = _grid_scale(pipeline)
+    samples_dir = out / "samples"
+
+    def preview(step: int, ema_pipeline: Pipeline) -> None:
+        images = ema_pipeline.sample(n, cond=cond, steps=sample["steps"], guidance=sample["guidance"], generator=0)
+        save_png(samples_dir / f"step-{step:09d}.png", images, nrow=nrow, scale=scale)
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        from diffkit.atomic import write_atomic
+
+        text = json.dumps(recipe, indent=2, sort_keys=True) + "\n"
+        write_atomic([(recipe_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))])
+    trainer = Trainer(
+        pipeline, data, config, out_dir=out, meta={"recipe": recipe}, progress=progress, preview=preview, device=device
+    )
+    result = trainer.train(resume=resume)
+    final = trainer.ema.module.eval()
+    final.save(out / "pipeline")
+    write_pictures(final, out, cond=cond, recipe=recipe)
+    return final, result
+
+
+def write_pictures(pipeline: Pipeline, out: Path, *, cond: Any, recipe: RecipeDict) -> None:
+    """``samples.png``, ``trajectory.gif`` and ``progress.gif`` (from ``samples/``) in ``out``."""
+    sample = recipe["sample"]
+    n = int(sample["n"])
+    nrow, scale = grid_rows(pipeline, n), _grid_scale(pipeline)
+    frames: list[torch.Tensor] = []
+
+    def keep(info: dict[str, Any]) -> None:
+        frames.append(info["denoised"])
+
+    images = pipeline.sample(
+        n, cond=cond, steps=sample["steps"], guidance=sample["guidance"], generator=0, callback=keep
+    )
+    save_png(out / "samples.png", images, nrow=nrow, scale=scale)
+    decode = pipeline.autoencoder.decode_latents if pipeline.autoencoder is not None else (lambda z: z)
+    with torch.no_grad():
+        trajectory = [decode(frame) for frame in frames] + [images]
+    save_gif(out / "trajectory.gif", trajectory, duration_ms=150, nrow=nrow, scale=scale)
+    grids = sorted((out / "samples").glob("step-*.png"))
+    if grids:
+        save_gif(out / "progress.gif", [read_picture(path) for path in grids], duration_ms=300)

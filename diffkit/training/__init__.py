@@ -1,0 +1,24 @@
+"""Training: objectives (ε/x0/v, Min-SNR-γ, hybrid L_vlb), EMA, checkpoints, the trainer."""
+
+from diffkit.training.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from diffkit.training.data import InMemoryData, as_training_data
+from diffkit.training.ema import EMA
+from diffkit.training.objectives import Objective, diffusion_loss, min_snr_weight, training_target
+from diffkit.training.trainer import TrainConfig, Trainer, TrainResult
+
+__all__ = [
+    "EMA",
+    "InMemoryData",
+    "Objective",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "as_training_data",
+    "diffusion_loss",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "min_snr_weight",
+    "save_checkpoint",
+    "training_target",
+]

@@ -1,0 +1,92 @@
+"""Training data held in memory, and the order its batches are drawn in.
+
+A data set for training is anything with images and (optionally) per-image conditioning
+inputs: class labels, captions, conditioning images. Small data sets (the embedded digits, a
+folder of a few thousand images, pre-encoded latents) fit in memory, which makes the batch
+order a pure function of (seed, position): resuming from a checkpoint needs only the position.
+
+Order: epoch e visits the examples in ``randperm(N, seed + e)``; a batch that crosses the end
+of an epoch continues with the next one, so every example is seen once per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from diffkit.errors import ConfigError, ShapeError
+
+_EPOCH_STRIDE = 1_000_003  # decorrelates the seeds of consecutive epochs of nearby runs
+
+
+class InMemoryData:
+    """Images [N, C, H, W] (float, about [−1, 1]) and optional conditioning inputs of length N.
+
+    ``cond`` may be a tensor with a leading dimension N (labels, conditioning images) or a
+    sequence of N Python objects (captions).
+    """
+
+    def __init__(self, images: torch.Tensor, cond: torch.Tensor | Sequence[Any] | None = None) -> None:
+        if not isinstance(images, torch.Tensor) or images.ndim < 2 or not images.is_floating_point():
+            raise ShapeError(f"images must be a floating-point tensor [N, C, ...], got {getattr(images, 'shape', images)}")
+        if len(images) == 0:
+            raise ConfigError("the training data is empty")
+        if cond is not None and len(cond) != len(images):
+            raise ShapeError(f"{len(images)} images but {len(cond)} conditioning inputs")
+        self.images = images
+        self.cond = cond
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """(images [B, …], conditioning inputs for those B examples or None)."""
+        images = self.images[indices]
+        if self.cond is None:
+            return images, None
+        if isinstance(self.cond, torch.Tensor):
+            return images, self.cond[indices]
+        return images, [self.cond[i] for i in indices.tolist()]
+
+
+def as_training_data(dataset: Any) -> InMemoryData:
+    """An :class:`InMemoryData` from a data set.
+
+    Accepts an :class:`InMemoryData`; an object with ``images`` (and ``labels``) tensors such as
+    :class:`~diffkit.data.DigitsDataset`; or any indexable data set whose items are an image or
+    an (image, conditioning input) pair, e.g. :class:`~diffkit.data.ImageFolder` (read once).
+    """
+    if isinstance(dataset, InMemoryData):
+        return dataset
+    images = getattr(dataset, "images", None)
+    if isinstance(images, torch.Tensor):
+        return InMemoryData(images, getattr(dataset, "labels", None))
+    if isinstance(dataset, torch.Tensor):
+        return InMemoryData(dataset)
+    try:
+        items = [dataset[i] for i in range(len(dataset))]
+    except TypeError as exc:
+        raise ConfigError(f"cannot read training data from a {type(dataset).__name__}: {exc}") from exc
+    if not items:
+        raise ConfigError(f"the data set {type(dataset).__name__} is empty")
+    if isinstance(items[0], (tuple, list)):
+        conds = [item[1] for item in items]
+        cond: Any = torch.as_tensor(conds) if all(isinstance(c, int) for c in conds) else conds
+        return InMemoryData(torch.stack([item[0] for item in items]), cond)
+    return InMemoryData(torch.stack(items))
+
+
+def batch_indices(size: int, seed: int, cursor: int, batch_size: int) -> torch.Tensor:
+    """The indices [batch_size] of the batch that starts at sample ``cursor`` of the stream."""
+    out: list[torch.Tensor] = []
+    needed = batch_size
+    while needed:
+        epoch, position = divmod(cursor, size)
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed + _EPOCH_STRIDE * epoch))
+        take = order[position : position + needed]
+        out.append(take)
+        needed -= len(take)
+        cursor += len(take)
+    return torch.cat(out)

@@ -1,0 +1,171 @@
+"""Training objectives: noise levels, targets, min-SNR-γ weights and the hybrid loss.
+
+One training example (Ho et al. 2020, Alg. 1, written with σ as in Karras et al. 2022):
+
+    σ ~ p(σ)                                   uniform over the T table entries, or log-normal
+    ᾱ = 1/(1 + σ²),  t = schedule.sigma_to_t(σ) (exact integers for table entries)
+    x_t = √ᾱ · x0 + √(1 − ᾱ) · ε               (DDPM eq. 4; the network input)
+    target: ε, x0, or v = √ᾱ · ε − √(1 − ᾱ) · x0  (Salimans & Ho 2022)
+    loss = w(SNR) · mean over pixels of (F(x_t, t, cond) − target)²,   SNR = ᾱ/(1 − ᾱ) = 1/σ²
+
+Min-SNR-γ (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy",
+§3.4) caps the x0-space weight at γ; written for each target it is
+
+    ε: min(SNR, γ)/SNR      x0: min(SNR, γ)      v: min(SNR, γ)/(SNR + 1).
+
+A network with a learned variance (2C output channels) trains with the hybrid loss of
+Nichol & Dhariwal 2021 (§3.1): L_simple + λ·L_vlb, λ = 0.001 (:mod:`diffkit.training.vlb`).
+
+These are the same equations the VP adapter :class:`diffkit.denoisers.VPDenoiser` inverts at
+sampling time, so a network trained here is sampled through that adapter unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import torch
+
+from diffkit.denoisers import PREDICTIONS
+from diffkit.errors import ConfigError, ShapeError
+from diffkit.schedules.base import DiscreteSchedule
+from diffkit.training.vlb import vlb_loss
+
+WEIGHTINGS = ("none", "min_snr")
+TIMESTEP_SAMPLING = ("uniform", "lognormal")
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{attribute.name} must be a finite number > 0, got {value!r}")
+
+
+def _finite(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{attribute.name} must be a finite number, got {value!r}")
+
+
+def _choice(valid: tuple[str, ...]) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        from diffkit.errors import check_choice
+
+        check_choice(attribute.name, value, valid)
+
+    return validate
+
+
+@attrs.frozen(kw_only=True)
+class Objective:
+    """What a diffusion network is trained to predict, at which noise levels, with which weights.
+
+    Args:
+        prediction: the network's target: ``"eps"``, ``"x0"`` or ``"v"``.
+        weighting: ``"none"`` (L_simple) or ``"min_snr"`` (Min-SNR-γ).
+        snr_gamma: γ of Min-SNR-γ (the paper's default 5).
+        timesteps: ``"uniform"`` over the T table entries (DDPM) or ``"lognormal"``
+            (ln σ ~ N(lognormal_mean, lognormal_std²), EDM §5, clamped to the table's σ range;
+            the network then sees fractional t).
+        lognormal_mean, lognormal_std: P_mean and P_std of EDM (−1.2, 1.2).
+        vlb_weight: λ of the hybrid loss for learned-variance networks (improved DDPM: 0.001).
+    """
+
+    prediction: str = attrs.field(default="eps", validator=_choice(PREDICTIONS))
+    weighting: str = attrs.field(default="none", validator=_choice(WEIGHTINGS))
+    snr_gamma: float = attrs.field(default=5.0, validator=_positive)
+    timesteps: str = attrs.field(default="uniform", validator=_choice(TIMESTEP_SAMPLING))
+    lognormal_mean: float = attrs.field(default=-1.2, validator=_finite)
+    lognormal_std: float = attrs.field(default=1.2, validator=_positive)
+    vlb_weight: float = attrs.field(default=0.001, validator=_positive)
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def sample_sigmas(
+    objective: Objective, schedule: DiscreteSchedule, batch: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Training noise levels σ, float64 [B] on the CPU (drawn from ``generator``)."""
+    if objective.timesteps == "uniform":
+        t = torch.randint(0, schedule.num_train_timesteps, (batch,), generator=generator)
+        return schedule.sigmas[t]
+    log_sigma = objective.lognormal_mean + objective.lognormal_std * torch.randn(
+        batch, generator=generator, dtype=torch.float64
+    )
+    return log_sigma.exp().clamp(schedule.sigma_min, schedule.sigma_max)
+
+
+def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weight per sample for the given prediction target (Hang et al. 2023)."""
+    capped = snr.clamp(max=gamma)
+    if prediction == "x0":
+        return capped
+    if prediction == "v":
+        return capped / (snr + 1)
+    # ε: min(SNR, γ)/SNR; at SNR → 0 the limit is 1 (min(SNR, γ) = SNR)
+    return torch.where(snr > 0, capped / snr.clamp(min=torch.finfo(snr.dtype).tiny), torch.ones_like(snr))
+
+
+def training_target(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, prediction: str) -> torch.Tensor:
+    """ε, x0 or v = √ᾱ ε − √(1−ᾱ) x0; ``alpha_bar`` broadcasts against x0 ([B, 1, …, 1])."""
+    if prediction == "eps":
+        return noise
+    if prediction == "x0":
+        return x0
+    return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+
+
+def diffusion_loss(
+    model: Callable[..., torch.Tensor],
+    x0: torch.Tensor,
+    cond: Any,
+    schedule: DiscreteSchedule,
+    objective: Objective,
+    *,
+    generator: torch.Generator | None = None,
+    learned_variance: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The batch loss of ``model(x_t, t[, cond])`` on clean data x0 [B, C, …].
+
+    Noise levels and ε are drawn from ``generator`` on the CPU (so a seeded run is the same
+    on every device), then moved to x0's device. Returns (scalar loss, detached parts).
+    """
+    if learned_variance and objective.timesteps != "uniform":
+        raise ConfigError(
+            "the hybrid loss of a learned-variance network needs integer timesteps: use timesteps='uniform'"
+        )
+    batch = x0.shape[0]
+    sigma = sample_sigmas(objective, schedule, batch, generator)  # [B] float64
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    alpha_bar64 = 1 / (1 + sigma * sigma)  # ᾱ = 1/(1+σ²)
+    shape = (batch,) + (1,) * (x0.ndim - 1)
+    alpha_bar = alpha_bar64.to(device=x0.device, dtype=x0.dtype).reshape(shape)
+    t = schedule.sigma_to_t(sigma).to(device=x0.device, dtype=torch.float32)  # [B]
+    x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise  # DDPM eq. 4
+    out = model(x_t, t) if cond is None else model(x_t, t, cond)
+    channels = x0.shape[1]
+    expected = (batch, 2 * channels if learned_variance else channels, *x0.shape[2:])
+    if tuple(out.shape) != expected:
+        raise ShapeError(
+            f"the network returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}; expected {expected}"
+            + (" (the prediction, then C variance channels)" if learned_variance else "")
+        )
+    out = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+    prediction, v_raw = out.chunk(2, dim=1) if learned_variance else (out, None)
+    target = training_target(x0, noise, alpha_bar, objective.prediction).to(prediction.dtype)
+    per_sample = (prediction - target).pow(2).flatten(1).mean(1)  # [B]
+    if objective.weighting == "min_snr":
+        snr = (alpha_bar64 / (1 - alpha_bar64)).to(device=x0.device, dtype=per_sample.dtype)
+        per_sample = per_sample * min_snr_weight(snr, objective.prediction, objective.snr_gamma)
+    loss = per_sample.mean()
+    parts = {"mse": loss.detach()}
+    if learned_variance:
+        vlb = vlb_loss(
+            schedule, x0, x_t, t.round().long(), prediction.detach(), v_raw, objective.prediction, alpha_bar
+        )
+        # L_vlb = Σ_t L_t ≈ T · E_t[L_t] (improved DDPM §3.1), so λ·L_vlb = λ·T·E_t[L_t]
+        loss = loss + objective.vlb_weight * schedule.num_train_timesteps * vlb
+        parts["vlb"] = vlb.detach()
+    return loss, parts
