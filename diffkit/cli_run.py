@@ -43,6 +43,7 @@ def add_commands(commands: Any) -> None:
     demo = commands.add_parser("demo", help="train the digits recipe, sample a guided grid, report metrics")
     demo.add_argument("--out", default=DEMO_OUT, help=f"output folder (default: ./{DEMO_OUT})")
     demo.add_argument("--steps", type=int, help="training steps (default: the digits recipe's)")
+    demo.add_argument("--eval-n", type=int, help="samples judged by the classifier (default: the recipe's, 1000)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
 
@@ -131,6 +132,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     overrides = [] if _positive("--steps", args.steps) is None else [f"train.steps={args.steps}"]
+    if _positive("--eval-n", args.eval_n) is not None:
+        overrides.append(f"sample.eval_n={args.eval_n}")
     recipe = get_recipe("digits", overrides)
     out = Path(args.out)
     pipeline, result = train_recipe(recipe, out, progress=not args.no_progress)

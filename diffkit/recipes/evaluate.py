@@ -24,8 +24,8 @@ def evaluate_digits(
     ``n`` samples, an equal share of each class (labels i mod 10), are drawn with CFG scale
     ``guidance`` and classified (``class_accuracy``: the fraction classified as the class they
     were asked for). ``fid_features`` is the Fréchet distance in the classifier's feature space
-    between ⌊N/2⌋ = 898 samples and 898 real digits; ``fid_real_baseline`` is the same distance
-    between those real digits and the other 898 — the value real data itself scores.
+    between m = min(n, 898) samples and m real digits; ``fid_real_baseline`` is the same distance
+    between those real digits and m others — the value real data itself scores at that size.
     """
     classifier = load_or_train_digits_classifier()
     labels = torch.arange(n) % 10
@@ -34,7 +34,7 @@ def evaluate_digits(
         part = labels[start : start + batch_size]
         chunks.append(pipeline.sample(len(part), cond=part, steps=steps, guidance=guidance, generator=seed + start))
     samples = torch.cat(chunks).clamp(-1, 1).cpu()
-    half = NUM_IMAGES // 2
+    half = min(n, NUM_IMAGES // 2)  # real_baseline_fid needs two disjoint real sets of this size
     size = pipeline.sample_shape[-1]
     real, _ = load_digits(size)
     order = torch.from_numpy(np.random.default_rng(seed).permutation(NUM_IMAGES)[: 2 * half])

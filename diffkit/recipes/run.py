@@ -7,7 +7,7 @@ A run folder (``diffkit train --out DIR``) holds::
     samples/step-*.png   a sample grid from the EMA weights every ``train.sample_every`` steps
     progress.gif         those grids in order: training progress
     samples.png          the final grid
-    trajectory.gif       the final grid's denoising trajectory (the x0 estimate at each step)
+    trajectory.gif       the final grid's denoising trajectory (x_t at each step, then the sample)
     pipeline/            the trained pipeline (EMA weights): diffkit.load_pretrained(DIR/pipeline)
 """
 
@@ -105,9 +105,10 @@ def train_recipe(
                 f"--resume: the recipe differs from the one {out} was trained with (sections {changed}); "
                 "resume with the same recipe and overrides, or train into a new --out"
             )
+    config = TrainConfig(**recipe["train"])
+    torch.manual_seed(config.seed)  # the initial weights, so a run is a function of its recipe
     pipeline = build_pipeline(recipe)
     data = build_data(recipe)
-    config = TrainConfig(**recipe["train"])
     sample = recipe["sample"]
     n = int(sample["n"])
     cond = preview_conditions(pipeline, n, recipe)
@@ -143,7 +144,8 @@ def write_pictures(pipeline: Pipeline, out: Path, *, cond: Any, recipe: RecipeDi
     frames: list[torch.Tensor] = []
 
     def keep(info: dict[str, Any]) -> None:
-        frames.append(info["denoised"])
+        # the state entering step i in VP scale, x_t = x/√(1+σ²): noise first, then ever cleaner
+        frames.append(info["x"] / (1 + float(info["sigma"]) ** 2) ** 0.5)
 
     images = pipeline.sample(
         n, cond=cond, steps=sample["steps"], guidance=sample["guidance"], generator=0, callback=keep

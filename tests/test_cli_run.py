@@ -1,0 +1,122 @@
+"""``diffkit train`` / ``sample`` / ``demo`` and recipes, end to end on tiny settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from diffkit.cli import main
+from diffkit.errors import ConfigError, UnknownNameError
+from diffkit.recipes import apply_overrides, get_recipe, recipe_names
+
+TINY = [
+    "train.batch_size=16", "train.save_every=2", "train.sample_every=2", "train.warmup_steps=1",
+    "sample.n=4", "sample.steps=3",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--recipe", "digits", "--steps", "4", "--out", str(out), "--no-progress", *TINY]) == 0
+    return out
+
+
+def test_train_writes_checkpoints_grids_gifs_and_the_pipeline(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"recipe.json", "checkpoints", "samples", "samples.png", "progress.gif", "trajectory.gif", "pipeline"} <= names
+    assert [p.name for p in sorted((trained_run / "samples").iterdir())] == ["step-000000002.png", "step-000000004.png"]
+    with Image.open(trained_run / "progress.gif") as gif:
+        assert gif.n_frames == 2
+    with Image.open(trained_run / "trajectory.gif") as gif:
+        assert gif.n_frames == 4  # x_t entering each of the 3 steps, then the result
+    recipe = json.loads((trained_run / "recipe.json").read_text())
+    assert recipe["train"]["steps"] == 4 and recipe["train"]["batch_size"] == 16
+
+
+def test_resume_continues_a_run_with_the_same_recipe(trained_run, capsys):
+    args = ["train", "--recipe", "digits", "--out", str(trained_run), "--no-progress", *TINY]
+    assert main([*args, "--steps", "6", "--resume"]) == 2  # another recipe (train.steps differs)
+    assert "differs from the one" in capsys.readouterr().err
+
+
+def test_resume_extends_nothing_when_the_run_is_complete(trained_run, capsys):
+    args = ["train", "--recipe", "digits", "--steps", "4", "--out", str(trained_run), "--no-progress", *TINY]
+    assert main([*args, "--resume"]) == 0
+    assert "trained 4 steps" in capsys.readouterr().out
+
+
+def test_resume_in_an_empty_folder_is_an_error(tmp_path, capsys):
+    assert main(["train", "--recipe", "digits", "--out", str(tmp_path), "--resume", "--no-progress"]) == 2
+    assert "holds no run to resume" in capsys.readouterr().err
+
+
+def test_sample_writes_a_grid_of_the_asked_classes(trained_run, tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--from", str(trained_run), "--n", "6", "--class", "3", "--steps", "2",
+                 "--guidance", "2", "--out", str(out)]) == 0
+    with Image.open(out) as image:
+        assert image.size[0] > 0 and image.size[1] > 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--guidance", "-1"], "guidance must be ≥ 0"),
+        (["--steps", "0"], "--steps must be ≥ 1"),
+        (["--class", "12"], "0 … 9|0..9|range"),
+        (["--sampler", "unpc"], "unipc"),
+    ],
+)
+def test_sample_rejects_bad_input_with_a_clear_message(trained_run, tmp_path, capsys, extra, message):
+    code = main(["sample", "--from", str(trained_run), "--n", "2", "--out", str(tmp_path / "x.png"), *extra])
+    assert code == 2
+    assert pytest.importorskip("re").search(message, capsys.readouterr().err)
+
+
+def test_sample_from_a_missing_folder_is_an_error(tmp_path, capsys):
+    assert main(["sample", "--from", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_unknown_recipe_and_keys_suggest_close_matches():
+    assert "digits" in recipe_names()
+    with pytest.raises(UnknownNameError, match="digits"):
+        get_recipe("digit")
+    with pytest.raises(UnknownNameError, match="steps"):
+        get_recipe("digits", ["train.step=3"])
+    with pytest.raises(UnknownNameError, match="dit"):
+        get_recipe("digits", backbone="ditt")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_overrides(get_recipe("digits"), ["train.steps"])
+
+
+def test_overrides_are_read_as_json_with_a_text_fallback():
+    recipe = get_recipe("digits", ["train.lr=0.0005", "backbones.unet.block_out_channels=[16,32]", "pipeline.sampler=ddim"])
+    assert recipe["train"]["lr"] == 0.0005
+    assert recipe["backbones"]["unet"]["block_out_channels"] == [16, 32]
+    assert recipe["pipeline"]["sampler"] == "ddim"
+
+
+def test_the_dit_backbone_choice_trains(tmp_path):
+    out = tmp_path / "dit"
+    args = ["train", "--recipe", "digits", "--backbone", "dit", "--steps", "2", "--out", str(out), "--no-progress"]
+    assert main([*args, *TINY, "backbones.dit.depth=1", "backbones.dit.hidden_size=32"]) == 0
+    from diffkit import load_pretrained
+
+    pipeline = load_pretrained(out / "pipeline")
+    assert type(pipeline.backbone).__name__ == "DiT"
+
+
+def test_demo_prints_the_metrics_last(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DIFFKIT_CACHE", str(tmp_path / "cache"))
+    assert main(["demo", "--steps", "3", "--eval-n", "50", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    fields = dict(item.split("=") for item in last.split())
+    assert set(fields) == {"class_accuracy", "fid_features", "seconds"}
+    assert 0 <= float(fields["class_accuracy"]) <= 1 and float(fields["fid_features"]) >= 0
+    assert (tmp_path / "demo" / "samples.png").is_file()
+    assert torch.isfinite(torch.tensor(float(fields["seconds"])))
