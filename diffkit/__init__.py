@@ -18,6 +18,7 @@ from diffkit.errors import (
 )
 from diffkit.guidance import CFGDenoiser
 from diffkit.hookspecs import hookimpl
+from diffkit.pipeline import Pipeline
 from diffkit.registry import KINDS, build, get, get_entry, names
 from diffkit.sampling import sample
 
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "DiffkitError",
+    "Pipeline",
     "PluginError",
     "ShapeError",
     "UnknownNameError",
