@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from torch import nn
 
@@ -116,6 +117,10 @@ class Pipeline(nn.Module):
         self.sampler_options = dict(sampler_options or {})
         self.parameterization = check_choice("parameterization", parameterization, PREDICTIONS)
         if isinstance(objective, Mapping):
+            valid = [field.name for field in attrs.fields(Objective)]
+            for key in objective:
+                if key not in valid:
+                    raise UnknownNameError("objective option", key, valid)
             objective = Objective(**{"prediction": parameterization, **objective})
         self.objective = objective or Objective(prediction=parameterization)
         if self.objective.prediction != parameterization:
@@ -126,8 +131,26 @@ class Pipeline(nn.Module):
         if isinstance(default_steps, bool) or not isinstance(default_steps, int) or default_steps < 1:
             raise ConfigError(f"default_steps must be an integer ≥ 1, got {default_steps!r}")
         self.default_steps = default_steps
+        self._check_classes()
         out_channels = getattr(getattr(self.backbone, "config", None), "out_channels", self.sample_shape[0])
         self.learned_variance = out_channels == 2 * self.sample_shape[0]
+
+    def _check_classes(self) -> None:
+        """The conditioner's null class must be the backbone's null class."""
+        ours = getattr(getattr(self.conditioner, "config", None), "num_classes", None)
+        theirs = getattr(getattr(self.backbone, "config", None), "num_classes", None)
+        if ours is not None and theirs and ours != theirs:
+            raise ConfigError(
+                f"the conditioner has num_classes={ours} but the backbone {theirs}: the null class "
+                f"(label {ours}) would be a real class of the backbone, or a label out of its table"
+            )
+
+    def train(self, mode: bool = True) -> Pipeline:
+        """Train mode for backbone and conditioner; the frozen autoencoder stays in eval mode."""
+        super().train(mode)
+        if self.autoencoder is not None:
+            self.autoencoder.eval()
+        return self
 
     def _shape_from_backbone(self) -> tuple[int, int, int]:
         config = getattr(self.backbone, "config", None)
@@ -231,6 +254,9 @@ class Pipeline(nn.Module):
 
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"n must be an integer ≥ 1, got {n!r}")
+        steps = self.default_steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"steps must be an integer ≥ 1, got {steps!r}")
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
             raise ConfigError(f"guidance must be a finite number ≥ 0 (1 = no guidance), got {guidance!r}")
         if guidance < 0:
@@ -244,15 +270,20 @@ class Pipeline(nn.Module):
                 raise ShapeError(f"cond gives {record.batch_size} conditions for n={n} samples")
             denoiser: Callable[..., torch.Tensor] = self.denoiser()
             if self.conditioner is not None and (guidance != 1 or guidance_rescale):
-                uncond = self.condition(negative) if negative is not None else self.conditioner.null(n, device)
+                # ∅: the negative prompt, or these inputs forced to the null condition
+                uncond = self.condition(negative) if negative is not None else self.condition(cond, force_drop=True)
                 denoiser = CFGDenoiser(denoiser, guidance, uncond=uncond, rescale=guidance_rescale)
             elif negative is not None:
                 raise ConfigError("negative= needs a conditioned pipeline and guidance ≠ 1")
+            elif guidance != 1 or guidance_rescale:
+                raise ConfigError(
+                    f"guidance={guidance} needs a conditioned pipeline; this one has no conditioner (use guidance=1)"
+                )
             x = run_sampler(
                 denoiser, (n, *self.sample_shape), cond=record, schedule=self.schedule,
                 sampler=sampler or self.sampler,
                 sampler_options=sampler_options if sampler_options is not None else self.sampler_options,
-                steps=steps or self.default_steps, spacing=spacing,
+                steps=steps, spacing=spacing,
                 generator=_seeded(generator), callback=callback, device=device,
             )
             if decode and self.autoencoder is not None:
@@ -268,7 +299,11 @@ class Pipeline(nn.Module):
         return {
             "format_version": PIPELINE_FORMAT_VERSION,
             "schedule": _describe(self.schedule, "schedule"),
-            "sampler": {"name": self.sampler, "options": self.sampler_options},
+            "sampler": {
+                "name": self.sampler,
+                "options": self.sampler_options,
+                **_origin(registry.get_entry("sampler", self.sampler)),
+            },
             "parameterization": self.parameterization,
             "objective": self.objective.to_dict(),
             "sample_shape": list(self.sample_shape),
@@ -283,6 +318,11 @@ class Pipeline(nn.Module):
         the previous save (or nothing), never a mixture.
         """
         folder = Path(folder)
+        if folder.exists() and not is_pipeline_folder(folder) and (not folder.is_dir() or any(folder.iterdir())):
+            raise ConfigError(
+                f"{folder} exists and is not a pipeline folder; saving replaces the whole folder, so pass "
+                "an empty or new folder (or a pipeline folder to overwrite)"
+            )
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:12]}.tmp")
         try:
@@ -298,9 +338,25 @@ class Pipeline(nn.Module):
         return folder
 
 
+def _origin(entry: registry.Entry) -> dict[str, Any]:
+    return {"plugin": entry.origin.plugin, "distribution": entry.origin.distribution}
+
+
 def _describe(obj: Any, kind: str) -> dict[str, Any]:
     entry = entry_for_config(obj, kind, None)
-    return {"name": entry.name, "config": obj.to_dict(), "plugin": entry.origin.plugin}
+    return {"name": entry.name, "config": obj.to_dict(), **_origin(entry)}
+
+
+def _require(kind: str, record: Mapping[str, Any], folder: Path) -> None:
+    """The registry entry a saved pipeline names; a missing one names the plugin to install."""
+    try:
+        registry.get_entry(kind, record["name"])
+    except UnknownNameError as error:
+        plugin, dist = record.get("plugin"), record.get("distribution")
+        if plugin and (dist != "diffkit" or plugin not in registry.BUILTIN_PLUGINS):
+            source = f"the plugin {plugin!r}" + (f" (distribution {dist})" if dist else "")
+            error.args = (f"{error.args[0]}. {folder} uses the {kind} {record['name']!r} from {source}; install it",)
+        raise
 
 
 def _swap_into_place(staging: Path, folder: Path) -> None:
@@ -337,13 +393,10 @@ def load_pipeline(
         raise CheckpointError(f"{path} has format_version {version!r}; this diffkit reads up to {PIPELINE_FORMAT_VERSION}")
     try:
         schedule = spec["schedule"]
+        _require("schedule", schedule, folder)
+        _require("sampler", spec["sampler"], folder)
         components = {name: load_pretrained(folder / name) for name in spec["components"]}
-        try:
-            schedule_obj = registry.build("schedule", schedule["name"], **schedule["config"])
-        except UnknownNameError as error:
-            error.args = (f"{error.args[0]}. {folder} uses the schedule {schedule['name']!r} from the plugin "
-                          f"{schedule.get('plugin')!r}; install it",)
-            raise
+        schedule_obj = registry.build("schedule", schedule["name"], **schedule["config"])
         pipe = Pipeline(
             **components,
             schedule=schedule_obj,

@@ -284,11 +284,6 @@ def test_a_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Pipeline.save replaces any existing folder wholesale (pipeline.py _swap_into_place), "
-    "deleting files that are not a pipeline's",
-)
 def test_saving_over_a_folder_that_is_not_a_pipeline_is_refused(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -327,11 +322,6 @@ def test_a_missing_schedule_plugin_is_named(tmp_path):
     assert "unknown schedule 'fancy_cosine'" in message and "plugin 'fancy'" in message and "install it" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline.json records no plugin for the sampler (Pipeline.spec), so loading without the "
-    "sampler's plugin cannot say what to install",
-)
 def test_a_missing_sampler_plugin_is_named(tmp_path, monkeypatch):
     entry = registry.get_entry("sampler", "example_heun") if "example_heun" in diffkit.names("sampler") else None
     if entry is None:
@@ -397,9 +387,6 @@ def test_bad_sample_counts_are_rejected(n):
         class_pipeline().sample(n, cond=[0])
 
 
-@pytest.mark.xfail(
-    strict=True, reason="Pipeline.sample uses `steps or self.default_steps`, so steps=0 silently runs default_steps"
-)
 def test_zero_steps_are_rejected():
     with pytest.raises(ConfigError, match="steps"):
         class_pipeline().sample(1, cond=[0], steps=0)
@@ -460,12 +447,8 @@ def test_parameterization_and_objective_must_agree():
     assert agreed.objective == Objective(prediction="x0", weighting="min_snr")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an objective mapping with an unknown key reaches Objective(**mapping) and raises a bare TypeError",
-)
 def test_a_misspelt_objective_option_suggests_the_valid_one():
-    with pytest.raises(ConfigError, match="weighting"):
+    with pytest.raises(UnknownNameError, match="did you mean 'weighting'"):
         class_pipeline(objective={"weightin": "min_snr"})
 
 
@@ -474,18 +457,12 @@ def test_a_schedule_must_be_a_registered_schedule():
         class_pipeline(schedule=object())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Pipeline does not check that the conditioner's num_classes equals the backbone's: a "
-    "smaller K makes CFG's null label a real class, a larger one an IndexError in the label table",
-)
 @pytest.mark.parametrize("conditioner_classes", [K - 1, K + 2])
 def test_conditioner_and_backbone_must_agree_on_the_classes(conditioner_classes):
     with pytest.raises(ConfigError, match="num_classes"):
         class_pipeline(conditioner=("class_label", {"num_classes": conditioner_classes}))
 
 
-@pytest.mark.xfail(strict=True, reason="diffkit/__init__.py does not export Pipeline (pipeline.py's docstring uses it)")
 def test_pipeline_is_exported():
     assert diffkit.Pipeline is Pipeline
 
@@ -549,11 +526,6 @@ def test_negative_prompts_replace_the_null_condition():
     assert not torch.allclose(only_negative, pipe.sample(2, cond=prompts, generator=0), atol=1e-2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Pipeline.sample builds CFG's uncond with conditioner.null(n, device), which the concat "
-    "conditioner cannot do without a configured size",
-)
 @torch.no_grad()
 def test_guidance_with_a_concat_conditioner_of_any_size():
     pipe = Pipeline(
@@ -567,19 +539,21 @@ def test_guidance_with_a_concat_conditioner_of_any_size():
 # -- the training loss ---------------------------------------------------------------------------------
 
 
+def _embedded_class_pipeline() -> Pipeline:
+    """unet reading the class through ``vector_dim`` from the conditioner's own label table."""
+    return class_pipeline(
+        backbone=("unet", {**UNET, "vector_dim": 8}),
+        conditioner=("class_label", {"num_classes": K, "embed_dim": 8}),
+    )
+
+
 @pytest.mark.parametrize(
-    "make",
-    [
-        lambda: text_pipeline(),
-        lambda: class_pipeline(
-            backbone=("unet", {**UNET, "vector_dim": 8}), conditioner=("class_label", {"num_classes": K, "embed_dim": 8})
-        ),
-    ],
+    ("make", "cond"),
+    [(text_pipeline, ["a", "bb", "ccc", "dddd"]), (_embedded_class_pipeline, [0, 1, 2, 0])],
     ids=["text+latent_unet", "class_label(embedded)+unet"],
 )
-def test_the_loss_is_finite_and_trains_backbone_and_conditioner(make):
+def test_the_loss_is_finite_and_trains_backbone_and_conditioner(make, cond):
     pipe = make().train()
-    cond = ["a", "bb", "ccc", "dddd"] if pipe.conditioner.__class__.__name__ == "TextConditioner" else [0, 1, 2, 0]
     data = images(4, channels=pipe.sample_shape[0])
     loss, parts = pipe.loss(data, cond, generator=torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and torch.isfinite(loss) and set(parts) == {"mse"}
@@ -656,18 +630,13 @@ def test_the_loss_encodes_images_first_unless_encoded():
 
     from_images.backward()
     assert all(p.grad is None for p in pipe.autoencoder.parameters())  # frozen
-    assert all(p.grad is not None for p in pipe.backbone.parameters())
+    assert pipe.backbone.conv_in.weight.grad.abs().sum() > 0  # (without a context, cross-attention has none)
     with pytest.raises(ShapeError, match="per-sample shape"):
         pipe.loss(data, encoded=True)  # images are not latents
     with pytest.raises(ShapeError, match="encoder expects images"):
         pipe.loss(latents)  # latents are not images
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Pipeline.train() puts the frozen autoencoder back in training mode (nn.Module.train "
-    "recurses), so an autoencoder with dropout encodes with random dropout masks",
-)
 def test_the_frozen_autoencoder_stays_in_eval_mode():
     pipe = latent_pipeline(autoencoder=("kl", {**KL, "dropout": 0.5}))
     pipe.train()
