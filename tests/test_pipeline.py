@@ -645,3 +645,12 @@ def test_the_frozen_autoencoder_stays_in_eval_mode():
     first = pipe.encode_images(data, generator=torch.Generator().manual_seed(0))
     second = pipe.encode_images(data, generator=torch.Generator().manual_seed(0))
     assert torch.equal(first, second)
+
+
+def test_guidance_on_an_unconditional_pipeline_is_refused():
+    pipe = diffkit.Pipeline(
+        backbone=("unet", {"sample_size": 8, "in_channels": 1, "out_channels": 1, "block_out_channels": (8,),
+                           "layers_per_block": 1, "attention_levels": (), "norm_groups": 4}),
+    )
+    with pytest.raises(ConfigError, match="needs a conditioned pipeline"):
+        pipe.sample(2, steps=2, guidance=3.0)
