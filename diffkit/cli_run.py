@@ -116,7 +116,7 @@ def _sample(args: argparse.Namespace) -> int:
     negative = None if args.negative is None else [args.negative] * args.n
     images = pipeline.sample(
         args.n, cond=cond, negative=negative, steps=args.steps, guidance=guidance,
-        sampler=args.sampler, generator=args.seed,
+        sampler=args.sampler, generator=args.seed, progress=True,
     )
     scale = max(1, 32 // pipeline.sample_shape[-1])
     nrow = grid_rows(pipeline, args.n) if args.label is None and args.prompt is None else None

@@ -79,14 +79,27 @@ def diffkit_register_samplers(samplers: Registrar) -> None:
 
 @hookspec
 def diffkit_register_backbones(backbones: Registrar) -> None:
-    """Add backbone networks: ``backbones.add("unet", UNet)`` (built from keyword config)."""
+    """Add backbone networks: ``backbones.add("unet", build_unet, options=UNetConfig)``.
+
+    ``diffkit.build("backbone", name, **config)`` calls the object with the config keywords;
+    the module it returns has ``forward(x, t, cond=None)`` and a ``config`` attribute (an attrs
+    config registered as ``options``, so saved folders can name the entry).
+    """
 
 
 @hookspec
 def diffkit_register_conditioners(conditioners: Registrar) -> None:
-    """Add conditioners: ``conditioners.add("class_label", ClassLabelConditioner)``."""
+    """Add conditioners: ``conditioners.add("class_label", build_class_label, options=ClassLabelConfig)``.
+
+    The built module follows :class:`diffkit.conditioners.Conditioner`:
+    ``forward(inputs, *, force_drop=None, generator=None) -> Conditioning``, ``null(batch_size)``,
+    ``batch_size_of(inputs)``, and a ``config`` attribute.
+    """
 
 
 @hookspec
 def diffkit_register_autoencoders(autoencoders: Registrar) -> None:
-    """Add autoencoders: ``autoencoders.add("kl", KLAutoencoder)``."""
+    """Add autoencoders: ``autoencoders.add("kl", build_kl, options=KLConfig)``.
+
+    The module has ``encode_latents(images)`` and ``decode_latents(latents)`` (scaled latent space).
+    """

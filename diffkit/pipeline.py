@@ -236,6 +236,7 @@ class Pipeline(nn.Module):
         sampler_options: Mapping[str, Any] | None = None,
         spacing: str | None = None,
         decode: bool = True,
+        progress: bool = False,
     ) -> torch.Tensor:
         """``n`` samples [n, C, H, W] (images in about [−1, 1], or latents with ``decode=False``).
 
@@ -249,6 +250,8 @@ class Pipeline(nn.Module):
             generator: a seed, a ``torch.Generator`` or one per sample (batch-invariant).
             callback: called once per step with the sampler's dict (``x``, ``i``, ``sigma``, …).
             sampler, sampler_options, spacing: override the pipeline's sampler and grid.
+            decode: decode latents with the autoencoder (when there is one).
+            progress: show a progress bar (steps, it/s) while sampling.
         """
         from diffkit.sampling import sample as run_sampler
 
@@ -279,13 +282,23 @@ class Pipeline(nn.Module):
                 raise ConfigError(
                     f"guidance={guidance} needs a conditioned pipeline; this one has no conditioner (use guidance=1)"
                 )
-            x = run_sampler(
-                denoiser, (n, *self.sample_shape), cond=record, schedule=self.schedule,
-                sampler=sampler or self.sampler,
-                sampler_options=sampler_options if sampler_options is not None else self.sampler_options,
-                steps=steps, spacing=spacing,
-                generator=_seeded(generator), callback=callback, device=device,
-            )
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=steps, desc="sample", unit="step", dynamic_ncols=True)
+                callback = _ticking(bar, callback)
+            try:
+                x = run_sampler(
+                    denoiser, (n, *self.sample_shape), cond=record, schedule=self.schedule,
+                    sampler=sampler or self.sampler,
+                    sampler_options=sampler_options if sampler_options is not None else self.sampler_options,
+                    steps=steps, spacing=spacing,
+                    generator=_seeded(generator), callback=callback, device=device,
+                )
+            finally:
+                if bar is not None:
+                    bar.close()
             if decode and self.autoencoder is not None:
                 x = self.autoencoder.decode_latents(x)
             return x
@@ -336,6 +349,17 @@ class Pipeline(nn.Module):
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return folder
+
+
+def _ticking(bar: Any, callback: Callback | None) -> Callback:
+    """A sampler callback that advances ``bar`` once per step, then calls ``callback``."""
+
+    def tick(info: dict[str, Any]) -> None:
+        bar.update(1)
+        if callback is not None:
+            callback(info)
+
+    return tick
 
 
 def _origin(entry: registry.Entry) -> dict[str, Any]:

@@ -654,3 +654,11 @@ def test_guidance_on_an_unconditional_pipeline_is_refused():
     )
     with pytest.raises(ConfigError, match="needs a conditioned pipeline"):
         pipe.sample(2, steps=2, guidance=3.0)
+
+
+def test_a_progress_bar_does_not_change_the_sample(capsys):
+    pipe = class_pipeline()
+    quiet = pipe.sample(3, cond=[0, 1, 2], steps=4, guidance=2.0, generator=1)
+    shown = pipe.sample(3, cond=[0, 1, 2], steps=4, guidance=2.0, generator=1, progress=True)
+    assert torch.equal(quiet, shown)
+    assert "sample" in capsys.readouterr().err
