@@ -1,10 +1,11 @@
-"""Shared test set-up: hypothesis profiles and a clean plugin registry per test."""
+"""Shared test set-up: hypothesis profiles, a clean plugin registry per test, a one-thread fixture."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 # "ci": bounded and derandomized, so CI is reproducible; "dev": more examples, random.
@@ -23,3 +24,15 @@ def _fresh_registry():
     registry.reset()
     yield
     registry.reset()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models: faster than OpenMP contention on 2 cores.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

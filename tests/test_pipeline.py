@@ -48,13 +48,7 @@ KL = {  # one downsampling (f = 2): 16×16×1 images ↔ 8×8×2 latents
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the machine is shared, the tensors tiny, and results thread-count free."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def perturb(module: torch.nn.Module, seed: int, scale: float = 0.1) -> torch.nn.Module:

@@ -129,12 +129,7 @@ def perturb(module: torch.nn.Module, seed: int, scale: float = 0.1) -> None:
             p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cells() -> list[Any]:

@@ -2,3 +2,5 @@
 
 from diffkit.data.digits import DigitsDataset, load_digits
 from diffkit.data.folder import ImageFolder
+
+__all__ = ["DigitsDataset", "ImageFolder", "load_digits"]

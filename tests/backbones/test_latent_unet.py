@@ -29,13 +29,7 @@ from diffkit.errors import CheckpointError, ConfigError, ShapeError, UnknownName
 TINY = PRESETS["tiny"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine, small convolutions run far faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomized(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:

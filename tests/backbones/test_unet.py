@@ -34,14 +34,7 @@ TINY = UNetConfig(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine, two OpenMP threads contend with other
-    processes and make these small convolutions ~100× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomized(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:

@@ -1,15 +1,10 @@
-"""Shared set-up of the conditioner tests."""
+"""Shared set-up of the conditioner tests: every module runs on one thread (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the machine is shared, and these tensors are tiny."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_for_each_module(one_thread):
     yield
-    torch.set_num_threads(threads)
