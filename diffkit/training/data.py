@@ -54,15 +54,17 @@ class InMemoryData:
 def as_training_data(dataset: Any) -> InMemoryData:
     """An :class:`InMemoryData` from a data set.
 
-    Accepts an :class:`InMemoryData`; an object with ``images`` (and ``labels``) tensors such as
-    :class:`~diffkit.data.DigitsDataset`; or any indexable data set whose items are an image or
-    an (image, conditioning input) pair, e.g. :class:`~diffkit.data.ImageFolder` (read once).
+    Accepts an :class:`InMemoryData`; an object with an ``images`` tensor and ``labels`` (a
+    tensor) or ``captions`` (a list of strings), such as :class:`~diffkit.data.DigitsDataset`;
+    or any indexable data set whose items are an image or an (image, conditioning input) pair,
+    e.g. :class:`~diffkit.data.ImageFolder` (read once).
     """
     if isinstance(dataset, InMemoryData):
         return dataset
     images = getattr(dataset, "images", None)
     if isinstance(images, torch.Tensor):
-        return InMemoryData(images, getattr(dataset, "labels", None))
+        cond = getattr(dataset, "labels", None)
+        return InMemoryData(images, cond if cond is not None else getattr(dataset, "captions", None))
     if isinstance(dataset, torch.Tensor):
         return InMemoryData(dataset)
     try:
