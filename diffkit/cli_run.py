@@ -12,6 +12,7 @@ import torch
 from diffkit.errors import ConfigError
 
 DEMO_OUT = "diffkit-demo"
+DEMOS = ("digits", "shapes")
 
 
 def add_commands(commands: Any) -> None:
@@ -40,10 +41,14 @@ def add_commands(commands: Any) -> None:
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(run=_sample)
 
-    demo = commands.add_parser("demo", help="train the digits recipe, sample a guided grid, report metrics")
-    demo.add_argument("--out", default=DEMO_OUT, help=f"output folder (default: ./{DEMO_OUT})")
-    demo.add_argument("--steps", type=int, help="training steps (default: the digits recipe's)")
-    demo.add_argument("--eval-n", type=int, help="samples judged by the classifier (default: the recipe's, 1000)")
+    demo = commands.add_parser("demo", help="train a demo recipe (digits, shapes), sample, report metrics")
+    demo.add_argument("recipe", nargs="?", default="digits", choices=DEMOS, help="which demo (default: digits)")
+    demo.add_argument("--out", default=None, help=f"output folder (default: ./{DEMO_OUT} or ./{DEMO_OUT}-shapes)")
+    demo.add_argument("--steps", type=int, help="diffusion training steps (default: the recipe's)")
+    demo.add_argument(
+        "--eval-n", type=int,
+        help="digits: samples judged (default 1000); shapes: samples per held-out combination (default 8)",
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
 
@@ -126,29 +131,59 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """The main job: train ``digits``, sample a guided grid, print the metrics last."""
+    """The main job: train a demo recipe, sample, print the metrics last."""
     from diffkit.recipes import get_recipe, train_recipe
-    from diffkit.recipes.evaluate import evaluate_digits
 
     start = time.perf_counter()
     overrides = [] if _positive("--steps", args.steps) is None else [f"train.steps={args.steps}"]
     if _positive("--eval-n", args.eval_n) is not None:
-        overrides.append(f"sample.eval_n={args.eval_n}")
-    recipe = get_recipe("digits", overrides)
-    out = Path(args.out)
+        key = "sample.eval_n" if args.recipe == "digits" else "sample.eval_per_combination"
+        overrides.append(f"{key}={args.eval_n}")
+    recipe = get_recipe(args.recipe, overrides)
+    out = Path(args.out or (DEMO_OUT if args.recipe == "digits" else f"{DEMO_OUT}-{args.recipe}"))
     pipeline, result = train_recipe(recipe, out, progress=not args.no_progress)
     print(
         f"trained {result.steps} steps in {result.seconds:.1f}s ({result.images_per_second:.0f} images/s); "
         f"wrote {out / 'samples.png'}, {out / 'progress.gif'}, {out / 'trajectory.gif'}",
         flush=True,
     )
+    metrics_line = _digits_metrics(pipeline, recipe) if args.recipe == "digits" else _shapes_metrics(pipeline, recipe, out)
+    print(f"{metrics_line} seconds={time.perf_counter() - start:.1f}")
+    return 0
+
+
+def _digits_metrics(pipeline: Any, recipe: dict[str, Any]) -> str:
+    from diffkit.recipes.evaluate import evaluate_digits
+
     sample = recipe["sample"]
     metrics = evaluate_digits(pipeline, n=sample["eval_n"], steps=sample["steps"], guidance=sample["guidance"])
     print(
         f"{sample['eval_n']} guided samples (w={sample['guidance']}, {sample['steps']} steps): "
         f"real-vs-real Fréchet baseline {metrics['fid_real_baseline']:.3f}"
     )
-    seconds = time.perf_counter() - start
-    print(f"class_accuracy={metrics['class_accuracy']:.4f} fid_features={metrics['fid_features']:.4f} seconds={seconds:.1f}")
-    return 0
+    return f"class_accuracy={metrics['class_accuracy']:.4f} fid_features={metrics['fid_features']:.4f}"
 
+
+def _shapes_metrics(pipeline: Any, recipe: dict[str, Any], out: Path) -> str:
+    import json
+
+    from diffkit.recipes.evaluate import evaluate_shapes
+    from diffkit.recipes.latent import AUTOENCODER_REPORT
+
+    sample = recipe["sample"]
+    report = json.loads((out / AUTOENCODER_REPORT).read_text(encoding="utf-8"))
+    print(
+        f"autoencoder: PSNR {report['psnr_heldout']:.2f} dB on held-out images "
+        f"({report['psnr_train']:.2f} dB on training images), scaling factor {report['scaling_factor']:.4f}"
+    )
+    scores = {}
+    for guidance in (1.0, sample["guidance"]):
+        scores[guidance] = evaluate_shapes(
+            pipeline, recipe, guidance=guidance, steps=sample["steps"], per_combination=sample["eval_per_combination"]
+        )
+        print(
+            f"held-out prompts, w={guidance}: "
+            + " ".join(f"{key}={value:.4f}" for key, value in sorted(scores[guidance].items()))
+        )
+    best = scores[sample["guidance"]]
+    return " ".join(f"{key}={best[key]:.4f}" for key in ("color_accuracy", "shape_accuracy", "position_accuracy"))

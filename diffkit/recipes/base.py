@@ -100,4 +100,4 @@ def backbone_spec(recipe: RecipeDict) -> tuple[str, dict[str, Any]]:
 
 
 def _load_builtin() -> None:
-    from diffkit.recipes import digits  # noqa: F401  (registers itself)
+    from diffkit.recipes import digits, shapes  # noqa: F401  (they register themselves)

@@ -24,16 +24,18 @@ from diffkit.errors import CheckpointError, ConfigError, UnknownNameError
 from diffkit.imaging import read_picture, save_gif, save_png
 from diffkit.pipeline import Pipeline
 from diffkit.recipes.base import RecipeDict, backbone_spec
-from diffkit.training import TrainConfig, Trainer, TrainResult
+from diffkit.training import InMemoryData, TrainConfig, Trainer, TrainResult, as_training_data
 
 RECIPE_FILE = "recipe.json"
-DATA_SOURCES = ("digits", "folder")
+DATA_SOURCES = ("digits", "folder", "shapes")
 
 
-def build_pipeline(recipe: RecipeDict) -> Pipeline:
-    """The untrained :class:`~diffkit.Pipeline` a recipe describes."""
+def build_pipeline(recipe: RecipeDict, *, autoencoder: Any = None) -> Pipeline:
+    """The untrained :class:`~diffkit.Pipeline` a recipe describes (with a trained autoencoder)."""
     spec = dict(recipe["pipeline"])
     spec["backbone"] = backbone_spec(recipe)
+    if autoencoder is not None:
+        spec["autoencoder"] = autoencoder
     for key in ("schedule", "conditioner", "autoencoder"):
         value = spec.get(key)
         if isinstance(value, list):  # JSON has no tuples: ["name", {config}]
@@ -56,6 +58,10 @@ def build_data(recipe: RecipeDict) -> Any:
         if not root:
             raise ConfigError("data.name=folder needs data.root=PATH (a folder of images)")
         return ImageFolder(root, data["size"], flip=bool(data.get("flip", False)), channels=data.get("channels", 3))
+    if name == "shapes":
+        from diffkit.data.shapes import ShapesConfig, ShapesDataset
+
+        return ShapesDataset(ShapesConfig(**data), split="train")  # held-out combinations excluded
     raise UnknownNameError("data source", name, DATA_SOURCES)
 
 
@@ -68,6 +74,11 @@ def preview_conditions(pipeline: Pipeline, n: int, recipe: RecipeDict) -> Any:
     if num_classes is not None:
         return torch.arange(n) % num_classes
     prompts = recipe["sample"].get("prompts")
+    if not prompts and recipe["data"]["name"] == "shapes":  # the held-out combinations
+        from diffkit.data.shapes import ShapesConfig, heldout_prompts
+
+        config = ShapesConfig(**{k: v for k, v in recipe["data"].items() if k != "name"})
+        prompts = [text for text, _ in heldout_prompts(config, n_per_combination=1)]
     if prompts:
         return [prompts[i % len(prompts)] for i in range(n)]
     raise ConfigError("this recipe's conditioner needs sample.prompts for its preview grids")
@@ -82,6 +93,29 @@ def grid_rows(pipeline: Pipeline, n: int) -> int:
 def _grid_scale(pipeline: Pipeline) -> int:
     """Enlarge small images so a grid can be seen (8×8 digits ×4)."""
     return max(1, 32 // pipeline.sample_shape[-1])
+
+
+def training_data(recipe: RecipeDict, out: Path, *, progress: bool = True) -> tuple[InMemoryData, Any]:
+    """(training data, autoencoder or None): for a latent recipe, the trained autoencoder and the
+    training images encoded once into its scaled latents."""
+    data = as_training_data(build_data(recipe))
+    if "autoencoder" not in recipe:
+        return data, None
+    from diffkit.recipes.latent import prepare_autoencoder
+    from diffkit.training.autoencoder import encode_dataset
+
+    autoencoder, _ = prepare_autoencoder(recipe, data.images, out, heldout=_heldout_images(recipe), progress=progress)
+    return InMemoryData(encode_dataset(autoencoder, data.images), data.cond), autoencoder
+
+
+def _heldout_images(recipe: RecipeDict) -> torch.Tensor | None:
+    """Images the autoencoder's reconstruction PSNR is reported on (the shapes held-out split)."""
+    data = dict(recipe["data"])
+    if data.pop("name") != "shapes":
+        return None
+    from diffkit.data.shapes import ShapesConfig, ShapesDataset
+
+    return ShapesDataset(ShapesConfig(**data), split="heldout").images
 
 
 def train_recipe(
@@ -106,9 +140,11 @@ def train_recipe(
                 "resume with the same recipe and overrides, or train into a new --out"
             )
     config = TrainConfig(**recipe["train"])
+    out.mkdir(parents=True, exist_ok=True)
+    data, autoencoder = training_data(recipe, out, progress=progress)
+    encoded = autoencoder is not None
     torch.manual_seed(config.seed)  # the initial weights, so a run is a function of its recipe
-    pipeline = build_pipeline(recipe)
-    data = build_data(recipe)
+    pipeline = build_pipeline(recipe, autoencoder=autoencoder)
     sample = recipe["sample"]
     n = int(sample["n"])
     cond = preview_conditions(pipeline, n, recipe)
@@ -120,14 +156,14 @@ def train_recipe(
         images = ema_pipeline.sample(n, cond=cond, steps=sample["steps"], guidance=sample["guidance"], generator=0)
         save_png(samples_dir / f"step-{step:09d}.png", images, nrow=nrow, scale=scale)
 
-    out.mkdir(parents=True, exist_ok=True)
     if not resume:
         from diffkit.atomic import write_atomic
 
         text = json.dumps(recipe, indent=2, sort_keys=True) + "\n"
         write_atomic([(recipe_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))])
     trainer = Trainer(
-        pipeline, data, config, out_dir=out, meta={"recipe": recipe}, progress=progress, preview=preview, device=device
+        pipeline, data, config, out_dir=out, meta={"recipe": recipe}, progress=progress, preview=preview,
+        device=device, encoded=encoded,
     )
     result = trainer.train(resume=resume)
     final = trainer.ema.module.eval()
