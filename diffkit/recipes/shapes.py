@@ -30,7 +30,7 @@ def shapes() -> RecipeDict:
         "data": {"name": "shapes", "image_size": 32, "count": 6000, "seed": 0, "held_out": 12},
         "autoencoder": {
             "config": dict(SHAPES_AUTOENCODER),
-            "train": {"steps": 1500, "batch_size": 32, "lr": 2e-3, "seed": 0},
+            "train": {"steps": 1500, "batch_size": 16, "lr": 3e-3, "seed": 0},  # 32 dB held-out PSNR
         },
         "pipeline": {
             "backbone": "latent_unet",
@@ -69,14 +69,14 @@ def shapes() -> RecipeDict:
             },
         },
         "train": {
-            "steps": 3000,
+            "steps": 1200,
             "batch_size": 64,
-            "lr": 1e-3,
+            "lr": 2e-3,
             "warmup_steps": 100,
             "lr_schedule": "cosine",
-            "ema_decay": 0.998,
-            "save_every": 1000,
-            "sample_every": 500,
+            "ema_decay": 0.995,
+            "save_every": 400,
+            "sample_every": 400,
             "seed": 0,
         },
         "sample": {"n": 25, "steps": 20, "guidance": 4.0, "prompts": None, "eval_per_combination": 8},
