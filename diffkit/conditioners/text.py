@@ -24,7 +24,7 @@ import torch
 from diffkit.conditioners.base import Conditioner, check_batch_list, config_signature, drop_probability, int_at_least
 from diffkit.conditioners.record import Conditioning
 from diffkit.conditioners.text_encoder import TextEncoder, masked_mean
-from diffkit.conditioners.tokenizer import ByteTokenizer
+from diffkit.conditioners.tokenizer import ByteTokenizer, WordTokenizer
 from diffkit.configs import ModelConfig
 from diffkit.errors import ConfigError
 
@@ -45,6 +45,9 @@ class TextConfig(ModelConfig):
     """d_ctx, the width of ``context`` and ``vector`` (the backbone's ``context_dim``)."""
     drop_prob: float = attrs.field(default=0.1, validator=drop_probability)
     """p_uncond, the training-time probability of the empty-prompt condition."""
+    vocabulary: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    """Empty: byte tokens. Otherwise the word vocabulary of a :class:`WordTokenizer`
+    (e.g. ``build_vocabulary(training_captions)``; unknown words become UNK)."""
 
     def __attrs_post_init__(self) -> None:
         if self.width % self.heads:
@@ -63,9 +66,11 @@ class TextConditioner(Conditioner):
         if not isinstance(config, TextConfig):
             raise ConfigError(f"TextConditioner takes a TextConfig, got {type(config).__name__}")
         super().__init__(config)
-        self.tokenizer = ByteTokenizer(config.max_length)
+        self.tokenizer = (
+            WordTokenizer(config.max_length, config.vocabulary) if config.vocabulary else ByteTokenizer(config.max_length)
+        )
         self.encoder = TextEncoder(
-            vocab_size=ByteTokenizer.vocab_size,
+            vocab_size=self.tokenizer.vocab_size,
             max_length=config.max_length,
             width=config.width,
             depth=config.depth,

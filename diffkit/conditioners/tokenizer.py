@@ -1,4 +1,4 @@
-"""A byte-level tokenizer that needs no vocabulary file (nothing to download).
+"""Tokenizers that need no vocabulary file (nothing to download): bytes, or words from captions.
 
 A text is its UTF-8 bytes, one token per byte (ids 0 … 255), framed by BOS and EOS and padded
 with PAD to a fixed length L = ``max_length``:
@@ -13,6 +13,7 @@ framing tokens, so no row of the mask is empty.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -52,7 +53,7 @@ class ByteTokenizer:
         """(ids int64 [B, L], mask bool [B, L]) for a sequence of texts; mask True = real token."""
         if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
             raise ConfigError(f"encode takes a sequence of str (one per sample), got {type(texts).__name__}")
-        ids = torch.full((len(texts), self.max_length), PAD, dtype=torch.long)
+        ids = torch.full((len(texts), self.max_length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(texts), self.max_length), dtype=torch.bool)
         for row, text in enumerate(texts):
             tokens = self.token_ids(text)
@@ -75,4 +76,65 @@ class ByteTokenizer:
                     raise ConfigError(f"token id {token} is not a byte (0 … 255) where text was expected")
                 data.append(token)
             texts.append(data.decode("utf-8", errors="replace"))
+        return texts
+
+
+WORD_PAD, WORD_BOS, WORD_EOS, WORD_UNK = 0, 1, 2, 3
+_WORD = re.compile(r"[^\W_]+|[^\w\s]", re.UNICODE)  # runs of letters/digits, or one punctuation mark
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-cased words and punctuation marks of ``text`` (the units a vocabulary holds)."""
+    return _WORD.findall(text.lower())
+
+
+def build_vocabulary(texts: Sequence[str], *, min_count: int = 1) -> tuple[str, ...]:
+    """The sorted words that occur at least ``min_count`` times in ``texts`` (e.g. training captions)."""
+    counts: dict[str, int] = {}
+    for text in texts:
+        for word in words_of(text):
+            counts[word] = counts.get(word, 0) + 1
+    return tuple(sorted(word for word, count in counts.items() if count >= min_count))
+
+
+class WordTokenizer(ByteTokenizer):
+    """Word-level tokens from a fixed vocabulary (built from the training captions; no download).
+
+        [BOS, w_1, …, w_n, EOS, PAD, …]     ids: PAD 0, BOS 1, EOS 2, UNK 3, vocabulary words from 4
+
+    A word outside the vocabulary becomes UNK (never an error); texts are lower-cased and split
+    into letter/digit runs and single punctuation marks; longer texts keep their first
+    ``max_length`` − 2 words. One token per word makes attribute words directly visible to a
+    small encoder, where bytes must first be assembled into words.
+    """
+
+    pad_id, bos_id, eos_id = WORD_PAD, WORD_BOS, WORD_EOS
+
+    def __init__(self, max_length: int, vocabulary: Sequence[str]) -> None:
+        super().__init__(max_length)
+        words = list(vocabulary)
+        if not words or len(set(words)) != len(words) or not all(isinstance(w, str) and w for w in words):
+            raise ConfigError("a word vocabulary must be a non-empty list of distinct non-empty strings")
+        self.vocabulary = tuple(words)
+        self.index = {word: i + 4 for i, word in enumerate(words)}
+        self.vocab_size = len(words) + 4
+
+    def token_ids(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise ConfigError(f"texts must be str, got {type(text).__name__}")
+        ids = [self.index.get(word, WORD_UNK) for word in words_of(text)][: self.max_length - 2]
+        return [WORD_BOS, *ids, WORD_EOS]
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        """Texts from ids [B, L] (or [L]): the words between BOS and EOS, UNK as ``<unk>``."""
+        if ids.ndim == 1:
+            ids = ids[None]
+        texts = []
+        for row in ids.tolist():
+            words = []
+            for token in row[1 if row and row[0] == WORD_BOS else 0 :]:
+                if token in (WORD_EOS, WORD_PAD):
+                    break
+                words.append("<unk>" if token == WORD_UNK else self.vocabulary[token - 4])
+            texts.append(" ".join(words))
         return texts

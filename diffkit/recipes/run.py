@@ -30,8 +30,12 @@ RECIPE_FILE = "recipe.json"
 DATA_SOURCES = ("digits", "folder", "shapes")
 
 
-def build_pipeline(recipe: RecipeDict, *, autoencoder: Any = None) -> Pipeline:
-    """The untrained :class:`~diffkit.Pipeline` a recipe describes (with a trained autoencoder)."""
+def build_pipeline(recipe: RecipeDict, *, autoencoder: Any = None, captions: Any = None) -> Pipeline:
+    """The untrained :class:`~diffkit.Pipeline` a recipe describes (with a trained autoencoder).
+
+    A conditioner option ``"vocabulary": "captions"`` becomes the word vocabulary of the
+    training ``captions`` (:func:`~diffkit.conditioners.tokenizer.build_vocabulary`).
+    """
     spec = dict(recipe["pipeline"])
     spec["backbone"] = backbone_spec(recipe)
     if autoencoder is not None:
@@ -39,7 +43,14 @@ def build_pipeline(recipe: RecipeDict, *, autoencoder: Any = None) -> Pipeline:
     for key in ("schedule", "conditioner", "autoencoder"):
         value = spec.get(key)
         if isinstance(value, list):  # JSON has no tuples: ["name", {config}]
-            spec[key] = (value[0], value[1])
+            spec[key] = (value[0], dict(value[1]))
+    conditioner = spec.get("conditioner")
+    if isinstance(conditioner, tuple) and conditioner[1].get("vocabulary") == "captions":
+        if captions is None or isinstance(captions, torch.Tensor) or not all(isinstance(c, str) for c in captions):
+            raise ConfigError('conditioner vocabulary "captions" needs training data with text captions')
+        from diffkit.conditioners.tokenizer import build_vocabulary
+
+        conditioner[1]["vocabulary"] = list(build_vocabulary(captions))
     return Pipeline(**spec)
 
 
@@ -144,7 +155,7 @@ def train_recipe(
     data, autoencoder = training_data(recipe, out, progress=progress)
     encoded = autoencoder is not None
     torch.manual_seed(config.seed)  # the initial weights, so a run is a function of its recipe
-    pipeline = build_pipeline(recipe, autoencoder=autoencoder)
+    pipeline = build_pipeline(recipe, autoencoder=autoencoder, captions=data.cond)
     sample = recipe["sample"]
     n = int(sample["n"])
     cond = preview_conditions(pipeline, n, recipe)

@@ -1,0 +1,55 @@
+"""The word-level tokenizer built from captions, and the text conditioner using it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import diffkit
+from diffkit.conditioners.tokenizer import WORD_BOS, WORD_EOS, WORD_PAD, WORD_UNK, WordTokenizer, build_vocabulary
+from diffkit.errors import ConfigError
+
+CAPTIONS = ["a red circle on the left", "small blue square at the top", "The green triangle, right side"]
+
+
+def test_the_vocabulary_is_the_sorted_set_of_caption_words():
+    vocabulary = build_vocabulary(CAPTIONS)
+    assert list(vocabulary) == sorted(set(vocabulary))
+    assert {"red", "circle", "left", "the", ","} <= set(vocabulary)
+    assert "The" not in vocabulary  # lower-cased
+    assert build_vocabulary(CAPTIONS, min_count=2) == ("the",)
+
+
+def test_words_map_to_ids_and_back_and_unknown_words_become_unk():
+    tokenizer = WordTokenizer(8, build_vocabulary(CAPTIONS))
+    ids, mask = tokenizer.encode(["a red circle on the left", "a purple zebra", ""])
+    assert ids[0, 0] == WORD_BOS and ids[0, 7] == WORD_EOS
+    assert tokenizer.decode(ids) == ["a red circle on the left", "a <unk> <unk>", ""]
+    assert (ids[1, 2:4] == WORD_UNK).all()
+    assert mask.sum(1).tolist() == [8, 5, 2]
+    assert (ids[~mask] == WORD_PAD).all()
+
+
+def test_long_texts_keep_their_first_words():
+    tokenizer = WordTokenizer(4, build_vocabulary(CAPTIONS))
+    assert tokenizer.decode(tokenizer.encode(["a red circle on the left"])[0]) == ["a red"]
+
+
+@pytest.mark.parametrize("vocabulary", [[], ["a", "a"], ["a", ""]])
+def test_a_bad_vocabulary_is_refused(vocabulary):
+    with pytest.raises(ConfigError, match="vocabulary"):
+        WordTokenizer(8, vocabulary)
+
+
+def test_the_text_conditioner_with_a_vocabulary_round_trips_its_config(tmp_path):
+    conditioner = diffkit.build(
+        "conditioner", "text", width=16, depth=1, heads=2, max_length=10, context_dim=16,
+        vocabulary=list(build_vocabulary(CAPTIONS)),
+    )
+    record = conditioner(["a red circle on the left", "a purple zebra"])
+    assert record.context.shape == (2, 10, 16) and record.mask.sum(1).tolist() == [8, 5]
+    diffkit.save_pretrained(conditioner, tmp_path / "text")
+    loaded = diffkit.load_pretrained(tmp_path / "text")
+    assert loaded.config == conditioner.config
+    again = loaded(["a red circle on the left", "a purple zebra"])
+    assert torch.equal(again.context, conditioner.eval()(["a red circle on the left", "a purple zebra"]).context)
