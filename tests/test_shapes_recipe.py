@@ -14,7 +14,8 @@ TINY = [
     "data.count=48", "data.heldout_count=24", "autoencoder.train.steps=3", "autoencoder.train.batch_size=8",
     "autoencoder.config.block_out_channels=[8,16,16]", "autoencoder.config.norm_num_groups=4",
     "backbones.latent_unet.block_out_channels=[16,32]", "backbones.latent_unet.norm_groups=8",
-    "pipeline.conditioner=[\"text\",{\"width\":32,\"depth\":1,\"heads\":2,\"max_length\":40,\"context_dim\":32,\"drop_prob\":0.1}]",
+    "pipeline.conditioner=[\"text\",{\"width\":32,\"depth\":1,\"heads\":2,\"max_length\":16,\"context_dim\":32,"
+    "\"drop_prob\":0.1,\"vocabulary\":\"captions\"}]",
     "backbones.latent_unet.context_dim=32", "backbones.dit.vector_dim=32", "backbones.dit.hidden_size=32",
     "backbones.dit.depth=1", "train.batch_size=8", "train.warmup_steps=1", "train.save_every=2",
     "train.sample_every=2", "sample.n=4", "sample.steps=2",
@@ -45,6 +46,14 @@ def test_prompts_sample_decoded_images(shapes_run, tmp_path):
     code = main(["sample", "--from", str(shapes_run), "--prompt", "a green triangle at the top",
                  "--negative", "red", "--guidance", "3", "--steps", "2", "--n", "2", "--out", str(out)])
     assert code == 0 and out.is_file()
+
+
+def test_the_text_vocabulary_is_built_from_the_training_captions(shapes_run):
+    pipeline = load_pretrained(shapes_run / "pipeline")
+    vocabulary = pipeline.conditioner.config.vocabulary
+    assert {"red", "circle", "left"} <= set(vocabulary)
+    recipe = json.loads((shapes_run / "recipe.json").read_text())
+    assert recipe["pipeline"]["conditioner"][1]["vocabulary"] == "captions"  # the recipe keeps the rule
 
 
 def test_a_text_pipeline_without_a_prompt_is_a_clear_error(shapes_run, tmp_path, capsys):

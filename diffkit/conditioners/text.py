@@ -16,6 +16,8 @@ its text is replaced by "" before encoding and its mask set to True.
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any
 
 import attrs
@@ -80,9 +82,15 @@ class TextConditioner(Conditioner):
 
     def _texts(self, inputs: Any) -> list[str]:
         texts = list(check_batch_list(inputs, "text inputs"))
-        for text in texts:
-            if not isinstance(text, str):
-                raise ConfigError(f"text inputs must be str, got {type(text).__name__}: {text!r}")
+        for i, text in enumerate(texts):
+            if isinstance(text, (bytes, bytearray)):  # bytes: UTF-8, invalid sequences replaced (with a warning)
+                try:
+                    texts[i] = bytes(text).decode("utf-8")
+                except UnicodeDecodeError as error:
+                    warnings.warn(f"text input {i} is not valid UTF-8 ({error.reason}); invalid bytes replaced by U+FFFD")
+                    texts[i] = bytes(text).decode("utf-8", errors="replace")
+            elif not isinstance(text, str):
+                raise ConfigError(f"text inputs must be str (or UTF-8 bytes), got {type(text).__name__}: {text!r}")
         return texts
 
     def batch_size_of(self, inputs: Any) -> int:

@@ -14,6 +14,7 @@ framing tokens, so no row of the mask is empty.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -47,12 +48,26 @@ class ByteTokenizer:
             data = data[:cut]
         return [BOS, *data, EOS]
 
+    def units(self, text: str) -> int:
+        """How many tokens ``text`` has before truncation (without BOS/EOS)."""
+        return len(text.encode("utf-8"))
+
     def encode(
         self, texts: Sequence[str], device: torch.device | str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids int64 [B, L], mask bool [B, L]) for a sequence of texts; mask True = real token."""
+        """(ids int64 [B, L], mask bool [B, L]) for a sequence of texts; mask True = real token.
+
+        Texts longer than the context are cut, with a warning naming how many.
+        """
         if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
             raise ConfigError(f"encode takes a sequence of str (one per sample), got {type(texts).__name__}")
+        cut = sum(1 for text in texts if isinstance(text, str) and self.units(text) > self.max_length - 2)
+        if cut:
+            warnings.warn(
+                f"{cut} of {len(texts)} texts are longer than the context ({self.max_length - 2} tokens "
+                f"between BOS and EOS) and were truncated",
+                stacklevel=2,
+            )
         ids = torch.full((len(texts), self.max_length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(texts), self.max_length), dtype=torch.bool)
         for row, text in enumerate(texts):
@@ -118,6 +133,9 @@ class WordTokenizer(ByteTokenizer):
         self.vocabulary = tuple(words)
         self.index = {word: i + 4 for i, word in enumerate(words)}
         self.vocab_size = len(words) + 4
+
+    def units(self, text: str) -> int:
+        return len(words_of(text))
 
     def token_ids(self, text: str) -> list[int]:
         if not isinstance(text, str):

@@ -5,8 +5,9 @@ The seed's latent-diffusion section, trained for real on a CPU:
 1. a KL autoencoder with f = 4 (32×32×3 → 8×8×4; :data:`~diffkit.training.autoencoder.SHAPES_AUTOENCODER`)
    is trained on the images, its latents scaled to unit variance;
 2. the training images are encoded once (posterior mode);
-3. a ``latent_unet`` with cross-attention to the ``text`` conditioner's context (byte tokenizer
-   and a small transformer, trained jointly, 10 % caption dropout for CFG) learns v-prediction
+3. a ``latent_unet`` with cross-attention to the ``text`` conditioner's context (word tokens
+   from the training captions and a small transformer, trained jointly, 10 % caption dropout
+   for CFG) learns v-prediction
    on those latents;
 4. samples are decoded and judged for colour, shape and position on prompts whose
    (colour, shape, position) combinations never appear in training.
@@ -37,8 +38,9 @@ def shapes() -> RecipeDict:
             "schedule": ["cosine", {}],
             "conditioner": [
                 "text",
-                {"width": TEXT_WIDTH, "depth": 2, "heads": 4, "max_length": 48, "context_dim": TEXT_WIDTH,
-                 "drop_prob": 0.1},
+                # word tokens from the training captions: one token per attribute word
+                {"width": TEXT_WIDTH, "depth": 2, "heads": 4, "max_length": 16, "context_dim": TEXT_WIDTH,
+                 "drop_prob": 0.1, "vocabulary": "captions"},
             ],
             "parameterization": "v",
             "sampler": "unipc",

@@ -53,3 +53,21 @@ def test_the_text_conditioner_with_a_vocabulary_round_trips_its_config(tmp_path)
     assert loaded.config == conditioner.config
     again = loaded(["a red circle on the left", "a purple zebra"])
     assert torch.equal(again.context, conditioner.eval()(["a red circle on the left", "a purple zebra"]).context)
+
+
+def test_texts_longer_than_the_context_are_truncated_with_a_warning():
+    tokenizer = WordTokenizer(4, build_vocabulary(CAPTIONS))
+    with pytest.warns(UserWarning, match="1 of 2 texts are longer than the context"):
+        tokenizer.encode(["a red circle on the left", "a red"])
+
+
+def test_bytes_prompts_are_utf8_and_invalid_bytes_are_replaced_with_a_warning():
+    conditioner = diffkit.build("conditioner", "text", width=16, depth=1, heads=2, max_length=40, context_dim=16)
+    conditioner.eval()
+    same = conditioner([b"a red circle"]).context
+    assert torch.equal(same, conditioner(["a red circle"]).context)
+    with pytest.warns(UserWarning, match="not valid UTF-8"):
+        record = conditioner([b"a red \xff circle", ""])  # the empty prompt: unconditional text
+    assert torch.isfinite(record.context).all()
+    with pytest.raises(ConfigError, match="must be str"):
+        conditioner([3])
