@@ -78,11 +78,16 @@ def test_a_rerun_reuses_the_trained_autoencoder(shapes_run, tmp_path):
     assert (out / "autoencoder" / "model.safetensors").read_bytes() == before
 
 
-def test_the_dit_variant_trains_on_the_pooled_text_vector(tmp_path):
-    out = tmp_path / "dit"
-    assert main(["train", "--recipe", "shapes", "--backbone", "dit", "--steps", "1", "--out", str(out),
+def test_the_default_dit_reads_the_pooled_text_vector(shapes_run):
+    pipeline = load_pretrained(shapes_run / "pipeline")
+    assert type(pipeline.backbone).__name__ == "DiT" and pipeline.backbone.config.vector_dim == 32
+
+
+def test_the_latent_unet_variant_trains_with_cross_attention(tmp_path):
+    out = tmp_path / "unet"
+    assert main(["train", "--recipe", "shapes", "--backbone", "latent_unet", "--steps", "1", "--out", str(out),
                  "--no-progress", *TINY]) == 0
-    assert type(load_pretrained(out / "pipeline").backbone).__name__ == "DiT"
+    assert type(load_pretrained(out / "pipeline").backbone).__name__ == "LatentUNet"
 
 
 def test_demo_shapes_prints_the_three_accuracies_last(tmp_path, capsys, monkeypatch):

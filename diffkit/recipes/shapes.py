@@ -5,15 +5,14 @@ The seed's latent-diffusion section, trained for real on a CPU:
 1. a KL autoencoder with f = 4 (32×32×3 → 8×8×4; :data:`~diffkit.training.autoencoder.SHAPES_AUTOENCODER`)
    is trained on the images, its latents scaled to unit variance;
 2. the training images are encoded once (posterior mode);
-3. a ``latent_unet`` with cross-attention to the ``text`` conditioner's context (word tokens
-   from the training captions and a small transformer, trained jointly, 10 % caption dropout
-   for CFG) learns v-prediction
-   on those latents;
+3. a DiT conditioned through its adaLN vector on the ``text`` conditioner's pooled embedding
+   (word tokens from the training captions and a small transformer, trained jointly, 10 %
+   caption dropout for CFG) learns v-prediction on those latents — or, with
+   ``--backbone latent_unet``, the seed's UNet with cross-attention to the token context;
 4. samples are decoded and judged for colour, shape and position on prompts whose
    (colour, shape, position) combinations never appear in training.
 
-``--backbone dit`` swaps in a DiT conditioned through its adaLN vector (the pooled text
-embedding, ``vector_dim``). ``pipeline.conditioner=["minilm", {...}]`` uses the pretrained
+``pipeline.conditioner=["minilm", {...}]`` uses the pretrained
 MiniLM plugin instead of the text encoder trained from scratch.
 """
 
@@ -34,7 +33,10 @@ def shapes() -> RecipeDict:
             "train": {"steps": 1500, "batch_size": 16, "lr": 3e-3, "seed": 0},  # 32 dB held-out PSNR
         },
         "pipeline": {
-            "backbone": "latent_unet",
+            # the DiT: 2-D position embeddings place objects where the prompt says, and it trains
+            # 5× faster than the latent UNet here (docs/benchmarks.md); --backbone latent_unet
+            # is the cross-attention UNet of the seed
+            "backbone": "dit",
             "schedule": ["cosine", {}],
             "conditioner": [
                 "text",
@@ -71,15 +73,15 @@ def shapes() -> RecipeDict:
             },
         },
         "train": {
-            "steps": 1200,
+            "steps": 4000,
             "batch_size": 64,
             "lr": 2e-3,
             "warmup_steps": 100,
             "lr_schedule": "cosine",
             "ema_decay": 0.995,
-            "save_every": 400,
-            "sample_every": 400,
+            "save_every": 1000,
+            "sample_every": 1000,
             "seed": 0,
         },
-        "sample": {"n": 25, "steps": 20, "guidance": 4.0, "prompts": None, "eval_per_combination": 8},
+        "sample": {"n": 25, "steps": 20, "guidance": 2.0, "prompts": None, "eval_per_combination": 8},
     }
