@@ -17,14 +17,9 @@ and caches its weights (safetensors + JSON) under ``$DIFFKIT_CACHE`` or ``~/.cac
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import numbers
 import os
-import uuid
-import warnings
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -33,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffkit.atomic import write_atomic
 from diffkit.data.digits import (
     NATIVE_SIZE,
     NUM_CLASSES,
@@ -43,14 +37,13 @@ from diffkit.data.digits import (
     load_digits,
 )
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.metrics.cache import load_or_train
 from diffkit.metrics.frechet import frechet_distance
 
 FEATURE_DIM = 128
 ARCHITECTURE_VERSION = 1  # bump when DigitsClassifier changes: old cached weights then miss
 DEFAULT_STEPS = 400
-CACHE_ENV = "DIFFKIT_CACHE"
 _CACHE_STEM = "digits-classifier"
-_SAVE_ID_KEY = "diffkit_save_id"
 
 
 # -- the network ------------------------------------------------------------------------------
@@ -199,60 +192,6 @@ def train_digits_classifier(
 # -- the cache ----------------------------------------------------------------------------------
 
 
-def default_cache_dir() -> Path:
-    """``$DIFFKIT_CACHE`` when set, else ``~/.cache/diffkit``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "diffkit")
-
-
-def _cache_key(config: DigitsTrainingConfig) -> str:
-    """A hash of everything the weights depend on: the config, the network and the data."""
-    record = {"architecture": ARCHITECTURE_VERSION, "config": config.to_dict(), "data": digits_file_sha256()}
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _read_cache(weights: Path, meta: Path, key: str) -> DigitsClassifier | None:
-    """The cached classifier, or None when absent; an unreadable entry warns and gives None."""
-    if not weights.exists() and not meta.exists():
-        return None
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    try:
-        record = json.loads(meta.read_text(encoding="utf-8"))
-        with safe_open(str(weights), framework="pt") as handle:
-            save_id = (handle.metadata() or {}).get(_SAVE_ID_KEY)
-        if record.get("key") != key or record.get("save_id") != save_id:
-            raise ValueError("the JSON and the weights belong to different saves")
-        model = DigitsClassifier()
-        model.load_state_dict(load_file(str(weights)), strict=True)
-    except Exception as exc:  # noqa: BLE001 - any damage to a cache entry means "train again"
-        warnings.warn(f"ignoring the damaged digits-classifier cache entry {weights} ({exc}); retraining", stacklevel=3)
-        return None
-    return model.eval()
-
-
-def _write_cache(model: DigitsClassifier, weights: Path, meta: Path, key: str, config: DigitsTrainingConfig) -> None:
-    from safetensors.torch import save_file
-
-    save_id = uuid.uuid4().hex
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    record = {
-        "key": key,
-        "save_id": save_id,
-        "architecture": ARCHITECTURE_VERSION,
-        "config": config.to_dict(),
-        "data_sha256": digits_file_sha256(),
-    }
-    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(  # temp file, fsync, os.replace, fsync the folder
-        [
-            (weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", _SAVE_ID_KEY: save_id})),
-            (meta, lambda tmp: tmp.write_text(text, encoding="utf-8")),
-        ]
-    )
-
-
 def load_or_train_digits_classifier(
     cache_dir: str | os.PathLike[str] | None = None,
     *,
@@ -263,23 +202,17 @@ def load_or_train_digits_classifier(
     """The classifier of :func:`train_digits_classifier`, trained once and then read from a cache.
 
     The cache entry, ``digits-classifier-<key>.safetensors`` + ``.json`` in ``cache_dir``
-    (default :func:`default_cache_dir`), is named by a hash of the training config, the
+    (default :func:`diffkit.metrics.cache.default_cache_dir`), is named by a hash of the training config, the
     network version and the data file's SHA-256, so a change to any of them trains anew.
     Files are written atomically; a damaged entry is retrained (with a warning) and
     replaced, and a folder that cannot be written only warns. Returned in eval mode.
     """
     config = DigitsTrainingConfig(seed=seed, steps=steps)
-    key = _cache_key(config)
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    weights = folder / f"{_CACHE_STEM}-{key}.safetensors"
-    meta = folder / f"{_CACHE_STEM}-{key}.json"
-    model = _read_cache(weights, meta, key)
-    if model is None:
-        model = _train(config, "cpu")
-        try:
-            _write_cache(model, weights, meta, key, config)
-        except OSError as exc:
-            warnings.warn(f"could not cache the digits classifier in {folder} ({exc})", stacklevel=2)
+    record = {"architecture": ARCHITECTURE_VERSION, "config": config.to_dict(), "data_sha256": digits_file_sha256()}
+    model = load_or_train(
+        stem=_CACHE_STEM, record=record, make=DigitsClassifier, train=lambda: _train(config, "cpu"),
+        cache_dir=cache_dir, what="digits classifier",
+    )
     return model.to(device).eval()
 
 

@@ -28,15 +28,10 @@ caches it (safetensors + JSON) under ``$DIFFKIT_CACHE`` or ``~/.cache/diffkit``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import numbers
 import os
-import uuid
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -45,7 +40,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffkit.atomic import write_atomic
 from diffkit.data import shapes as shapes_data
 from diffkit.data.shapes import (
     COLORS,
@@ -57,7 +51,7 @@ from diffkit.data.shapes import (
     ShapeSpec,
 )
 from diffkit.errors import ConfigError, ShapeError
-from diffkit.metrics.digits import default_cache_dir
+from diffkit.metrics.cache import load_or_train
 
 EVAL_SIZE = 32
 """Images are resized to EVAL_SIZE × EVAL_SIZE before anything is measured."""
@@ -66,7 +60,6 @@ MIN_CONTRAST = 0.2
 ARCHITECTURE_VERSION = 1  # bump when ShapeClassifier or the foreground map changes
 DEFAULT_STEPS = 300
 _CACHE_STEM = "shape-classifier"
-_SAVE_ID_KEY = "diffkit_save_id"
 _PALETTE = torch.tensor(list(COLORS.values()), dtype=torch.float32) / 255.0  # [C, 3]
 _CENTERS = torch.tensor([POSITION_CENTERS[p] for p in POSITIONS], dtype=torch.float32)  # [P, 2] (x, y)
 
@@ -298,54 +291,6 @@ def _generator_record() -> dict[str, Any]:
     }
 
 
-def _cache_key(config: ShapeTrainingConfig) -> str:
-    record = {"architecture": ARCHITECTURE_VERSION, "config": config.to_dict(), "generator": _generator_record()}
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _read_cache(weights: Path, meta: Path, key: str) -> ShapeClassifier | None:
-    """The cached classifier, or None when absent; an unreadable entry warns and gives None."""
-    if not weights.exists() and not meta.exists():
-        return None
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    try:
-        record = json.loads(meta.read_text(encoding="utf-8"))
-        with safe_open(str(weights), framework="pt") as handle:
-            save_id = (handle.metadata() or {}).get(_SAVE_ID_KEY)
-        if record.get("key") != key or record.get("save_id") != save_id:
-            raise ValueError("the JSON and the weights belong to different saves")
-        model = ShapeClassifier()
-        model.load_state_dict(load_file(str(weights)), strict=True)
-    except Exception as exc:  # noqa: BLE001 - any damage to a cache entry means "train again"
-        warnings.warn(f"ignoring the damaged shape-classifier cache entry {weights} ({exc}); retraining", stacklevel=3)
-        return None
-    return model.eval()
-
-
-def _write_cache(model: ShapeClassifier, weights: Path, meta: Path, key: str, config: ShapeTrainingConfig) -> None:
-    from safetensors.torch import save_file
-
-    save_id = uuid.uuid4().hex
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    record = {
-        "key": key,
-        "save_id": save_id,
-        "architecture": ARCHITECTURE_VERSION,
-        "config": config.to_dict(),
-        "generator": _generator_record(),
-    }
-    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(  # temp file, fsync, os.replace, fsync the folder
-        [
-            (weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", _SAVE_ID_KEY: save_id})),
-            (meta, lambda tmp: tmp.write_text(text, encoding="utf-8")),
-        ]
-    )
-
-
 def load_or_train_shape_classifier(
     cache_dir: str | os.PathLike[str] | None = None,
     *,
@@ -362,17 +307,11 @@ def load_or_train_shape_classifier(
     folder that cannot be written only warns. Returned in eval mode.
     """
     config = ShapeTrainingConfig(seed=seed, steps=steps)
-    key = _cache_key(config)
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    weights = folder / f"{_CACHE_STEM}-{key}.safetensors"
-    meta = folder / f"{_CACHE_STEM}-{key}.json"
-    model = _read_cache(weights, meta, key)
-    if model is None:
-        model = _train(config, "cpu")
-        try:
-            _write_cache(model, weights, meta, key, config)
-        except OSError as exc:
-            warnings.warn(f"could not cache the shape classifier in {folder} ({exc})", stacklevel=2)
+    record = {"architecture": ARCHITECTURE_VERSION, "config": config.to_dict(), "generator": _generator_record()}
+    model = load_or_train(
+        stem=_CACHE_STEM, record=record, make=ShapeClassifier, train=lambda: _train(config, "cpu"),
+        cache_dir=cache_dir, what="shape classifier",
+    )
     return model.to(device).eval()
 
 

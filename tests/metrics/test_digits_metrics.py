@@ -21,6 +21,7 @@ from diffkit.metrics import (
     real_baseline_fid,
     train_digits_classifier,
 )
+from diffkit.metrics import cache as cache_module
 from diffkit.metrics import digits as digits_module
 
 QUICK_STEPS = 5  # for cache-mechanics tests, where the accuracy does not matter
@@ -133,11 +134,11 @@ def test_cache_key_follows_the_training_config(tmp_path):
 
 def test_cache_dir_defaults_to_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFKIT_CACHE", str(tmp_path))
-    assert digits_module.default_cache_dir() == tmp_path
+    assert cache_module.default_cache_dir() == tmp_path
     load_or_train_digits_classifier(steps=QUICK_STEPS)
     assert any(n.endswith(".safetensors") for n in _entries(tmp_path))
     monkeypatch.delenv("DIFFKIT_CACHE")
-    assert digits_module.default_cache_dir().parts[-2:] == (".cache", "diffkit")
+    assert cache_module.default_cache_dir().parts[-2:] == (".cache", "diffkit")
 
 
 @pytest.mark.parametrize("damage", ["truncate_weights", "garbage_json", "other_save"])
