@@ -27,7 +27,7 @@ TEXT_WIDTH = 128
 @register_recipe("shapes")
 def shapes() -> RecipeDict:
     return {
-        "data": {"name": "shapes", "image_size": 32, "count": 6000, "seed": 0, "held_out": 12},
+        "data": {"name": "shapes", "image_size": 32, "count": 6000, "heldout_count": 480, "seed": 0, "held_out": 12},
         "autoencoder": {
             "config": dict(SHAPES_AUTOENCODER),
             "train": {"steps": 1500, "batch_size": 16, "lr": 3e-3, "seed": 0},  # 32 dB held-out PSNR
