@@ -15,10 +15,12 @@ import json
 import os
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 from diffkit.atomic import write_atomic
@@ -31,6 +33,25 @@ Module = TypeVar("Module", bound=nn.Module)
 def default_cache_dir() -> Path:
     """``$DIFFKIT_CACHE`` when set, else ``~/.cache/diffkit``."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "diffkit")
+
+
+@contextmanager
+def one_cpu_thread(device: torch.device | str) -> Iterator[None]:
+    """Train a judge network on one intra-op thread when ``device`` is the CPU.
+
+    Its tensors are tiny: splitting them over threads costs more than it saves (ten times
+    slower on two busy cores), and one thread makes the weights independent of the machine's
+    thread count. The global setting is restored afterwards.
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def cache_key(record: Mapping[str, Any]) -> str:

@@ -37,7 +37,7 @@ from diffkit.data.digits import (
     load_digits,
 )
 from diffkit.errors import ConfigError, ShapeError
-from diffkit.metrics.cache import load_or_train
+from diffkit.metrics.cache import load_or_train, one_cpu_thread
 from diffkit.metrics.frechet import frechet_distance
 
 FEATURE_DIM = 128
@@ -142,17 +142,8 @@ def _random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generat
 
 
 def _train(config: DigitsTrainingConfig, device: torch.device | str) -> DigitsClassifier:
-    if torch.device(device).type != "cpu":
+    with one_cpu_thread(device):
         return _train_steps(config, device)
-    # On a CPU the tensors are tiny ([128, 64, 8, 8]): splitting them over threads costs more
-    # than it saves (ten times slower on two busy cores), and one thread makes the weights
-    # independent of the machine's thread count. The global setting is restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _train_steps(config, device)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_steps(config: DigitsTrainingConfig, device: torch.device | str) -> DigitsClassifier:

@@ -51,7 +51,7 @@ from diffkit.data.shapes import (
     ShapeSpec,
 )
 from diffkit.errors import ConfigError, ShapeError
-from diffkit.metrics.cache import load_or_train
+from diffkit.metrics.cache import load_or_train, one_cpu_thread
 
 EVAL_SIZE = 32
 """Images are resized to EVAL_SIZE × EVAL_SIZE before anything is measured."""
@@ -232,16 +232,8 @@ def _training_batch(config: ShapeTrainingConfig, rng: np.random.Generator) -> tu
 
 
 def _train(config: ShapeTrainingConfig, device: torch.device | str) -> ShapeClassifier:
-    if torch.device(device).type != "cpu":
+    with one_cpu_thread(device):
         return _train_steps(config, device)
-    # tiny tensors: one thread is faster on a busy machine and makes the weights independent
-    # of the thread count (as for the digits classifier); the global setting is restored
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _train_steps(config, device)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_steps(config: ShapeTrainingConfig, device: torch.device | str) -> ShapeClassifier:
