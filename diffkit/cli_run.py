@@ -25,6 +25,10 @@ def add_commands(commands: Any) -> None:
     train.add_argument("--backbone", help="one of the recipe's backbones (e.g. unet, dit)")
     train.add_argument("--sampler", help="the sampler for previews and the saved pipeline")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--fsdp", action="store_true", help="under torchrun: shard weights and optimizer state (FSDP2) instead of DDP"
+    )
+    train.add_argument("--compile", action="store_true", help="torch.compile the backbone (eager if unavailable)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. train.lr=0.001")
     train.set_defaults(run=_train)
 
@@ -74,15 +78,31 @@ def _recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """Train a recipe; under ``torchrun`` every rank runs this (DDP, or FSDP2 with --fsdp)."""
+    from diffkit.distributed import init_distributed, shutdown_distributed
     from diffkit.recipes import train_recipe
 
     recipe = _recipe_from_args(args)
     out = Path(args.out or Path("runs") / recipe["name"])
-    _, result = train_recipe(recipe, out, resume=args.resume, progress=not args.no_progress)
-    print(
-        f"trained {result.steps} steps in {result.seconds:.1f}s ({result.images_per_second:.0f} images/s), "
-        f"final loss {result.final_loss:.4f}; pipeline in {out / 'pipeline'}, grid in {out / 'samples.png'}"
-    )
+    context = init_distributed()
+    try:
+        if context.device.type == "cuda":
+            from diffkit.accel import enable_tf32
+
+            enable_tf32()
+        # a job restarted by torchrun (--max-restarts) continues from its newest complete checkpoint
+        resume: bool | str = True if args.resume else ("auto" if context.restart_count > 0 else False)
+        _, result = train_recipe(
+            recipe, out, resume=resume, progress=not args.no_progress,
+            distributed=context, fsdp=args.fsdp, compile=args.compile,
+        )
+    finally:
+        shutdown_distributed()
+    if context.is_main:
+        print(
+            f"trained {result.steps} steps in {result.seconds:.1f}s ({result.images_per_second:.0f} images/s), "
+            f"final loss {result.final_loss:.4f}; pipeline in {out / 'pipeline'}, grid in {out / 'samples.png'}"
+        )
     return 0
 
 

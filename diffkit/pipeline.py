@@ -177,7 +177,16 @@ class Pipeline(nn.Module):
                 f"this pipeline is conditioned by a {type(self.conditioner).__name__}: pass cond= "
                 "(e.g. class labels or prompts)"
             )
-        return self.conditioner(inputs, force_drop=force_drop, generator=generator)
+        record = self.conditioner(inputs, force_drop=force_drop, generator=generator)
+        return self._on_backbone_device(record)
+
+    def _on_backbone_device(self, record: Any) -> Any:
+        """The record moved where the backbone computes (asynchronously from the host)."""
+        device = next((p.device for p in self.backbone.parameters()), None)
+        tensors = record.as_dict().values() if hasattr(record, "as_dict") else ()
+        if device is None or all(t.device == device for t in tensors):
+            return record
+        return record.to(device, non_blocking=device.type == "cuda")
 
     # -- training --------------------------------------------------------------------------
 

@@ -258,6 +258,10 @@ class DiT(nn.Module):
         count = sum(p.numel() for p in self.parameters())
         return count + (self.pos_embed.numel() if include_position_embedding else 0)
 
+    def sharding_units(self) -> list[nn.Module]:
+        """The transformer blocks: what FSDP shards one by one."""
+        return list(self.blocks)
+
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, p·p·C_out) tokens → (B, C_out, H, W); each token's outputs are ordered (p, p, C)."""
         p, grid, c_out = self.config.patch_size, self.config.grid_size, self.config.out_channels

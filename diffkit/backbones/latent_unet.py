@@ -72,6 +72,7 @@ from diffkit.backbones.layers import (
     ResBlock,
     Upsample2D,
 )
+from diffkit.backbones.sharding import unet_units
 from diffkit.backbones.unet import (
     PyramidGeometry,
     _boolean,
@@ -509,6 +510,10 @@ class LatentUNet(nn.Module):
         linear_1, linear_2 = self.time_embed["linear_1"], self.time_embed["linear_2"]
         e = linear_2(F.silu(linear_1(freq.to(linear_1.weight.dtype))))  # (B, E)
         return add_vector_embedding(e, cond, self.vector_embed)  # (B, E)
+
+    def sharding_units(self) -> list[nn.Module]:
+        """The blocks FSDP shards one by one (:mod:`diffkit.backbones.sharding`)."""
+        return unet_units(self)
 
     def _run(self, module: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
         """module(*args), recomputed in the backward pass under gradient checkpointing."""

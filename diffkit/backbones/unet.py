@@ -55,6 +55,7 @@ from diffkit.backbones.embeddings import (
     timestep_embedding,
 )
 from diffkit.backbones.layers import Attention, Downsample2D, ResBlock, Upsample2D
+from diffkit.backbones.sharding import unet_units
 from diffkit.configs import ModelConfig
 from diffkit.errors import ConfigError, ShapeError
 
@@ -448,6 +449,10 @@ class UNet(nn.Module):
             labels = class_labels(cond, t.shape[0], self.class_embed.null_label, t.device)  # (B,)
             e = e + self.class_embed(labels)  # (B, E)
         return add_vector_embedding(e, cond, self.vector_embed)  # (B, E)
+
+    def sharding_units(self) -> list[nn.Module]:
+        """The blocks FSDP shards one by one (:mod:`diffkit.backbones.sharding`)."""
+        return unet_units(self)
 
     def _run(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
         """module(*args), recomputed in the backward pass under gradient checkpointing."""

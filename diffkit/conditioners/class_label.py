@@ -103,7 +103,11 @@ class ClassLabelConditioner(Conditioner):
         force_drop: bool | torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Conditioning:
-        labels = self.labels_of(inputs)  # (B,)
+        labels = self.labels_of(inputs)  # (B,), range-checked where they are (CPU labels: no GPU sync)
+        if generator is not None and self.training and labels.device != generator.device:
+            # draw the CFG drops where the generator is and bring the labels there (host→GPU is
+            # asynchronous; a mask copied back GPU→host would synchronise every step)
+            labels = labels.to(generator.device, non_blocking=labels.device.type == "cpu")
         drop = self.drop_mask(labels.shape[0], force_drop=force_drop, generator=generator, device=labels.device)
         labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)  # ∅ = K where dropped
         return self._record(labels)
@@ -116,7 +120,9 @@ class ClassLabelConditioner(Conditioner):
         if self.embedding is None:
             return Conditioning(labels=labels)
         table_device = self.embedding.weight.device
-        vector = self.embedding(labels.to(table_device)).to(labels.device)  # (B, E)
+        asynchronous = labels.device.type == "cpu" and table_device.type == "cuda"
+        labels = labels.to(table_device, non_blocking=asynchronous)
+        vector = self.embedding(labels)  # (B, E), on the table's device
         return Conditioning(labels=labels, vector=vector)
 
 

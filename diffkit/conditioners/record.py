@@ -135,8 +135,13 @@ class Conditioning:
             raise ConfigError(f"Conditioning has no field {unknown[0]!r} (fields: {', '.join(FIELDS)})")
         return attrs.evolve(self, **changes)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Conditioning:
-        """The record on ``device``; ``dtype`` (a floating-point dtype) converts the float fields only."""
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None, *, non_blocking: bool = False
+    ) -> Conditioning:
+        """The record on ``device``; ``dtype`` (a floating-point dtype) converts the float fields only.
+
+        ``non_blocking``: asynchronous host→device copies (as ``Tensor.to``).
+        """
         if dtype is not None and not dtype.is_floating_point:
             raise ConfigError(
                 f"Conditioning.to converts the float fields only; dtype must be floating-point, got {dtype}"
@@ -144,7 +149,7 @@ class Conditioning:
         moved = {}
         for name, value in self.as_dict().items():
             float_field = value.dtype.is_floating_point
-            moved[name] = value.to(device=device, dtype=dtype if float_field else None)
+            moved[name] = value.to(device=device, dtype=dtype if float_field else None, non_blocking=non_blocking)
         return Conditioning(**moved)
 
     def select(self, index: int | slice | torch.Tensor | list[int]) -> Conditioning:

@@ -20,11 +20,14 @@ from typing import Any
 
 import torch
 
+from diffkit.distributed.collectives import barrier
+from diffkit.distributed.context import DistributedContext, check_divisible
 from diffkit.errors import CheckpointError, ConfigError, UnknownNameError
 from diffkit.imaging import read_picture, save_gif, save_png
 from diffkit.pipeline import Pipeline
 from diffkit.recipes.base import RecipeDict, backbone_spec
 from diffkit.training import InMemoryData, TrainConfig, Trainer, TrainResult, as_training_data
+from diffkit.training.checkpoints import CHECKPOINT_DIR, list_checkpoints
 
 RECIPE_FILE = "recipe.json"
 DATA_SOURCES = ("digits", "folder", "shapes")
@@ -106,16 +109,28 @@ def _grid_scale(pipeline: Pipeline) -> int:
     return max(1, 32 // pipeline.sample_shape[-1])
 
 
-def training_data(recipe: RecipeDict, out: Path, *, progress: bool = True) -> tuple[InMemoryData, Any]:
+def training_data(
+    recipe: RecipeDict, out: Path, *, progress: bool = True, context: DistributedContext | None = None
+) -> tuple[InMemoryData, Any]:
     """(training data, autoencoder or None): for a latent recipe, the trained autoencoder and the
-    training images encoded once into its scaled latents."""
+    training images encoded once into its scaled latents.
+
+    Under torchrun rank 0 trains the autoencoder first and the other ranks then reuse it from
+    the run folder.
+    """
     data = as_training_data(build_data(recipe))
     if "autoencoder" not in recipe:
         return data, None
     from diffkit.recipes.latent import prepare_autoencoder
     from diffkit.training.autoencoder import encode_dataset
 
-    autoencoder, _ = prepare_autoencoder(recipe, data.images, out, heldout=_heldout_images(recipe), progress=progress)
+    main = context is None or context.is_main
+    heldout = _heldout_images(recipe)
+    if main:
+        autoencoder, _ = prepare_autoencoder(recipe, data.images, out, heldout=heldout, progress=progress)
+    barrier()
+    if not main:
+        autoencoder, _ = prepare_autoencoder(recipe, data.images, out, heldout=heldout, progress=False)
     return InMemoryData(encode_dataset(autoencoder, data.images), data.cond), autoencoder
 
 
@@ -133,13 +148,27 @@ def train_recipe(
     recipe: RecipeDict,
     out_dir: str | os.PathLike[str],
     *,
-    resume: bool = False,
+    resume: bool | str = False,
     progress: bool = True,
     device: torch.device | str | None = None,
-) -> tuple[Pipeline, TrainResult]:
-    """Train the recipe into ``out_dir``; returns the EMA pipeline and the run's figures."""
+    distributed: DistributedContext | None = None,
+    fsdp: bool = False,
+    compile: bool = False,
+) -> tuple[Pipeline | None, TrainResult]:
+    """Train the recipe into ``out_dir``; returns the EMA pipeline and the run's figures.
+
+    ``resume``: True continues from the latest checkpoint (an error when there is none);
+    ``"auto"`` continues when there is one and starts afresh otherwise (what a torchrun
+    restart does). ``distributed``, ``fsdp``, ``compile``: see :class:`~diffkit.training.Trainer`.
+    Every rank of a torchrun job calls this; rank 0 writes the pictures and the pipeline, and
+    under FSDP the other ranks get None instead of the pipeline.
+    """
     out = Path(out_dir)
     recipe_path = out / RECIPE_FILE
+    if resume == "auto":
+        resume = bool(list_checkpoints(out / CHECKPOINT_DIR)) and recipe_path.is_file()
+    elif not isinstance(resume, bool):
+        raise ConfigError(f"resume must be True, False or 'auto', got {resume!r}")
     if resume:
         if not recipe_path.is_file():
             raise CheckpointError(f"--resume: {out} holds no run to resume ({RECIPE_FILE} is missing)")
@@ -150,11 +179,14 @@ def train_recipe(
                 f"--resume: the recipe differs from the one {out} was trained with (sections {changed}); "
                 "resume with the same recipe and overrides, or train into a new --out"
             )
+    main = distributed is None or distributed.is_main
     config = TrainConfig(**recipe["train"])
+    if distributed is not None:
+        check_divisible(config.batch_size, distributed.world_size)  # before any expensive stage
     out.mkdir(parents=True, exist_ok=True)
-    data, autoencoder = training_data(recipe, out, progress=progress)
+    data, autoencoder = training_data(recipe, out, progress=progress and main, context=distributed)
     encoded = autoencoder is not None
-    torch.manual_seed(config.seed)  # the initial weights, so a run is a function of its recipe
+    torch.manual_seed(config.seed)  # the initial weights, identical on every rank
     pipeline = build_pipeline(recipe, autoencoder=autoencoder, captions=data.cond)
     sample = recipe["sample"]
     n = int(sample["n"])
@@ -167,19 +199,22 @@ def train_recipe(
         images = ema_pipeline.sample(n, cond=cond, steps=sample["steps"], guidance=sample["guidance"], generator=0)
         save_png(samples_dir / f"step-{step:09d}.png", images, nrow=nrow, scale=scale)
 
-    if not resume:
+    if not resume and main:
         from diffkit.atomic import write_atomic
 
         text = json.dumps(recipe, indent=2, sort_keys=True) + "\n"
         write_atomic([(recipe_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))])
     trainer = Trainer(
         pipeline, data, config, out_dir=out, meta={"recipe": recipe}, progress=progress, preview=preview,
-        device=device, encoded=encoded,
+        device=device, encoded=encoded, distributed=distributed, fsdp=fsdp, compile=compile,
     )
     result = trainer.train(resume=resume)
-    final = trainer.ema.module.eval()
-    final.save(out / "pipeline")
-    write_pictures(final, out, cond=cond, recipe=recipe)
+    final = trainer.ema_pipeline()
+    if main:
+        final.eval()
+        final.save(out / "pipeline")
+        write_pictures(final, out, cond=cond, recipe=recipe)
+    barrier()
     return final, result
 
 

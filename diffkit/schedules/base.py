@@ -181,13 +181,22 @@ class DiscreteSchedule:
         return log_sigma.exp()
 
     def _table_on(self, device: torch.device) -> torch.Tensor:
-        cache = self.__dict__.setdefault("_log_sigma_cache", {})
-        if device not in cache:
-            dtype = torch.float32 if device.type == "mps" else torch.float64
-            cache[device] = self._log_sigmas.to(device=device, dtype=dtype)
-        return cache[device]
+        return self.table_on("_log_sigmas", device)
 
-    # -- configuration --------------------------------------------------------------------
+    def table_on(self, name: str, device: torch.device | str) -> torch.Tensor:
+        """The float64 [T] table ``name`` (``"sigmas"``, ``"betas"``, ``"alphas_cumprod"``, …) on ``device``.
+
+        Copied once per device and cached, so a training or sampling step indexes a table
+        already on the accelerator instead of copying it from the host (a synchronisation)
+        every step. float32 on MPS, which has no float64.
+        """
+        device = torch.device(device)
+        cache = self.__dict__.setdefault("_table_cache", {})
+        key = (name, device)
+        if key not in cache:
+            dtype = torch.float32 if device.type == "mps" else torch.float64
+            cache[key] = getattr(self, name).to(device=device, dtype=dtype)
+        return cache[key]
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON-ready values (inverse: ``type(self)(**d)``)."""

@@ -32,9 +32,9 @@ import torch
 
 from diffkit.autoencoders.kl import KLAutoencoder
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.training.config import _int_at_least, _number_in, _one_of
 from diffkit.training.data import batch_indices
 from diffkit.training.ema import EMA
-from diffkit.training.trainer import _int_at_least, _number_in, _one_of
 
 LOSSES = ("l1", "mse", "l1+mse")
 """Pixel reconstruction losses ρ."""

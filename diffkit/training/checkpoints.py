@@ -9,6 +9,11 @@ A run's checkpoints live in ``<out>/checkpoints/``, one folder per saved step::
                             numbers and strings only, so ``torch.load(weights_only=True)`` reads it
       meta.json             step, the run's config, and the names of the files above
 
+A run sharded with FSDP writes ``sharded/`` (a ``torch.distributed.checkpoint`` folder: each
+rank's slice of the model, EMA and optimizer state, plus the global layout) instead of the two
+safetensors files, written by every rank in parallel; ``state.pt`` then holds no optimizer.
+DCP re-slices it on load, so it resumes on any number of ranks.
+
 Writing: everything goes into ``.step-000001000.<random>.tmp/``; each file is fsynced, then the
 folder is renamed to ``step-000001000`` (atomic) and the parent fsynced. A folder named
 ``step-*`` is therefore always complete; temporary folders are ignored and cleaned up by the
@@ -39,6 +44,7 @@ MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
+SHARDED_DIR = "sharded"
 _STEP_NAME = re.compile(r"^step-(\d{9})$")
 
 
@@ -76,37 +82,91 @@ def save_checkpoint(
     """
     from safetensors.torch import save_file
 
+    staging = stage_checkpoint(root, step)
+    try:
+        save_file(_plain(model), str(staging / MODEL_FILE))
+        save_file(_plain(ema), str(staging / EMA_FILE))
+    except OSError as exc:
+        abandon_checkpoint(staging)
+        raise _write_error(Path(root) / checkpoint_name(step), exc) from exc
+    except BaseException:
+        abandon_checkpoint(staging)
+        raise
+    return commit_checkpoint(staging, step, state=state, meta=meta, keep_last=keep_last, files=[MODEL_FILE, EMA_FILE])
+
+
+def stage_checkpoint(root: str | os.PathLike[str], step: int) -> Path:
+    """A fresh temporary folder for checkpoint ``step`` under ``root`` (stale ones are removed).
+
+    Weights are written into it (by :func:`save_checkpoint`, or by every rank of a sharded
+    save), then :func:`commit_checkpoint` completes it.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(root)
+    staging = root / f".{checkpoint_name(step)}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
+    staging.mkdir()
+    return staging
+
+
+def abandon_checkpoint(staging: Path) -> None:
+    """Remove a staged checkpoint that will not be completed."""
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_error(final: Path, exc: OSError) -> CheckpointError:
+    return CheckpointError(
+        f"could not write checkpoint {final} ({exc.strerror or exc}); the previous checkpoints are intact"
+    )
+
+
+def commit_checkpoint(
+    staging: Path,
+    step: int,
+    *,
+    state: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    files: list[str],
+    keep_last: int | None = None,
+) -> Path:
+    """Add ``state.pt`` and ``meta.json`` to a staged folder, fsync it all and rename it into place.
+
+    ``files`` names what was already written into ``staging`` (files or folders); they are
+    listed in ``meta.json``. After the rename the older checkpoints beyond ``keep_last`` go.
+    """
+    root = staging.parent
     final = root / checkpoint_name(step)
-    staging = root / f".{final.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
     try:
-        staging.mkdir()
-        save_file(_plain(model), str(staging / MODEL_FILE))
-        save_file(_plain(ema), str(staging / EMA_FILE))
         torch.save(dict(state), staging / STATE_FILE)
-        record = {"step": step, "files": [MODEL_FILE, EMA_FILE, STATE_FILE], **meta}
+        record = {"step": step, "files": [*files, STATE_FILE], **meta}
         (staging / META_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        for name in (MODEL_FILE, EMA_FILE, STATE_FILE, META_FILE):
-            _fsync_file(staging / name)
-        fsync_dir(staging)
+        _fsync_tree(staging)
         if final.exists():  # a re-run of the same step: replace it
             shutil.rmtree(final)
         os.replace(staging, final)  # atomic: the step folder appears complete or not at all
         fsync_dir(root)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise CheckpointError(
-            f"could not write checkpoint {final} ({exc.strerror or exc}); the previous checkpoints are intact"
-        ) from exc
+        abandon_checkpoint(staging)
+        raise _write_error(final, exc) from exc
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        abandon_checkpoint(staging)
         raise
     if keep_last is not None:
         for old in list_checkpoints(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file below ``folder``, then every folder (deepest first)."""
+    folders = [folder]
+    for path in sorted(folder.rglob("*")):
+        if path.is_dir():
+            folders.append(path)
+        else:
+            _fsync_file(path)
+    for path in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(path)
 
 
 def _remove_stale_temporaries(root: Path) -> None:
@@ -139,7 +199,9 @@ def latest_checkpoint(root: str | os.PathLike[str]) -> Path:
 def load_checkpoint(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """``{"model", "ema", "state", "meta"}`` of one checkpoint folder.
 
-    A missing, truncated or corrupted file raises :class:`CheckpointError` naming it.
+    A sharded checkpoint gives ``{"sharded", "state", "meta"}`` instead, ``sharded`` being the
+    path of its DCP folder (read by :mod:`diffkit.distributed.sharded_state`). A missing,
+    truncated or corrupted file raises :class:`CheckpointError` naming it.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -153,7 +215,12 @@ def load_checkpoint(folder: str | os.PathLike[str]) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{meta_path} is unreadable or truncated: {exc}") from exc
     out: dict[str, Any] = {"meta": meta}
-    for key, name in (("model", MODEL_FILE), ("ema", EMA_FILE)):
+    sharded = SHARDED_DIR in meta.get("files", [])
+    if sharded:
+        if not (folder / SHARDED_DIR).is_dir():
+            raise CheckpointError(f"checkpoint folder {folder / SHARDED_DIR} is missing")
+        out["sharded"] = folder / SHARDED_DIR
+    for key, name in () if sharded else (("model", MODEL_FILE), ("ema", EMA_FILE)):
         path = folder / name
         try:
             out[key] = load_file(str(path))

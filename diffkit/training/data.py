@@ -92,3 +92,21 @@ def batch_indices(size: int, seed: int, cursor: int, batch_size: int) -> torch.T
         needed -= len(take)
         cursor += len(take)
     return torch.cat(out)
+
+
+def rank_slice(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Rank ``rank``'s contiguous share of a global batch's indices [B] (B divisible by the world size).
+
+    The role of a ``DistributedSampler`` with a shared seed: every rank computes the same global
+    order from (seed, position), and the N slices are disjoint and together cover the batch, so
+    each epoch still visits every example exactly once across the ranks. Unlike
+    ``DistributedSampler`` (which strides one permutation by rank and pads the epoch), the
+    global stream does not depend on N: a run on 1 process and on 8 sees the same batches,
+    and a checkpoint resumes on another number of processes where the stream left off.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank must lie in 0 … world_size−1, got rank={rank}, world_size={world_size}")
+    if len(indices) % world_size:
+        raise ConfigError(f"a batch of {len(indices)} does not split evenly over {world_size} ranks")
+    share = len(indices) // world_size
+    return indices[rank * share : (rank + 1) * share]

@@ -48,7 +48,10 @@ class EMA:
         if len(averaged) != len(current):
             raise ConfigError("the EMA was made from a module with a different structure")
         # frozen parameters (an autoencoder inside a pipeline) do not change: skip them
-        floating = [(a, c.detach()) for a, c in zip(averaged, current) if c.requires_grad and a.is_floating_point()]
+        # FSDP-sharded weights (DTensors) are averaged shard by shard: both sides share one layout
+        floating = [
+            (_local(a), _local(c.detach())) for a, c in zip(averaged, current) if c.requires_grad and a.is_floating_point()
+        ]
         if floating:
             torch._foreach_lerp_([a for a, _ in floating], [c.to(a.dtype) for a, c in floating], weight)
         for a, c in zip(self.module.buffers(), model.buffers()):
@@ -58,3 +61,9 @@ class EMA:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The averaged module's state dict."""
         return self.module.state_dict()
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor; any other tensor itself."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor

@@ -87,14 +87,20 @@ class Objective:
 def sample_sigmas(
     objective: Objective, schedule: DiscreteSchedule, batch: int, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """Training noise levels σ, float64 [B] on the CPU (drawn from ``generator``)."""
+    """Training noise levels σ, float64 [B], drawn from ``generator`` on its device (CPU if None)."""
+    device = generator.device if generator is not None else torch.device("cpu")
     if objective.timesteps == "uniform":
-        t = torch.randint(0, schedule.num_train_timesteps, (batch,), generator=generator)
-        return schedule.sigmas[t]
+        t = torch.randint(0, schedule.num_train_timesteps, (batch,), generator=generator, device=device)
+        return schedule.table_on("sigmas", device)[t]
     log_sigma = objective.lognormal_mean + objective.lognormal_std * torch.randn(
-        batch, generator=generator, dtype=torch.float64
+        batch, generator=generator, dtype=torch.float64, device=device
     )
     return log_sigma.exp().clamp(schedule.sigma_min, schedule.sigma_max)
+
+
+def _onto(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; host→GPU copies are asynchronous (never a device→host copy)."""
+    return tensor.to(device, non_blocking=tensor.device.type == "cpu" and device.type == "cuda")
 
 
 def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
@@ -129,20 +135,23 @@ def diffusion_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The batch loss of ``model(x_t, t[, cond])`` on clean data x0 [B, C, …].
 
-    Noise levels and ε are drawn from ``generator`` on the CPU (so a seeded run is the same
-    on every device), then moved to x0's device. Returns (scalar loss, detached parts).
+    Noise levels, ε (and the conditioner's CFG drops) are drawn from ``generator`` on the
+    generator's device: a CPU generator gives the same numbers whatever device x0 is on; a
+    CUDA generator keeps the whole step on the GPU (no host→device copy that would
+    synchronise). Returns (scalar loss, detached parts).
     """
     if learned_variance and objective.timesteps != "uniform":
         raise ConfigError(
             "the hybrid loss of a learned-variance network needs integer timesteps: use timesteps='uniform'"
         )
     batch = x0.shape[0]
-    sigma = sample_sigmas(objective, schedule, batch, generator)  # [B] float64
-    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    source = generator.device if generator is not None else torch.device("cpu")
+    sigma = sample_sigmas(objective, schedule, batch, generator)  # [B] float64, on `source`
+    noise = _onto(torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=source), x0.device)
     alpha_bar64 = 1 / (1 + sigma * sigma)  # ᾱ = 1/(1+σ²)
     shape = (batch,) + (1,) * (x0.ndim - 1)
-    alpha_bar = alpha_bar64.to(device=x0.device, dtype=x0.dtype).reshape(shape)
-    t = schedule.sigma_to_t(sigma).to(device=x0.device, dtype=torch.float32)  # [B]
+    alpha_bar = _onto(alpha_bar64, x0.device).to(x0.dtype).reshape(shape)
+    t = _onto(schedule.sigma_to_t(sigma), x0.device).to(torch.float32)  # [B]
     x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise  # DDPM eq. 4
     out = model(x_t, t) if cond is None else model(x_t, t, cond)
     channels = x0.shape[1]
@@ -157,7 +166,7 @@ def diffusion_loss(
     target = training_target(x0, noise, alpha_bar, objective.prediction).to(prediction.dtype)
     per_sample = (prediction - target).pow(2).flatten(1).mean(1)  # [B]
     if objective.weighting == "min_snr":
-        snr = (alpha_bar64 / (1 - alpha_bar64)).to(device=x0.device, dtype=per_sample.dtype)
+        snr = _onto(alpha_bar64 / (1 - alpha_bar64), x0.device).to(per_sample.dtype)
         per_sample = per_sample * min_snr_weight(snr, objective.prediction, objective.snr_gamma)
     loss = per_sample.mean()
     parts = {"mse": loss.detach()}

@@ -1,20 +1,33 @@
-"""The training loop: AdamW, LR warm-up, clipping, accumulation, EMA, checkpoints, resume.
+"""The training loop: AdamW, LR warm-up, clipping, accumulation, EMA, checkpoints, resume — on
+one process or on every rank of a ``torchrun`` job (DDP or FSDP2, :mod:`diffkit.distributed`).
 
-Determinism: everything random is drawn from generators seeded by ``TrainConfig.seed`` —
-the batch order (:func:`~diffkit.training.data.batch_indices`), the noise levels, ε and the
-conditioner's CFG drops (one CPU ``torch.Generator``), and dropout (torch's global RNG,
-seeded at the start). All of their states go into each checkpoint, so ``resume=True``
-continues bit for bit: on the CPU the weights after N steps are identical whether or not the
-run was interrupted (a test checks it).
+Determinism: the batch order is a function of (seed, position in the example stream)
+(:func:`~diffkit.training.data.batch_indices`); the noise levels, ε, the conditioner's CFG drops
+and dropout are drawn from generators reseeded every step with ``step_seed(seed, rank, step)``
+(:mod:`diffkit.training.rng`). A checkpoint therefore needs only the step and the stream
+position, and ``resume=True`` continues bit for bit: on the CPU the weights after N steps are
+identical whether or not the run was interrupted (tests check it, with one process and with two).
 
-Precision: fp32 on the CPU; on CUDA the backbone runs under bf16 autocast by default while
-the schedule, loss and optimizer stay fp32 (``precision="fp32"`` turns autocast off).
+Distributed: every rank reads the same global micro-batch of ``batch_size`` examples and
+trains on its contiguous slice of ``batch_size / world_size`` (disjoint slices that together
+cover the batch, so an epoch still visits every example once), with its own noise stream. The
+gradients are averaged across ranks, so one optimizer step is the step one process would take
+on the whole batch. Only rank 0 writes checkpoints, logs and pictures; an FSDP run writes its
+sharded state from every rank with ``torch.distributed.checkpoint``.
+
+Precision and speed: fp32 on the CPU. On CUDA the backbone runs under bf16 autocast by default
+while the schedule, loss and optimizer stay fp32 (``precision="fp32"`` turns autocast off),
+AdamW is fused, noise is drawn by a CUDA generator (Philox: the same seed gives other numbers
+than on the CPU, and the same numbers on any CUDA GPU), and a step never waits for the GPU: the
+loss is read back only every ``log_every`` steps.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,103 +36,37 @@ from typing import Any
 import attrs
 import torch
 
+from diffkit.distributed.collectives import (
+    barrier,
+    broadcast_from_main,
+    mean_across_ranks,
+)
+from diffkit.distributed.context import DistributedContext, check_divisible
+from diffkit.distributed.faults import die, fault_step
+from diffkit.distributed.parallel import DataParallel
 from diffkit.errors import CheckpointError, ConfigError
 from diffkit.training.checkpoints import (
     CHECKPOINT_DIR,
+    SHARDED_DIR,
+    abandon_checkpoint,
+    commit_checkpoint,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     save_checkpoint,
+    stage_checkpoint,
 )
-from diffkit.training.data import InMemoryData, as_training_data, batch_indices
+from diffkit.training.config import LR_SCHEDULES, PRECISIONS, TrainConfig
+from diffkit.training.data import (
+    InMemoryData,
+    as_training_data,
+    batch_indices,
+    rank_slice,
+)
 from diffkit.training.ema import EMA
+from diffkit.training.rng import step_seed
 
-PRECISIONS = ("auto", "fp32", "bf16")
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def _int_at_least(minimum: int) -> Callable[[Any, attrs.Attribute, Any], None]:
-    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"{attribute.name} must be an integer ≥ {minimum}, got {value!r}")
-
-    return validate
-
-
-def _number_in(low: float, high: float, *, high_open: bool = False) -> Callable[[Any, attrs.Attribute, Any], None]:
-    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-        ok = ok and low <= value and (value < high if high_open else value <= high)
-        if not ok:
-            bracket = ")" if high_open else "]"
-            raise ConfigError(f"{attribute.name} must be a number in [{low}, {high}{bracket}, got {value!r}")
-
-    return validate
-
-
-def _one_of(valid: tuple[str, ...]) -> Callable[[Any, attrs.Attribute, Any], None]:
-    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        from diffkit.errors import check_choice
-
-        check_choice(attribute.name, value, valid)
-
-    return validate
-
-
-@attrs.frozen(kw_only=True)
-class TrainConfig:
-    """Optimisation and bookkeeping settings of a training run.
-
-    The global batch is ``batch_size × accumulation`` (× the world size when distributed).
-    """
-
-    steps: int = attrs.field(default=2000, validator=_int_at_least(1))
-    """Optimizer steps."""
-    batch_size: int = attrs.field(default=128, validator=_int_at_least(1))
-    """Examples per micro-batch."""
-    accumulation: int = attrs.field(default=1, validator=_int_at_least(1))
-    """Micro-batches whose gradients are summed into one optimizer step."""
-    lr: float = attrs.field(default=1e-3, validator=_number_in(0, 1))
-    """Peak learning rate of AdamW."""
-    lr_schedule: str = attrs.field(default="cosine", validator=_one_of(LR_SCHEDULES))
-    """After warm-up: constant, or cosine decay to ``min_lr_ratio``·lr at the last step."""
-    min_lr_ratio: float = attrs.field(default=0.1, validator=_number_in(0, 1))
-    warmup_steps: int = attrs.field(default=100, validator=_int_at_least(0))
-    """Linear warm-up from 0 to ``lr``."""
-    weight_decay: float = attrs.field(default=0.0, validator=_number_in(0, 1))
-    adam_betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=tuple)
-    grad_clip: float = attrs.field(default=1.0, validator=_number_in(0, math.inf, high_open=True))
-    """Clip the global gradient norm to this value (0 = off)."""
-    ema_decay: float = attrs.field(default=0.999, validator=_number_in(0, 1, high_open=True))
-    seed: int = attrs.field(default=0, validator=_int_at_least(0))
-    save_every: int = attrs.field(default=500, validator=_int_at_least(0))
-    """Checkpoint every N steps (0 = only at the end)."""
-    keep_last: int = attrs.field(default=2, validator=_int_at_least(1))
-    """Checkpoints kept; older ones are deleted once a newer one is complete."""
-    sample_every: int = attrs.field(default=0, validator=_int_at_least(0))
-    """Call the preview hook (a sample grid) every N steps (0 = only at the end)."""
-    log_every: int = attrs.field(default=25, validator=_int_at_least(1))
-    precision: str = attrs.field(default="auto", validator=_one_of(PRECISIONS))
-    """``auto``: bf16 autocast on CUDA, fp32 on the CPU."""
-
-    def __attrs_post_init__(self) -> None:
-        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = attrs.asdict(self)
-        data["adam_betas"] = list(self.adam_betas)
-        return data
-
-    def learning_rate(self, step: int) -> float:
-        """The learning rate of optimizer step ``step`` (0-based)."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        if self.lr_schedule == "constant":
-            return self.lr
-        span = max(1, self.steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
-        floor = self.lr * self.min_lr_ratio
-        return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+__all__ = ["LR_SCHEDULES", "PRECISIONS", "PreviewHook", "TrainConfig", "TrainResult", "Trainer"]
 
 
 @attrs.frozen
@@ -130,11 +77,12 @@ class TrainResult:
     final_loss: float
     seconds: float
     images_per_second: float
+    """Examples per second over all ranks."""
     checkpoint: Path | None
 
 
 PreviewHook = Callable[[int, Any], None]
-"""``hook(step, ema_pipeline)``: called every ``sample_every`` steps and at the end."""
+"""``hook(step, ema_pipeline)``: called on rank 0 every ``sample_every`` steps and at the end."""
 
 
 class Trainer:
@@ -146,10 +94,16 @@ class Trainer:
         config: a :class:`TrainConfig`.
         out_dir: where checkpoints go (``out_dir/checkpoints``); None keeps nothing on disk.
         meta: extra JSON-ready information stored in every checkpoint (e.g. the recipe).
-        progress: show a progress bar with the loss and it/s.
+        progress: show a progress bar with the loss and it/s (rank 0 only).
         preview: a :data:`PreviewHook`.
-        device: where to train (default: CUDA when available).
+        device: where to train (default: CUDA when available); with ``distributed`` its device.
         encoded: the data are already in the backbone's space (pre-encoded latents).
+        distributed: this rank's :class:`~diffkit.distributed.DistributedContext`
+            (:func:`~diffkit.distributed.init_distributed`); None for one process.
+        fsdp: shard weights, gradients and optimizer state over the ranks (FSDP2) instead of
+            replicating them (DDP).
+        compile: compile the backbone with ``torch.compile`` (falls back to eager, with a
+            warning, where compilation is unavailable).
     """
 
     def __init__(
@@ -164,81 +118,168 @@ class Trainer:
         preview: PreviewHook | None = None,
         device: torch.device | str | None = None,
         encoded: bool = False,
+        distributed: DistributedContext | None = None,
+        fsdp: bool = False,
+        compile: bool = False,
     ) -> None:
         self.config = config
-        self.device = torch.device(device) if device is not None else _default_device()
-        self.pipeline = pipeline.to(self.device)
+        self.context = _context(distributed, device)
+        self.device = self.context.device
+        self.rank_batch = check_divisible(config.batch_size, self.context.world_size)
         self.data: InMemoryData = as_training_data(data)
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.meta = dict(meta or {})
-        self.progress = progress
+        self.progress = progress and self.context.is_main
         self.preview = preview
         self.encoded = encoded
-        trainable = [p for p in self.pipeline.parameters() if p.requires_grad]
-        if not trainable:
+        self.pipeline = pipeline.to(self.device)
+        if not any(p.requires_grad for p in self.pipeline.parameters()):
             raise ConfigError("the pipeline has no trainable parameters")
-        fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(
-            trainable, lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay, fused=fused
-        )
+        self.channels_last = _prefer_channels_last(self.pipeline, self.device)
         self.ema = EMA(self.pipeline, config.ema_decay)
-        self.step = 0
-        self.cursor = 0  # examples consumed from the batch stream
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.last_loss = math.nan
+        # FSDP splits the EMA too; rank 0 keeps an unsharded CPU copy to gather it into
+        self._export = copy.deepcopy(self.ema.module).cpu() if fsdp and self.context.is_main else None
+        if compile:
+            from diffkit.accel import compile_module
 
-    # -- checkpoints ---------------------------------------------------------------------
+            compile_module(self.pipeline.backbone)
+        self.parallel = DataParallel(self.pipeline, self.context, fsdp=fsdp)
+        self._ema_root = self.parallel.shard_like(self.ema.module)
+        trainable = [p for p in self.pipeline.parameters() if p.requires_grad]  # DTensors after FSDP
+        self.optimizer = torch.optim.AdamW(
+            trainable, lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay,
+            fused=self.device.type == "cuda",
+        )
+        self.step = 0
+        self.cursor = 0  # examples of the global stream consumed (all ranks together)
+        self.generator = torch.Generator(device=self.device)  # reseeded every step
+        self.last_loss = math.nan
+        self._fault_step = fault_step(self.context)
+
+    # -- sizes -----------------------------------------------------------------------------
+
+    @property
+    def global_batch(self) -> int:
+        """Examples per optimizer step over all ranks: per-rank batch × world size × accumulation."""
+        return self.rank_batch * self.context.world_size * self.config.accumulation
+
+    def describe_batch(self) -> str:
+        world, accumulation = self.context.world_size, self.config.accumulation
+        return (
+            f"global batch {self.global_batch} = {self.rank_batch} per rank × {world} "
+            f"rank{'s' if world > 1 else ''} × {accumulation} accumulation"
+        )
+
+    # -- checkpoints -----------------------------------------------------------------------
 
     @property
     def checkpoint_dir(self) -> Path | None:
         return None if self.out_dir is None else self.out_dir / CHECKPOINT_DIR
 
-    def save(self) -> Path:
-        """Write a checkpoint of the current step (see :mod:`diffkit.training.checkpoints`)."""
-        if self.checkpoint_dir is None:
-            raise ConfigError("this trainer has no out_dir to save checkpoints in")
-        state = {
+    def _state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
             "step": self.step,
             "cursor": self.cursor,
             "ema_updates": self.ema.updates,
             "last_loss": self.last_loss,
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            "world_size": self.context.world_size,
         }
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        return save_checkpoint(
-            self.checkpoint_dir, self.step,
-            model=self.pipeline.state_dict(), ema=self.ema.state_dict(), state=state,
-            meta={"train_config": self.config.to_dict(), **self.meta}, keep_last=self.config.keep_last,
-        )
+        if not self.parallel.sharded:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "train_config": self.config.to_dict(),
+            "world_size": self.context.world_size,
+            "sharded": self.parallel.sharded,
+            **self.meta,
+        }
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (every rank calls it; rank 0 writes).
+
+        Returns the folder on rank 0, None on the others.
+        """
+        if self.checkpoint_dir is None:
+            raise ConfigError("this trainer has no out_dir to save checkpoints in")
+        if self.parallel.sharded:
+            return self._save_sharded()
+        folder = None
+        if self.context.is_main:
+            folder = save_checkpoint(
+                self.checkpoint_dir, self.step,
+                model=self.pipeline.state_dict(), ema=self.ema.state_dict(), state=self._state(),
+                meta=self._meta(), keep_last=self.config.keep_last,
+            )
+        barrier()
+        return folder
+
+    def _save_sharded(self) -> Path | None:
+        from diffkit.distributed.sharded_state import save_sharded
+
+        assert self.checkpoint_dir is not None
+        staging = stage_checkpoint(self.checkpoint_dir, self.step) if self.context.is_main else None
+        staging = broadcast_from_main(staging)  # one folder, written by every rank
+        try:
+            save_sharded(staging / SHARDED_DIR, model=self.parallel.forward_module, ema=self._ema_root,
+                         optimizer=self.optimizer)
+        except BaseException:
+            if self.context.is_main:
+                abandon_checkpoint(staging)
+            raise
+        barrier()  # every rank's slices are on disk before rank 0 makes the checkpoint visible
+        folder = None
+        if self.context.is_main:
+            folder = commit_checkpoint(
+                staging, self.step, state=self._state(), meta=self._meta(), files=[SHARDED_DIR],
+                keep_last=self.config.keep_last,
+            )
+        barrier()
+        return folder
 
     def restore(self, folder: str | os.PathLike[str] | None = None) -> Path:
-        """Load a checkpoint (default: the latest in ``out_dir``) into this trainer."""
+        """Load a checkpoint (default: the latest in ``out_dir``) into this trainer (all ranks)."""
         if folder is None:
             if self.checkpoint_dir is None:
                 raise CheckpointError("cannot resume: this trainer has no out_dir")
             folder = latest_checkpoint(self.checkpoint_dir)
         folder = Path(folder)
         loaded = load_checkpoint(folder)
-        from diffkit.checkpoints import load_state_dict_checked
+        sharded = "sharded" in loaded
+        if sharded != self.parallel.sharded:
+            how = "with --fsdp (sharded)" if sharded else "without --fsdp (replicated)"
+            raise CheckpointError(
+                f"the checkpoint {folder} was written by a run {how}; resume it the same way "
+                f"(this run is {'sharded' if self.parallel.sharded else 'not sharded'})"
+            )
+        if sharded:
+            from diffkit.distributed.sharded_state import load_sharded
 
-        what = f"the checkpoint {folder}"
-        load_state_dict_checked(self.pipeline, loaded["model"], what=what)
-        load_state_dict_checked(self.ema.module, loaded["ema"], what=what)
+            load_sharded(loaded["sharded"], model=self.parallel.forward_module, ema=self._ema_root,
+                         optimizer=self.optimizer)
+        else:
+            from diffkit.checkpoints import load_state_dict_checked
+
+            what = f"the checkpoint {folder}"
+            load_state_dict_checked(self.pipeline, loaded["model"], what=what)
+            load_state_dict_checked(self.ema.module, loaded["ema"], what=what)
         state = loaded["state"]
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            if not sharded:
+                self.optimizer.load_state_dict(state["optimizer"])
             self.step, self.cursor = int(state["step"]), int(state["cursor"])
             self.ema.updates = int(state["ema_updates"])
             self.last_loss = float(state["last_loss"])
-            self.generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            if "cuda_rng" in state and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"the training state in {folder} does not fit this run: {exc}") from exc
+        written_by = int(state.get("world_size", 1))
+        if written_by != self.context.world_size and self.context.is_main:
+            print(
+                f"resuming {folder.name}, written by {written_by} process(es), on {self.context.world_size}: "
+                "the data order continues exactly; the per-rank noise streams are those of the new layout",
+                file=sys.stderr,
+            )
         return folder
 
     # -- the loop --------------------------------------------------------------------------
@@ -249,23 +290,38 @@ class Trainer:
             raise ConfigError("precision='bf16' needs a CUDA device; on the CPU training runs in fp32")
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
+    def _reseed(self) -> None:
+        """This step's random streams: noise/timesteps/CFG drops and dropout (see rng.py)."""
+        seed = step_seed(self.config.seed, self.context.rank, self.step)
+        self.generator.manual_seed(seed)
+        torch.manual_seed(seed)
+
+    def _micro_batch(self) -> tuple[torch.Tensor, Any]:
+        """This rank's slice of the next global micro-batch: (inputs on the device, conditioning inputs)."""
+        config = self.config
+        indices = batch_indices(len(self.data), config.seed, self.cursor, config.batch_size)
+        self.cursor += config.batch_size
+        images, cond = self.data.batch(rank_slice(indices, self.context.rank, self.context.world_size))
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        # conditioning inputs stay on the host: the conditioner checks them there and moves them
+        return images, cond
+
     def train_step(self) -> torch.Tensor:
-        """One optimizer step (``accumulation`` micro-batches); returns the mean loss (a tensor)."""
+        """One optimizer step (``accumulation`` micro-batches); returns this rank's mean loss (a tensor)."""
         config = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = config.learning_rate(self.step)
+        self._reseed()
         self.pipeline.train()
         total = torch.zeros((), device=self.device)
-        for _ in range(config.accumulation):
-            indices = batch_indices(len(self.data), config.seed, self.cursor, config.batch_size)
-            self.cursor += config.batch_size
-            images, cond = self.data.batch(indices)
-            images = images.to(self.device, non_blocking=True)
-            if isinstance(cond, torch.Tensor):
-                cond = cond.to(self.device, non_blocking=True)
-            with self._autocast():
-                loss, _ = self.pipeline.loss(images, cond, generator=self.generator, encoded=self.encoded)
-            (loss / config.accumulation).backward()
+        for micro in range(config.accumulation):
+            images, cond = self._micro_batch()
+            with self.parallel.accumulating(sync=micro == config.accumulation - 1):
+                with self._autocast():
+                    loss = self.parallel.loss(images, cond, generator=self.generator, encoded=self.encoded)
+                (loss / config.accumulation).backward()
             total += loss.detach()
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(
@@ -277,13 +333,39 @@ class Trainer:
         self.step += 1
         return total / config.accumulation  # a tensor: read it only when logging (no sync per step)
 
+    def ema_pipeline(self) -> Any:
+        """The EMA weights as a plain pipeline for sampling and saving.
+
+        Every rank must call it (an FSDP run gathers the shards); under FSDP only rank 0 gets
+        the pipeline, the others None.
+        """
+        if not self.parallel.sharded:
+            return self.ema.module
+        from diffkit.distributed.sharded_state import gather_full_state
+
+        full = gather_full_state(self._ema_root, main=self.context.is_main)
+        if full is None:
+            return None
+        assert self._export is not None
+        prefix = "pipeline."
+        self._export.load_state_dict({k.removeprefix(prefix): v for k, v in full.items()})
+        return self._export.to(self.device).eval()
+
+    def _preview(self) -> None:
+        pipeline = self.ema_pipeline()
+        if self.context.is_main and self.preview is not None:
+            self.preview(self.step, pipeline)
+        barrier()
+
     def train(self, *, resume: bool = False) -> TrainResult:
         """Run until ``config.steps``; with ``resume`` continue from the latest checkpoint."""
         if resume:
-            self.restore()
-        else:
-            torch.manual_seed(self.config.seed)  # dropout and other global-RNG draws
+            folder = self.restore()
+            if self.context.is_main:
+                print(f"resumed from {folder} (step {self.step})", file=sys.stderr, flush=True)
         config = self.config
+        if self.context.is_main:
+            print(f"training on {self.context.describe()}: {self.describe_batch()}", file=sys.stderr, flush=True)
         bar = _progress_bar(config.steps, self.step, self.progress)
         start, start_step = time.perf_counter(), self.step
         last = None
@@ -291,30 +373,32 @@ class Trainer:
             while self.step < config.steps:
                 last = self.train_step()
                 if self.step % config.log_every == 0 or self.step == config.steps:
-                    self.last_loss = float(last)
+                    self.last_loss = float(mean_across_ranks(last))
                     if bar is not None:
                         bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{config.learning_rate(self.step - 1):.2e}")
                 if bar is not None:
                     bar.update(1)
                 if self.checkpoint_dir is not None and config.save_every and self.step % config.save_every == 0:
                     self.save()
+                if self.step == self._fault_step:
+                    die()
                 if self.preview is not None and config.sample_every and self.step % config.sample_every == 0:
-                    self.preview(self.step, self.ema.module)
+                    self._preview()
         finally:
             if bar is not None:
                 bar.close()
         seconds = time.perf_counter() - start
-        if last is not None:
-            self.last_loss = float(last)
         checkpoint = None
         if self.checkpoint_dir is not None:
             saved_in_loop = last is not None and config.save_every and self.step % config.save_every == 0
-            checkpoint = latest_checkpoint(self.checkpoint_dir) if saved_in_loop else self.save()
+            if not saved_in_loop:
+                self.save()
+            found = list_checkpoints(self.checkpoint_dir)
+            checkpoint = found[-1] if found else None
         previewed_in_loop = last is not None and config.sample_every and self.step % config.sample_every == 0
         if self.preview is not None and not previewed_in_loop:
-            self.preview(self.step, self.ema.module)
-        steps_run = self.step - start_step
-        images = steps_run * config.batch_size * config.accumulation
+            self._preview()
+        images = (self.step - start_step) * self.global_batch
         return TrainResult(
             steps=self.step,
             final_loss=self.last_loss,
@@ -322,6 +406,26 @@ class Trainer:
             images_per_second=images / seconds if seconds > 0 else math.nan,
             checkpoint=checkpoint,
         )
+
+
+def _context(distributed: DistributedContext | None, device: torch.device | str | None) -> DistributedContext:
+    if distributed is None:
+        chosen = torch.device(device) if device is not None else _default_device()
+        return DistributedContext(device=chosen)
+    if device is not None and torch.device(device) != distributed.device:
+        raise ConfigError(
+            f"device={device} differs from the distributed context's device {distributed.device}; pass one of them"
+        )
+    return distributed
+
+
+def _prefer_channels_last(pipeline: Any, device: torch.device) -> bool:
+    """On CUDA, convolutional backbones run channels-last (tensor-core friendly NHWC)."""
+    if device.type != "cuda":
+        return False
+    from diffkit.accel import use_channels_last
+
+    return use_channels_last(pipeline.backbone)
 
 
 def _default_device() -> torch.device:
@@ -332,8 +436,6 @@ def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
-
-    import sys
 
     # redraw every 5 s when the output is a log file rather than a terminal
     interval = 0.1 if sys.stderr.isatty() else 5.0

@@ -60,8 +60,8 @@ def posterior_mean_logvar(
     log β̃_0 (β̃_0 = 0) is replaced by log β̃_1, as in the improved-DDPM code, so the
     learned variance interpolation stays finite at t = 0.
     """
-    abar = schedule.alphas_cumprod.to(x0.device)  # float64 [T]
-    betas = schedule.betas.to(x0.device)
+    abar = schedule.table_on("alphas_cumprod", x0.device)  # float64 [T], cached on the device
+    betas = schedule.table_on("betas", x0.device)
     abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
     tilde = betas * (1 - abar_prev) / (1 - abar)  # β̃_t
     log_tilde = torch.cat([tilde[1:2], tilde[1:]]).log()
