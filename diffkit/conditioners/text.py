@@ -109,10 +109,16 @@ class TextConditioner(Conditioner):
         generator: torch.Generator | None = None,
     ) -> Conditioning:
         texts = self._texts(inputs)
-        drop = self.drop_mask(len(texts), force_drop=force_drop, generator=generator)  # (B,) on the CPU
-        texts = ["" if dropped else text for text, dropped in zip(texts, drop.tolist())]
-        context, mask = self.encode(texts)  # (B, L, d_ctx), (B, L)
-        mask = mask | drop.to(mask.device)[:, None]  # ∅ attends over all L positions
+        device = self.module_device()
+        # the texts and the empty text, tokenized on the host (fixed length L), moved asynchronously
+        tokens = (*self.tokenizer.encode(texts), *self.tokenizer.encode([""]))  # (B, L) ×2, (1, L) ×2
+        ids, mask, null_ids, null_mask = (t.to(device, non_blocking=device.type == "cuda") for t in tokens)
+        drop = self.drop_mask(len(texts), force_drop=force_drop, generator=generator, device=device)  # (B,)
+        # a dropped sample reads the empty text: chosen on the device, never read back to the host
+        ids = torch.where(drop[:, None], null_ids, ids)
+        mask = torch.where(drop[:, None], null_mask, mask)
+        context = self.encoder(ids, mask)  # (B, L, d_ctx)
+        mask = mask | drop[:, None]  # ∅ attends over all L positions
         return Conditioning(context=context, mask=mask, vector=masked_mean(context, mask))
 
     def null(self, batch_size: int, device: torch.device | str | None = None) -> Conditioning:

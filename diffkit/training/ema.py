@@ -50,7 +50,9 @@ class EMA:
         # frozen parameters (an autoencoder inside a pipeline) do not change: skip them
         # FSDP-sharded weights (DTensors) are averaged shard by shard: both sides share one layout
         floating = [
-            (_local(a), _local(c.detach())) for a, c in zip(averaged, current) if c.requires_grad and a.is_floating_point()
+            (_local(a), _local(c.detach()))
+            for a, c in zip(averaged, current)
+            if c.requires_grad and a.is_floating_point()
         ]
         if floating:
             torch._foreach_lerp_([a for a, _ in floating], [c.to(a.dtype) for a, c in floating], weight)

@@ -57,7 +57,8 @@ def test_init_failure_is_reported_with_the_variables_torchrun_sets(monkeypatch):
     # a port nobody listens on and rank 1: the rendezvous waits for rank 0, then times out
     for name, value in {**TORCHRUN, "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(name, value)
-    with pytest.raises(DistributedError, match=r"could not join the gloo process group as rank 1 of 2.*MASTER_PORT=1"):
+    expected = r"could not join the gloo process group as rank 1 of 2.*MASTER_PORT=1"
+    with pytest.raises(DistributedError, match=expected):
         init_distributed(device="cpu", timeout_s=2)
 
 

@@ -52,7 +52,9 @@ def _command(out: Path, processes: int, *extra: str, restarts: int = 0) -> list[
     return [*launcher, *train]
 
 
-def _run(out: Path, processes: int, *extra: str, restarts: int = 0, fault: str | None = None) -> subprocess.CompletedProcess:
+def _run(
+    out: Path, processes: int, *extra: str, restarts: int = 0, fault: str | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop(FAULT_VARIABLE, None)
     if fault is not None:
