@@ -118,13 +118,9 @@ def _device_mesh(context: DistributedContext) -> Any:
 
 
 def _init_single_process_group(context: DistributedContext) -> None:
-    import tempfile
-
-    from torch.distributed import FileStore
-
-    store = FileStore(tempfile.mktemp(prefix="diffkit-store-"), 1)
-    dist.init_process_group(backend=context.backend or ("nccl" if context.device.type == "cuda" else "gloo"),
-                            store=store, rank=0, world_size=1)
+    """A one-rank group with an in-memory store (no rendezvous needed)."""
+    backend = context.backend or ("nccl" if context.device.type == "cuda" else "gloo")
+    dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
 
 
 def shard_for_training(root: nn.Module, mesh: Any) -> None:
