@@ -123,12 +123,14 @@ def _default_device(local_rank: int) -> torch.device:
 
 
 def init_distributed(
-    *, device: torch.device | str | None = None, timeout_s: float = 600.0
+    *, device: torch.device | str | None = None, timeout_s: float = 1800.0
 ) -> DistributedContext:
     """Join the job's process group (when started by torchrun) and return this rank's context.
 
     With ``WORLD_SIZE=1`` (or no torchrun variables) no group is joined. Joining twice is
     harmless. A failed rendezvous raises :class:`DistributedError` naming the variables.
+    ``timeout_s`` bounds every collective, e.g. the other ranks waiting while rank 0 writes
+    the final sample grids and pipeline.
     """
     context = context_from_environment(device=device)
     if context.world_size == 1 or dist.is_initialized():

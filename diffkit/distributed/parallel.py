@@ -79,7 +79,10 @@ class DataParallel:
         return self.fsdp
 
     def shard_like(self, module: nn.Module) -> nn.Module:
-        """Shard another pipeline (the EMA copy) exactly as the trained one; identity without FSDP."""
+        """Shard another pipeline (the EMA copy) exactly as the trained one, in place; returns it.
+
+        Without FSDP nothing changes (every rank keeps a full EMA copy).
+        """
         if not self.fsdp:
             return module
         root = TrainingForward(module)

@@ -347,8 +347,7 @@ class Trainer:
         if full is None:
             return None
         assert self._export is not None
-        prefix = "pipeline."
-        self._export.load_state_dict({k.removeprefix(prefix): v for k, v in full.items()})
+        self._export.load_state_dict(full)  # the EMA pipeline's own keys (it is not the FSDP root)
         return self._export.to(self.device).eval()
 
     def _preview(self) -> None:
