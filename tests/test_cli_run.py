@@ -120,3 +120,11 @@ def test_demo_prints_the_metrics_last(tmp_path, capsys, monkeypatch):
     assert 0 <= float(fields["class_accuracy"]) <= 1 and float(fields["fid_features"]) >= 0
     assert (tmp_path / "demo" / "samples.png").is_file()
     assert torch.isfinite(torch.tensor(float(fields["seconds"])))
+
+
+def test_every_training_setting_can_be_overridden_and_typos_are_named():
+    recipe = get_recipe("digits", ["train.accumulation=4", "train.grad_clip=0.5"])
+    assert recipe["train"]["accumulation"] == 4 and recipe["train"]["grad_clip"] == 0.5
+    assert recipe["train"]["batch_size"] == 128  # the recipe's own value over the default
+    with pytest.raises(UnknownNameError, match="did you mean 'accumulation'"):
+        get_recipe("digits", ["train.acumulation=4"])

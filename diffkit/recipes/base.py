@@ -54,12 +54,28 @@ def get_recipe(name: str, overrides: Sequence[str] = (), *, backbone: str | None
         raise UnknownNameError("recipe", name, sorted(_RECIPES))
     recipe = copy.deepcopy(_RECIPES[name]())
     recipe["name"] = name
+    recipe["train"] = _complete_train_section(recipe.get("train", {}))
     if backbone is not None:
         choices = recipe.get("backbones", {})
         if backbone not in choices:
             raise UnknownNameError(f"backbone of recipe {name!r}", backbone, sorted(choices))
         recipe["pipeline"]["backbone"] = backbone
     return apply_overrides(recipe, overrides)
+
+
+def _complete_train_section(train: Mapping[str, Any]) -> dict[str, Any]:
+    """Every :class:`~diffkit.training.TrainConfig` field, the recipe's values over the defaults.
+
+    So any training setting can be overridden (``train.accumulation=4``) and ``recipe.json``
+    records the whole configuration a run used.
+    """
+    from diffkit.training.config import TrainConfig
+
+    defaults = TrainConfig().to_dict()
+    unknown = sorted(set(train) - set(defaults))
+    if unknown:
+        raise UnknownNameError("train setting", unknown[0], sorted(defaults))
+    return {**defaults, **train}
 
 
 def parse_value(text: str) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 
+import attrs
 import pytest
 import torch
 
@@ -64,12 +65,12 @@ BUILDS = {"dit": _dit, "unet": _unet, "latent_unet": _latent_unet}
 CONFIG = TrainConfig(steps=4, batch_size=8, warmup_steps=1, save_every=2, keep_last=3, ema_decay=0.9)
 
 
-def _pair(name: str, **sharded_options) -> tuple[Trainer, Trainer]:
+def _pair(name: str, config: TrainConfig) -> tuple[Trainer, Trainer]:
     torch.manual_seed(0)
     pipeline, data = BUILDS[name]()
     twin = copy.deepcopy(pipeline)
-    plain = Trainer(pipeline, data, CONFIG, progress=False, device="cpu")
-    sharded = Trainer(twin, data, CONFIG, progress=False, device="cpu", fsdp=True, **sharded_options)
+    plain = Trainer(pipeline, data, config, progress=False, device="cpu")
+    sharded = Trainer(twin, data, config, progress=False, device="cpu", fsdp=True)
     return plain, sharded
 
 
@@ -79,9 +80,10 @@ def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> Non
     assert worst < 1e-5, worst
 
 
+@pytest.mark.parametrize("accumulation", [1, 2])
 @pytest.mark.parametrize("name", sorted(BUILDS))
-def test_a_sharded_trainer_follows_the_plain_one(name):
-    plain, sharded = _pair(name)
+def test_a_sharded_trainer_follows_the_plain_one(name, accumulation):
+    plain, sharded = _pair(name, attrs.evolve(CONFIG, accumulation=accumulation))
     assert sharded.parallel.sharded
     for _ in range(3):
         a, b = plain.train_step(), sharded.train_step()

@@ -1,7 +1,7 @@
 """Training under ``torchrun`` on the CPU (gloo, 2 processes): DDP and FSDP2, resume, a killed worker.
 
-Every run trains the digits recipe for 6 steps (global batch 32: 16 per rank) and is compared
-with the others through its weights:
+Every run trains the digits recipe for 6 steps (global batch 32: micro-batches of 16, 8 per
+rank, 2 accumulated per step) and is compared with the others through its weights:
 
 * DDP equals data-parallel SGD written out by hand in this process (each rank's slice of the
   batch with its own noise stream, gradients averaged);
@@ -34,9 +34,10 @@ from diffkit.training.rng import step_seed
 pytestmark = pytest.mark.slow
 
 STEPS = 6
+ACCUMULATION = 2  # so DDP's no_sync and FSDP's deferred reduce-scatter are exercised too
 OVERRIDES = [
-    "train.batch_size=32", "train.save_every=2", "train.sample_every=0", "train.warmup_steps=1",
-    "sample.n=10", "sample.steps=2",
+    "train.batch_size=16", f"train.accumulation={ACCUMULATION}", "train.save_every=2", "train.sample_every=0",
+    "train.warmup_steps=1", "sample.n=10", "sample.steps=2",
 ]
 TIMEOUT_S = 240
 
@@ -96,7 +97,7 @@ def _interrupted(out: Path, *extra: str) -> None:
 def ddp_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
     result = _ok(_run(out, 2))
-    assert "global batch 32 = 16 per rank × 2 ranks × 1 accumulation" in result.stderr
+    assert "global batch 32 = 8 per rank × 2 ranks × 2 accumulation" in result.stderr
     assert "trained 6 steps" in result.stdout and result.stdout.count("trained") == 1  # rank 0 reports
     return out
 
@@ -125,8 +126,9 @@ def fsdp_run(tmp_path_factory) -> Path:
 
 
 def test_ddp_is_data_parallel_sgd_over_the_ranks_slices(ddp_run, tmp_path):
-    """The same 6 steps done by hand in one process: each rank's slice, its own noise, mean gradient."""
+    """The same 6 steps done by hand in one process: each rank's slices, its own noise, mean gradient."""
     recipe = get_recipe("digits", [f"train.steps={STEPS}", *OVERRIDES])
+    assert recipe["backbones"]["unet"]["dropout"] == 0  # no global-RNG draws to interleave below
     config = TrainConfig(**recipe["train"])
     data, _ = training_data(recipe, tmp_path)
     torch.manual_seed(config.seed)
@@ -136,13 +138,15 @@ def test_ddp_is_data_parallel_sgd_over_the_ranks_slices(ddp_run, tmp_path):
     for step in range(STEPS):
         for group in trainer.optimizer.param_groups:
             group["lr"] = config.learning_rate(step)
-        indices = batch_indices(len(data), config.seed, step * config.batch_size, config.batch_size)
-        for rank in range(world):
-            seed = step_seed(config.seed, rank, step)
-            torch.manual_seed(seed)
-            images, cond = data.batch(rank_slice(indices, rank, world))
-            loss, _ = pipeline.loss(images, cond, generator=torch.Generator().manual_seed(seed))
-            (loss / world).backward()  # DDP averages the ranks' gradients
+        # each rank's noise stream is seeded once per step and read across its micro-batches
+        streams = [torch.Generator().manual_seed(step_seed(config.seed, rank, step)) for rank in range(world)]
+        for micro in range(ACCUMULATION):
+            cursor = (step * ACCUMULATION + micro) * config.batch_size
+            indices = batch_indices(len(data), config.seed, cursor, config.batch_size)
+            for rank in range(world):
+                images, cond = data.batch(rank_slice(indices, rank, world))
+                loss, _ = pipeline.loss(images, cond, generator=streams[rank])
+                (loss / (world * ACCUMULATION)).backward()  # DDP averages over ranks, the trainer over micro-batches
         torch.nn.utils.clip_grad_norm_(list(pipeline.parameters()), config.grad_clip)
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
