@@ -143,12 +143,14 @@ def init_distributed(
             f"cannot join the process group: {', '.join(missing)} not set. torchrun sets "
             f"{', '.join(TORCHRUN_VARIABLES)}; start with `torchrun --nproc_per_node=N -m diffkit ...`"
         )
+    timeout = datetime.timedelta(seconds=timeout_s)
     try:
         dist.init_process_group(
             backend=context.backend,
+            store=job_store(context, timeout),
             rank=context.rank,
             world_size=context.world_size,
-            timeout=datetime.timedelta(seconds=timeout_s),
+            timeout=timeout,
             device_id=context.device if context.device.type == "cuda" else None,
         )
     except Exception as exc:  # NCCL/gloo raise RuntimeError, DistStoreError, ValueError, …
@@ -159,6 +161,27 @@ def init_distributed(
             "check that every rank can reach MASTER_ADDR:MASTER_PORT and that all ranks were started"
         ) from exc
     return context
+
+
+def job_store(
+    context: DistributedContext, timeout: datetime.timedelta, environ: Mapping[str, str] | None = None
+) -> dist.Store:
+    """The key-value store the ranks meet in, with keys private to this attempt of the job.
+
+    torchrun keeps one store (at MASTER_ADDR:MASTER_PORT, hosted by its agent) for the whole
+    job, across ``--max-restarts`` restarts. Joining with torch's default ``env://`` reads the
+    addresses the ranks publish from it, so after a restart a fast rank can read the address
+    a dead rank of the previous attempt left there and fail with "Connection refused" (seen
+    in CI). Prefixing every key with the attempt number makes each attempt start clean.
+    """
+    environ = os.environ if environ is None else environ
+    # torchrun's agent hosts the store; other launchers expect rank 0 to host it
+    agent_hosts_it = environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        environ["MASTER_ADDR"], int(environ["MASTER_PORT"]), context.world_size,
+        is_master=not agent_hosts_it and context.rank == 0, timeout=timeout, multi_tenant=not agent_hosts_it,
+    )
+    return dist.PrefixStore(f"diffkit/attempt-{context.restart_count}/", store)
 
 
 def shutdown_distributed() -> None:

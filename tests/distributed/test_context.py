@@ -110,3 +110,22 @@ def test_fault_injection_targets_one_rank_on_the_first_attempt_only(monkeypatch)
         fault_step(first)
     monkeypatch.delenv(FAULT_VARIABLE)
     assert fault_step(first) is None
+
+
+def test_each_attempt_of_a_job_meets_in_its_own_keys():
+    """torchrun's store outlives a restart: attempt 1 must not read the addresses attempt 0 left."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from diffkit.distributed.context import job_store
+
+    timeout = datetime.timedelta(seconds=10)
+    server = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, timeout=timeout, wait_for_workers=False)
+    environ = {**TORCHRUN, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(server.port),
+               "TORCHELASTIC_USE_AGENT_STORE": "True"}
+    first = context_from_environment({**environ, "TORCHELASTIC_RESTART_COUNT": "0"}, device="cpu")
+    again = context_from_environment({**environ, "TORCHELASTIC_RESTART_COUNT": "1"}, device="cpu")
+    job_store(first, timeout, environ).set("rank0/address", "a dead process")
+    assert job_store(first, timeout, environ).get("rank0/address") == b"a dead process"
+    assert not job_store(again, timeout, environ).check(["rank0/address"])
