@@ -120,3 +120,25 @@ def test_a_cuda_generator_seeds_the_step_noise_reproducibly(cuda):
         assert trainer.generator.device.type == "cuda"
         runs.append([float(trainer.train_step()) for _ in range(2)])
     assert runs[0] == runs[1]
+
+
+def test_fsdp_on_one_gpu_follows_the_plain_trainer(cuda):
+    """FSDP2 over NCCL (a one-rank group) on the GPU: the same steps as without sharding."""
+    from diffkit.distributed import shutdown_distributed
+
+    torch.manual_seed(0)
+    pipeline = _dit_pipeline()
+    twin = _dit_pipeline()
+    twin.load_state_dict(pipeline.state_dict())
+    data = _data(pipeline)
+    config = TrainConfig(steps=4, batch_size=16, warmup_steps=1, precision="fp32")
+    try:
+        plain = Trainer(pipeline, data, config, progress=False, device=cuda)
+        sharded = Trainer(twin, data, config, progress=False, device=cuda, fsdp=True)
+        for _ in range(2):
+            a, b = float(plain.train_step()), float(sharded.train_step())
+            assert a == pytest.approx(b, rel=1e-4)
+        expected, got = plain.ema_pipeline().state_dict(), sharded.ema_pipeline().state_dict()
+        assert max(float((expected[k] - got[k]).abs().max()) for k in expected) < 1e-4
+    finally:
+        shutdown_distributed()
