@@ -58,7 +58,7 @@ from collections.abc import Sequence
 import attrs
 import torch
 
-from bench.ddp_cpu_worker import block_sizes
+from bench.ddp_cpu_worker import block_sizes, check_block_arguments
 
 LIBRARIES = ("diffkit", "diffusers")
 WORKER = "bench.ddp_cpu_worker"
@@ -264,13 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps of each library first")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for name in ("steps", "repeats", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
-    if args.warmup < 0:
-        parser.error(f"--warmup must be ≥ 0, got {args.warmup}")
-    if args.steps < args.repeats:
-        parser.error(f"--steps ({args.steps}) must be ≥ --repeats ({args.repeats}): each block needs a step")
+    check_block_arguments(parser, args, ("steps", "repeats", "batch_size"))
     if args.batch_size % 2:
         parser.error(f"--batch-size must be even (it is split over 2 processes), got {args.batch_size}")
 

@@ -30,7 +30,7 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -155,14 +155,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128, help="global batch (split over the processes)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for name in ("threads", "steps", "repeats", "batch_size"):
+    check_block_arguments(parser, args, ("threads", "steps", "repeats", "batch_size"))
+    return args
+
+
+def check_block_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, positive: Sequence[str]) -> None:
+    """The checks the driver and the worker share: counts ≥ 1, warm-up ≥ 0, a step per block."""
+    for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
     if args.warmup < 0:
         parser.error(f"--warmup must be ≥ 0, got {args.warmup}")
     if args.steps < args.repeats:
         parser.error(f"--steps ({args.steps}) must be ≥ --repeats ({args.repeats}): each block needs a step")
-    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ import torch
 from diffkit.denoisers import PREDICTIONS
 from diffkit.errors import ConfigError, ShapeError
 from diffkit.schedules.base import DiscreteSchedule
+from diffkit.training.config import _one_of
 from diffkit.training.vlb import vlb_loss
 
 WEIGHTINGS = ("none", "min_snr")
@@ -46,15 +47,6 @@ def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 def _finite(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{attribute.name} must be a finite number, got {value!r}")
-
-
-def _choice(valid: tuple[str, ...]) -> Callable[[Any, attrs.Attribute, Any], None]:
-    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        from diffkit.errors import check_choice
-
-        check_choice(attribute.name, value, valid)
-
-    return validate
 
 
 @attrs.frozen(kw_only=True)
@@ -72,10 +64,10 @@ class Objective:
         vlb_weight: λ of the hybrid loss for learned-variance networks (improved DDPM: 0.001).
     """
 
-    prediction: str = attrs.field(default="eps", validator=_choice(PREDICTIONS))
-    weighting: str = attrs.field(default="none", validator=_choice(WEIGHTINGS))
+    prediction: str = attrs.field(default="eps", validator=_one_of(PREDICTIONS))
+    weighting: str = attrs.field(default="none", validator=_one_of(WEIGHTINGS))
     snr_gamma: float = attrs.field(default=5.0, validator=_positive)
-    timesteps: str = attrs.field(default="uniform", validator=_choice(TIMESTEP_SAMPLING))
+    timesteps: str = attrs.field(default="uniform", validator=_one_of(TIMESTEP_SAMPLING))
     lognormal_mean: float = attrs.field(default=-1.2, validator=_finite)
     lognormal_std: float = attrs.field(default=1.2, validator=_positive)
     vlb_weight: float = attrs.field(default=0.001, validator=_positive)
