@@ -11,6 +11,7 @@ of an epoch continues with the next one, so every example is seen once per epoch
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,8 +87,7 @@ def batch_indices(size: int, seed: int, cursor: int, batch_size: int) -> torch.T
     needed = batch_size
     while needed:
         epoch, position = divmod(cursor, size)
-        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed + _EPOCH_STRIDE * epoch))
-        take = order[position : position + needed]
+        take = _epoch_order(size, seed, epoch)[position : position + needed]
         out.append(take)
         needed -= len(take)
         cursor += len(take)
@@ -110,3 +110,10 @@ def rank_slice(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tenso
         raise ConfigError(f"a batch of {len(indices)} does not split evenly over {world_size} ranks")
     share = len(indices) // world_size
     return indices[rank * share : (rank + 1) * share]
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation [size] of one epoch, drawn once (not once per batch: a million-example
+    ``randperm`` costs milliseconds of host time every step). Read-only: callers slice it."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed + _EPOCH_STRIDE * epoch))
