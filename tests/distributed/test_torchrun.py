@@ -56,16 +56,17 @@ def _command(out: Path, processes: int, *extra: str, restarts: int = 0) -> list[
 def _run(
     out: Path, processes: int, *extra: str, restarts: int = 0, fault: str | None = None
 ) -> subprocess.CompletedProcess:
+    return _launch(_command(out, processes, *extra, restarts=restarts), fault=fault)
+
+
+def _launch(command: list[str], *, fault: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop(FAULT_VARIABLE, None)
     if fault is not None:
         env[FAULT_VARIABLE] = fault
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT"):
         env.pop(name, None)  # never inherit a surrounding job's variables
-    return subprocess.run(
-        _command(out, processes, *extra, restarts=restarts), env=env, capture_output=True, text=True,
-        timeout=TIMEOUT_S, check=False,
-    )
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
 
 
 def _ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -210,3 +211,18 @@ def test_a_batch_the_world_size_does_not_divide_is_refused_before_training(tmp_p
     assert result.returncode != 0
     assert "does not split evenly over 2 processes; use a multiple of 2 (e.g. 32 or 34)" in result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_latent_text_recipe_trains_sharded_on_two_processes(tmp_path):
+    """shapes: rank 0 trains the autoencoder, rank 1 waits and reuses it; the cross-attention
+    UNet and the text encoder are trained with FSDP over the two ranks."""
+    from tests.test_shapes_recipe import TINY
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "diffkit", "train", "--recipe", "shapes", "--backbone", "latent_unet", "--steps", "2",
+               "--out", str(tmp_path), "--no-progress", "--fsdp", *TINY]
+    result = _ok(_launch(command))
+    assert "global batch 8 = 4 per rank × 2 ranks" in result.stderr
+    pipeline = load_pretrained(tmp_path / "pipeline")
+    assert type(pipeline.backbone).__name__ == "LatentUNet" and pipeline.autoencoder is not None
+    assert (tmp_path / "autoencoder.json").is_file() and (tmp_path / "samples.png").is_file()
