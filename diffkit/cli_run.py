@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from diffkit.errors import ConfigError
+from diffkit.precision import PRECISIONS
 
 DEMO_OUT = "diffkit-demo"
 DEMOS = ("digits", "shapes")
@@ -43,6 +44,10 @@ def add_commands(commands: Any) -> None:
     sample.add_argument("--sampler", help="sampler name (default: the pipeline's)")
     sample.add_argument("--guidance", type=float, default=None, help="CFG scale w ≥ 0 (1 = none)")
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument(
+        "--precision", default="auto", choices=PRECISIONS,
+        help="the network's precision (auto: bf16 autocast on CUDA, fp32 on the CPU)",
+    )
     sample.set_defaults(run=_sample)
 
     demo = commands.add_parser("demo", help="train a demo recipe (digits, shapes), sample, report metrics")
@@ -141,7 +146,7 @@ def _sample(args: argparse.Namespace) -> int:
     negative = None if args.negative is None else [args.negative] * args.n
     images = pipeline.sample(
         args.n, cond=cond, negative=negative, steps=args.steps, guidance=guidance,
-        sampler=args.sampler, generator=args.seed, progress=True,
+        sampler=args.sampler, generator=args.seed, progress=True, precision=args.precision,
     )
     scale = max(1, 32 // pipeline.sample_shape[-1])
     nrow = grid_rows(pipeline, args.n) if args.label is None and args.prompt is None else None

@@ -43,6 +43,7 @@ from diffkit.checkpoints import PIPELINE_FILE, entry_for_config, load_pretrained
 from diffkit.denoisers import PREDICTIONS, VPDenoiser
 from diffkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError, check_choice
 from diffkit.guidance import CFGDenoiser
+from diffkit.precision import BF16Network, bf16_enabled
 from diffkit.samplers.common import Callback
 from diffkit.schedules.base import DiscreteSchedule
 from diffkit.training.objectives import Objective, diffusion_loss
@@ -223,11 +224,15 @@ class Pipeline(nn.Module):
 
     # -- sampling --------------------------------------------------------------------------
 
-    def denoiser(self) -> VPDenoiser:
-        """The σ-form denoiser D(x, σ, cond) of the backbone (see :mod:`diffkit.denoisers`)."""
-        return VPDenoiser(
-            self.backbone, self.schedule, self.parameterization, learned_variance=self.learned_variance
-        )
+    def denoiser(self, *, precision: str = "fp32") -> VPDenoiser:
+        """The σ-form denoiser D(x, σ, cond) of the backbone (see :mod:`diffkit.denoisers`).
+
+        ``precision``: ``"auto"``/``"bf16"`` run the backbone under bf16 autocast on CUDA
+        (:mod:`diffkit.precision`); the denoiser's own arithmetic stays in float32/64.
+        """
+        device = next((p.device for p in self.backbone.parameters()), torch.device("cpu"))
+        network = BF16Network(self.backbone) if bf16_enabled(precision, device) else self.backbone
+        return VPDenoiser(network, self.schedule, self.parameterization, learned_variance=self.learned_variance)
 
     @torch.no_grad()
     def sample(
@@ -246,6 +251,7 @@ class Pipeline(nn.Module):
         spacing: str | None = None,
         decode: bool = True,
         progress: bool = False,
+        precision: str = "auto",
     ) -> torch.Tensor:
         """``n`` samples [n, C, H, W] (images in about [−1, 1], or latents with ``decode=False``).
 
@@ -261,6 +267,8 @@ class Pipeline(nn.Module):
             sampler, sampler_options, spacing: override the pipeline's sampler and grid.
             decode: decode latents with the autoencoder (when there is one).
             progress: show a progress bar (steps, it/s) while sampling.
+            precision: the backbone's precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on the
+                CPU), ``"fp32"`` or ``"bf16"``; the sampler's arithmetic is fp32/fp64 either way.
         """
         from diffkit.sampling import sample as run_sampler
 
@@ -280,7 +288,7 @@ class Pipeline(nn.Module):
             record = self.condition(cond)
             if record is not None and getattr(record, "batch_size", n) not in (None, n):
                 raise ShapeError(f"cond gives {record.batch_size} conditions for n={n} samples")
-            denoiser: Callable[..., torch.Tensor] = self.denoiser()
+            denoiser: Callable[..., torch.Tensor] = self.denoiser(precision=precision)
             if self.conditioner is not None and (guidance != 1 or guidance_rescale):
                 # ∅: the negative prompt, or these inputs forced to the null condition
                 uncond = self.condition(negative) if negative is not None else self.condition(cond, force_drop=True)

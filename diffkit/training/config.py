@@ -9,8 +9,8 @@ from typing import Any
 import attrs
 
 from diffkit.errors import ConfigError
+from diffkit.precision import PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
 
 

@@ -45,6 +45,7 @@ from diffkit.distributed.context import DistributedContext, check_divisible
 from diffkit.distributed.faults import die, fault_step
 from diffkit.distributed.parallel import DataParallel
 from diffkit.errors import CheckpointError, ConfigError
+from diffkit.precision import autocast
 from diffkit.training.checkpoints import (
     CHECKPOINT_DIR,
     SHARDED_DIR,
@@ -285,10 +286,7 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------
 
     def _autocast(self) -> Any:
-        use_bf16 = self.device.type == "cuda" and self.config.precision in ("auto", "bf16")
-        if self.config.precision == "bf16" and self.device.type != "cuda":
-            raise ConfigError("precision='bf16' needs a CUDA device; on the CPU training runs in fp32")
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        return autocast(self.config.precision, self.device)
 
     def _reseed(self) -> None:
         """This step's random streams: noise/timesteps/CFG drops and dropout (see rng.py)."""

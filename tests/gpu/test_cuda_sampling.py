@@ -185,3 +185,19 @@ def test_compile_module_on_cuda_matches_eager(cuda):
     assert torch.equal(out, again)
     assert (out_bf16.float() - eager_bf16.float()).norm() <= 0.03 * eager_bf16.float().norm()
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("backbone", [DIT, UNET], ids=["dit", "unet"])
+def test_pipeline_sample_runs_the_network_in_bf16_by_default_on_cuda(cuda, backbone):
+    """precision="auto": the backbone under bf16 autocast, the sampler in fp32 — close to all-fp32."""
+    pipe = pipeline(backbone, cuda)
+    labels = torch.arange(BATCH, device=cuda) % 10
+
+    def run(precision: str) -> torch.Tensor:
+        return pipe.sample(BATCH, cond=labels, guidance=GUIDANCE, steps=8, sampler="dpmpp_2m", precision=precision,
+                           generator=torch.Generator(device=cuda).manual_seed(0))
+
+    auto, fp32 = run("auto"), run("fp32")
+    assert auto.dtype == torch.float32 and not torch.equal(auto, fp32)  # bf16 did run
+    scale = fp32.abs().max()
+    assert (auto - fp32).abs().max() <= 0.1 * scale
