@@ -29,7 +29,8 @@ agreement check (:func:`diffkit.accel.enable_tf32`).
 N(0, I) latents, images/s (no decoding):
 
 * diffkit: ``Pipeline.sample(n, cond=labels, guidance=4.0, steps=50, sampler="dpmpp_2m",
-  decode=False, generator=…)`` (CFG batches [cond; uncond] in one forward per step);
+  decode=False, generator=…)`` (CFG batches [cond; uncond] in one forward per step; on CUDA
+  its default ``precision="auto"`` runs the network under bf16 autocast, the sampler in fp32);
 * diffusers: ``DPMSolverMultistepScheduler`` (dpmsolver++, order 2, ``trailing`` spacing so
   the σ grid is diffkit's default one) driven by DiTPipeline's loop: latents doubled, labels
   [y; 1000], one forward of 2B, guidance on the ε channels, the learned-σ half dropped,
@@ -310,15 +311,15 @@ def run_sample(args: argparse.Namespace, device: torch.device) -> None:
     shape = (n, *pipeline.sample_shape)
     labels = torch.randint(0, NUM_CLASSES, (n,), generator=torch.Generator().manual_seed(args.seed)).to(device)
 
-    def ours(steps: int, generator: torch.Generator) -> torch.Tensor:
+    def ours(steps: int, generator: torch.Generator, precision: str) -> torch.Tensor:
         return pipeline.sample(n, cond=labels, guidance=GUIDANCE, steps=steps, sampler="dpmpp_2m",
-                               decode=False, generator=generator)
+                               decode=False, generator=generator, precision=precision)
 
     # fp32 spot check: the same starting noise (diffkit draws x = σ_max·z; diffusers z·init_noise_sigma)
     spot_steps = min(args.steps, 10)
     z = torch.randn(shape, generator=torch.Generator(device=device).manual_seed(5), device=device)
     with torch.no_grad(), _ieee_matmuls():
-        mine = ours(spot_steps, torch.Generator(device=device).manual_seed(5))
+        mine = ours(spot_steps, torch.Generator(device=device).manual_seed(5), "fp32")
         theirs_out = diffusers_sample(theirs, labels, z, spot_steps)
     # diffkit's sample is in σ form at σ = 0 = the clean latent; diffusers' prev_sample at t = 0 too
     spot = (mine - theirs_out).abs().max().item()
@@ -329,9 +330,8 @@ def run_sample(args: argparse.Namespace, device: torch.device) -> None:
         compile_module(pipeline.backbone)
         compile_module(theirs)
 
-    def diffkit_call() -> torch.Tensor:
-        with autocast(device):
-            return ours(args.steps, torch.Generator(device=device).manual_seed(0))
+    def diffkit_call() -> torch.Tensor:  # the library's own bf16 path on CUDA: precision="auto"
+        return ours(args.steps, torch.Generator(device=device).manual_seed(0), "auto")
 
     def diffusers_call() -> torch.Tensor:
         noise = torch.randn(shape, generator=torch.Generator(device=device).manual_seed(0), device=device)
