@@ -58,6 +58,11 @@ step gpu-tests 180 "$PYTHON" -m pytest tests/gpu -q -rs -p no:cacheprovider
 step train-eager 120 "$PYTHON" -m bench.dit_xl train "${bench[@]}"
 step train-compile 270 "$PYTHON" -m bench.dit_xl train "${bench[@]}" --compile
 step sample 120 "$PYTHON" -m bench.dit_xl sample "${bench[@]}"
+# last (the numbers above come first): the command line end to end on the GPU — torchrun, NCCL,
+# FSDP2, bf16, channels-last UNet, compile — on the digits recipe
+if [ "$SMOKE" = "1" ]; then e2e=(--steps 5); else e2e=(--steps 200 --compile); fi
+step torchrun-fsdp 150 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node=1 -m diffkit train \
+    --recipe digits --fsdp --no-progress --out "$OUT/run-fsdp" "${e2e[@]}" sample.n=20
 
 if [ "${#failed[@]}" -ne 0 ]; then
     echo "FAILED: ${failed[*]}"
