@@ -145,7 +145,7 @@ class Trainer:
 
             compile_module(self.pipeline.backbone)
         self.parallel = DataParallel(self.pipeline, self.context, fsdp=fsdp)
-        self._ema_root = self.parallel.shard_like(self.ema.module)
+        self.parallel.shard_like(self.ema.module)  # under FSDP the EMA is split like the weights
         trainable = [p for p in self.pipeline.parameters() if p.requires_grad]  # DTensors after FSDP
         self.optimizer = torch.optim.AdamW(
             trainable, lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay,
@@ -223,7 +223,7 @@ class Trainer:
         staging = stage_checkpoint(self.checkpoint_dir, self.step) if self.context.is_main else None
         staging = broadcast_from_main(staging)  # one folder, written by every rank
         try:
-            save_sharded(staging / SHARDED_DIR, model=self.parallel.forward_module, ema=self._ema_root,
+            save_sharded(staging / SHARDED_DIR, model=self.parallel.forward_module, ema=self.ema.module,
                          optimizer=self.optimizer)
         except BaseException:
             if self.context.is_main:
@@ -257,7 +257,7 @@ class Trainer:
         if sharded:
             from diffkit.distributed.sharded_state import load_sharded
 
-            load_sharded(loaded["sharded"], model=self.parallel.forward_module, ema=self._ema_root,
+            load_sharded(loaded["sharded"], model=self.parallel.forward_module, ema=self.ema.module,
                          optimizer=self.optimizer)
         else:
             from diffkit.checkpoints import load_state_dict_checked
@@ -341,7 +341,7 @@ class Trainer:
             return self.ema.module
         from diffkit.distributed.sharded_state import gather_full_state
 
-        full = gather_full_state(self._ema_root, main=self.context.is_main)
+        full = gather_full_state(self.ema.module, main=self.context.is_main)
         if full is None:
             return None
         assert self._export is not None
