@@ -39,6 +39,7 @@ from diffkit.data.digits import (
 from diffkit.errors import ConfigError, ShapeError
 from diffkit.metrics.cache import load_or_train, one_cpu_thread
 from diffkit.metrics.frechet import frechet_distance
+from diffkit.metrics.validators import non_negative_int, positive_float, positive_int
 
 FEATURE_DIM = 128
 ARCHITECTURE_VERSION = 1  # bump when DigitsClassifier changes: old cached weights then miss
@@ -90,21 +91,6 @@ class DigitsClassifier(nn.Module):
 # -- training -----------------------------------------------------------------------------------
 
 
-def _non_negative_int(_: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ConfigError(f"{attribute.name} must be a non-negative integer, got {value!r}")
-
-
-def _positive_int(_: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ConfigError(f"{attribute.name} must be a positive integer, got {value!r}")
-
-
-def _positive_float(_: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
-        raise ConfigError(f"{attribute.name} must be a positive finite number, got {value!r}")
-
-
 @attrs.frozen(kw_only=True)
 class DigitsTrainingConfig:
     """How :func:`train_digits_classifier` trains (and what names its cache entry).
@@ -116,12 +102,12 @@ class DigitsTrainingConfig:
     background (−1).
     """
 
-    seed: int = attrs.field(default=0, validator=_non_negative_int)
-    steps: int = attrs.field(default=DEFAULT_STEPS, validator=_positive_int)
-    batch_size: int = attrs.field(default=128, validator=_positive_int)
-    lr: float = attrs.field(default=2e-3, validator=_positive_float)
-    max_shift: int = attrs.field(default=1, validator=_non_negative_int)
-    split_seed: int = attrs.field(default=0, validator=_non_negative_int)
+    seed: int = attrs.field(default=0, validator=non_negative_int)
+    steps: int = attrs.field(default=DEFAULT_STEPS, validator=positive_int)
+    batch_size: int = attrs.field(default=128, validator=positive_int)
+    lr: float = attrs.field(default=2e-3, validator=positive_float)
+    max_shift: int = attrs.field(default=1, validator=non_negative_int)
+    split_seed: int = attrs.field(default=0, validator=non_negative_int)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""

@@ -52,6 +52,7 @@ from diffkit.data.shapes import (
 )
 from diffkit.errors import ConfigError, ShapeError
 from diffkit.metrics.cache import load_or_train, one_cpu_thread
+from diffkit.metrics.validators import non_negative_float, non_negative_int, positive_float, positive_int
 
 EVAL_SIZE = 32
 """Images are resized to EVAL_SIZE × EVAL_SIZE before anything is measured."""
@@ -148,27 +149,6 @@ class ShapeClassifier(nn.Module):
 # -- training ------------------------------------------------------------------------------------------
 
 
-def _non_negative_int(_: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ConfigError(f"{attribute.name} must be a non-negative integer, got {value!r}")
-
-
-def _positive_int(_: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ConfigError(f"{attribute.name} must be a positive integer, got {value!r}")
-
-
-def _non_negative_float(_: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
-        raise ConfigError(f"{attribute.name} must be a non-negative finite number, got {value!r}")
-
-
-def _positive_float(_: Any, attribute: attrs.Attribute, value: Any) -> None:
-    _non_negative_float(_, attribute, value)
-    if value == 0:
-        raise ConfigError(f"{attribute.name} must be a positive finite number, got {value!r}")
-
-
 @attrs.frozen(kw_only=True)
 class ShapeTrainingConfig:
     """How :func:`train_shape_classifier` trains (and what names its cache entry).
@@ -181,13 +161,13 @@ class ShapeTrainingConfig:
     of σ ∈ [0, ``max_noise``] (in [−1, 1] units). Adam at ``lr`` with a cosine decay to 0.
     """
 
-    seed: int = attrs.field(default=0, validator=_non_negative_int)
-    steps: int = attrs.field(default=DEFAULT_STEPS, validator=_positive_int)
-    batch_size: int = attrs.field(default=64, validator=_positive_int)
-    lr: float = attrs.field(default=3e-3, validator=_positive_float)
-    max_blur: float = attrs.field(default=1.2, validator=_non_negative_float)
-    max_noise: float = attrs.field(default=0.08, validator=_non_negative_float)
-    color_drift: float = attrs.field(default=40.0, validator=_non_negative_float)
+    seed: int = attrs.field(default=0, validator=non_negative_int)
+    steps: int = attrs.field(default=DEFAULT_STEPS, validator=positive_int)
+    batch_size: int = attrs.field(default=64, validator=positive_int)
+    lr: float = attrs.field(default=3e-3, validator=positive_float)
+    max_blur: float = attrs.field(default=1.2, validator=non_negative_float)
+    max_noise: float = attrs.field(default=0.08, validator=non_negative_float)
+    color_drift: float = attrs.field(default=40.0, validator=non_negative_float)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""
