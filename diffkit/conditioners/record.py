@@ -165,6 +165,12 @@ class Conditioning:
             index = slice(index, index + 1 if index != -1 else None)
         return Conditioning(**{name: value[index] for name, value in self.as_dict().items()})
 
+    def expand(self, batch_size: int) -> Conditioning:
+        """A record of batch size 1 repeated ``batch_size`` times (views: nothing is copied)."""
+        if self.batch_size not in (None, 1):
+            raise ShapeError(f"only a record of batch size 1 can be expanded, this one has {self.batch_size}")
+        return Conditioning(**{k: v.expand(batch_size, *v.shape[1:]) for k, v in self.as_dict().items()})
+
     def index(self, i: int) -> Conditioning:
         """Sample ``i`` as a record of batch size 1."""
         if isinstance(i, bool) or not isinstance(i, int):

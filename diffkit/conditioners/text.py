@@ -125,7 +125,7 @@ class TextConditioner(Conditioner):
         context, token_mask = self.encode([""])  # (1, L, d_ctx)
         mask = torch.ones_like(token_mask)  # (1, L): every position
         record = Conditioning(context=context, mask=mask, vector=masked_mean(context, mask))
-        record = Conditioning(**{k: v.expand(batch_size, *v.shape[1:]) for k, v in record.as_dict().items()})
+        record = record.expand(batch_size)
         return record if device is None else record.to(device)
 
 

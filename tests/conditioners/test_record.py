@@ -102,3 +102,13 @@ def test_replace_validates_and_names_unknown_fields():
         record.replace(context=None)
     with pytest.raises(ConfigError, match="no field 'label'"):
         record.replace(label=None)
+
+
+def test_expand_repeats_one_sample_without_copying():
+    one = Conditioning(labels=torch.tensor([3]), vector=torch.randn(1, 4))
+    many = one.expand(5)
+    assert many.batch_size == 5
+    assert torch.equal(many.vector, one.vector.repeat(5, 1)) and torch.equal(many.labels, torch.full((5,), 3))
+    assert many.vector.data_ptr() == one.vector.data_ptr()  # a view
+    with pytest.raises(ShapeError, match="only a record of batch size 1"):
+        many.expand(10)

@@ -187,7 +187,7 @@ class MiniLMConditioner(Conditioner):
     def null(self, batch_size: int, device: torch.device | str | None = None) -> Conditioning:
         context, mask = self.encode([""])  # (1, L, d_ctx), (1, L): [CLS] [SEP]
         record = Conditioning(context=context, mask=mask, vector=masked_mean(context, mask))
-        record = Conditioning(**{k: v.expand(batch_size, *v.shape[1:]) for k, v in record.as_dict().items()})
+        record = record.expand(batch_size)
         return record if device is None else record.to(device)
 
 
