@@ -181,9 +181,13 @@ class Pipeline(nn.Module):
         record = self.conditioner(inputs, force_drop=force_drop, generator=generator)
         return self._on_backbone_device(record)
 
+    def _backbone_device(self) -> torch.device | None:
+        """Where the backbone's weights are (None for a backbone without parameters)."""
+        return next((p.device for p in self.backbone.parameters()), None)
+
     def _on_backbone_device(self, record: Any) -> Any:
         """The record moved where the backbone computes (asynchronously from the host)."""
-        device = next((p.device for p in self.backbone.parameters()), None)
+        device = self._backbone_device()
         tensors = record.as_dict().values() if hasattr(record, "as_dict") else ()
         if device is None or all(t.device == device for t in tensors):
             return record
@@ -230,7 +234,7 @@ class Pipeline(nn.Module):
         ``precision``: ``"auto"``/``"bf16"`` run the backbone under bf16 autocast on CUDA
         (:mod:`diffkit.precision`); the denoiser's own arithmetic stays in float32/64.
         """
-        device = next((p.device for p in self.backbone.parameters()), torch.device("cpu"))
+        device = self._backbone_device() or torch.device("cpu")
         network = BF16Network(self.backbone) if bf16_enabled(precision, device) else self.backbone
         return VPDenoiser(network, self.schedule, self.parameterization, learned_variance=self.learned_variance)
 
@@ -284,7 +288,7 @@ class Pipeline(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            device = next((p.device for p in self.backbone.parameters()), torch.device("cpu"))
+            device = self._backbone_device() or torch.device("cpu")
             record = self.condition(cond)
             if record is not None and getattr(record, "batch_size", n) not in (None, n):
                 raise ShapeError(f"cond gives {record.batch_size} conditions for n={n} samples")
