@@ -183,7 +183,6 @@ class Trainer:
             "cursor": self.cursor,
             "ema_updates": self.ema.updates,
             "last_loss": self.last_loss,
-            "world_size": self.context.world_size,
         }
         if not self.parallel.sharded:
             state["optimizer"] = self.optimizer.state_dict()
@@ -274,7 +273,7 @@ class Trainer:
             self.last_loss = float(state["last_loss"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"the training state in {folder} does not fit this run: {exc}") from exc
-        written_by = int(state.get("world_size", 1))
+        written_by = int(loaded["meta"].get("world_size", 1))
         if written_by != self.context.world_size and self.context.is_main:
             print(
                 f"resuming {folder.name}, written by {written_by} process(es), on {self.context.world_size}: "
