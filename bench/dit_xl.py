@@ -75,6 +75,7 @@ import torch.nn.functional as F
 
 import diffkit
 from diffkit.accel import compile_module, enable_tf32
+from diffkit.precision import autocast
 from diffkit.backbones.diffusers_dit import (
     config_from_diffusers,
     convert_diffusers_state_dict,
@@ -189,10 +190,6 @@ def _ieee_matmuls():
         torch.backends.cuda.matmul.fp32_precision = matmul
 
 
-def autocast(device: torch.device) -> Any:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 # -- training ----------------------------------------------------------------------------------
 
 
@@ -218,7 +215,7 @@ class DiffusersTrainLoop:
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (self.batch,), device=device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        with autocast(device):
+        with autocast("auto", device):
             output = model(noisy, timestep=timesteps, class_labels=labels).sample
         eps = output[:, : latents.shape[1]]  # the ε half; the other half is the learned σ
         loss = F.mse_loss(eps.float(), noise.float())
@@ -335,7 +332,7 @@ def run_sample(args: argparse.Namespace, device: torch.device) -> None:
 
     def diffusers_call() -> torch.Tensor:
         noise = torch.randn(shape, generator=torch.Generator(device=device).manual_seed(0), device=device)
-        with torch.no_grad(), autocast(device):
+        with torch.no_grad(), autocast("auto", device):
             return diffusers_sample(theirs, labels, noise, args.steps)
 
     header(args, device, f"fp32 forward agreement: max |Δ| / max |out| = {relative:.1e}; fp32 {spot_steps}-step "
