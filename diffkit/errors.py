@@ -64,3 +64,15 @@ class ShapeError(DiffkitError, ValueError):
 
 class CheckpointError(DiffkitError, ValueError):
     """Weights that do not fit the model: the message lists every offending key."""
+
+
+class RunFolderError(DiffkitError):
+    """A run folder that this run may not use: another run's, the user's own files, unwritable."""
+
+
+class RunInUseError(RunFolderError):
+    """A run folder locked by another live diffkit process (the message names the holder)."""
+
+
+class NonFiniteError(DiffkitError, FloatingPointError):
+    """NaN or ±inf where finite numbers are required: a diverged loss, weights, samples."""
