@@ -18,11 +18,30 @@ DEMOS = ("digits", "shapes")
 
 def add_commands(commands: Any) -> None:
     """Add ``train``, ``sample`` and ``demo`` to the ``diffkit`` sub-command parser."""
-    train = commands.add_parser("train", help="train a recipe (resumable); writes checkpoints, grids, GIFs")
-    train.add_argument("--recipe", required=True, help="a recipe name (diffkit train --recipe NAME)")
-    train.add_argument("--steps", type=int, help="optimizer steps (the recipe's train.steps)")
-    train.add_argument("--out", default=None, help="run folder (default: ./runs/RECIPE)")
-    train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    train = commands.add_parser(
+        "train", help="train a recipe into a run folder (resumable); writes checkpoints, grids, GIFs",
+        description=(
+            "Train a recipe into a run folder. A new run needs a new or empty --out; a folder that holds a run "
+            "is continued with --resume or discarded with --overwrite; a folder holding anything else is "
+            "refused. The folder is locked while the run trains."
+        ),
+    )
+    train.add_argument(
+        "--recipe", help="a recipe name (diffkit train --recipe NAME); with --resume, default: the run's recorded recipe"
+    )
+    train.add_argument(
+        "--steps", type=int,
+        help="optimizer steps in all (the recipe's train.steps); with --resume, a larger number extends the run",
+    )
+    train.add_argument("--out", default=None, help="the run folder (default: ./runs/RECIPE)")
+    group = train.add_mutually_exclusive_group()
+    group.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its newest intact checkpoint"
+    )
+    group.add_argument(
+        "--overwrite", action="store_true",
+        help="discard the run in --out (only what it wrote) and start a new one",
+    )
     train.add_argument("--backbone", help="one of the recipe's backbones (e.g. unet, dit)")
     train.add_argument("--sampler", help="the sampler for previews and the saved pipeline")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -69,17 +88,60 @@ def _positive(name: str, value: int | None) -> int | None:
 
 
 def _recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    from diffkit.recipes import get_recipe
+    """The recipe to train: ``--recipe`` with the overrides, or on ``--resume`` the run's own.
+
+    On ``--resume`` without ``--steps`` (or a ``train.steps=`` override) the run keeps the number
+    of steps it recorded, so resuming never changes the plan by accident.
+    """
+    from diffkit.recipes import apply_overrides, get_recipe
 
     overrides = list(args.overrides or [])
-    if _positive("--steps", args.steps) is not None:
+    explicit_steps = _positive("--steps", args.steps) is not None or any(
+        item.partition("=")[0] == "train.steps" for item in overrides
+    )
+    if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
     if args.sampler is not None:
         from diffkit import registry
 
         registry.get_entry("sampler", args.sampler)
         overrides.append(f"pipeline.sampler={args.sampler}")
-    return get_recipe(args.recipe, overrides, backbone=args.backbone)
+    recorded = _recorded_recipe(_run_folder(args)) if args.resume else None
+    if args.recipe is None:
+        if recorded is None:
+            raise ConfigError("pass --recipe NAME (or --resume --out DIR to continue the run in DIR)")
+        recipe = apply_overrides(recorded, overrides)
+        if args.backbone is not None:
+            recipe = apply_overrides(recipe, [f"pipeline.backbone={args.backbone}"])
+        return recipe
+    recipe = get_recipe(args.recipe, overrides, backbone=args.backbone)
+    steps = recorded.get("train", {}).get("steps") if isinstance(recorded, dict) else None
+    if recorded is not None and not explicit_steps and isinstance(steps, int):
+        recipe["train"]["steps"] = steps
+    return recipe
+
+
+def _run_folder(args: argparse.Namespace, recipe: dict[str, Any] | None = None) -> Path:
+    """``--out``, or ``runs/RECIPE`` by default."""
+    if args.out is not None:
+        return Path(args.out)
+    name = recipe["name"] if recipe is not None else args.recipe
+    if name is None:
+        raise ConfigError("--resume without --recipe needs --out DIR: the run folder to continue")
+    return Path("runs") / name
+
+
+def _recorded_recipe(out: Path) -> dict[str, Any] | None:
+    """The recipe the run in ``out`` recorded (None when there is none to read: the claim names why)."""
+    from diffkit.recipes.run_folder import RECIPE_FILE
+
+    path = out / RECIPE_FILE
+    if not path.exists():
+        return None
+    from diffkit.errors import RunFolderError
+    from diffkit.files import read_json_object
+
+    return read_json_object(path, what="the run's recipe record", error=RunFolderError)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -88,7 +150,7 @@ def _train(args: argparse.Namespace) -> int:
     from diffkit.recipes import train_recipe
 
     recipe = _recipe_from_args(args)
-    out = Path(args.out or Path("runs") / recipe["name"])
+    out = _run_folder(args, recipe)
     context = init_distributed()
     try:
         if context.device.type == "cuda":
@@ -98,12 +160,14 @@ def _train(args: argparse.Namespace) -> int:
         # a job restarted by torchrun (--max-restarts) continues from its newest complete checkpoint
         resume: bool | str = True if args.resume else ("auto" if context.restart_count > 0 else False)
         _, result = train_recipe(
-            recipe, out, resume=resume, progress=not args.no_progress,
+            recipe, out, resume=resume, overwrite=args.overwrite, progress=not args.no_progress,
             distributed=context, fsdp=args.fsdp, compile=args.compile,
         )
     finally:
         shutdown_distributed()
-    if context.is_main:
+    if context.is_main and result.already_complete:
+        print(f"nothing to do: the run is complete at step {result.steps}; pipeline in {out / 'pipeline'}")
+    elif context.is_main:
         print(
             f"trained {result.steps} steps in {result.seconds:.1f}s ({result.images_per_second:.0f} images/s), "
             f"final loss {result.final_loss:.4f}; pipeline in {out / 'pipeline'}, grid in {out / 'samples.png'}"
@@ -166,7 +230,8 @@ def _demo(args: argparse.Namespace) -> int:
         overrides.append(f"{key}={args.eval_n}")
     recipe = get_recipe(args.recipe, overrides)
     out = Path(args.out or (DEMO_OUT if args.recipe == "digits" else f"{DEMO_OUT}-{args.recipe}"))
-    pipeline, result = train_recipe(recipe, out, progress=not args.no_progress)
+    # the demo's folder is the demo's own: a new demo discards an earlier demo run (never other files)
+    pipeline, result = train_recipe(recipe, out, overwrite=True, progress=not args.no_progress)
     print(
         f"trained {result.steps} steps in {result.seconds:.1f}s ({result.images_per_second:.0f} images/s); "
         f"wrote {out / 'samples.png'}, {out / 'progress.gif'}, {out / 'trajectory.gif'}",

@@ -80,3 +80,17 @@ def _kind_of(mode: int) -> str:
         if test(mode):
             return name
     return "special file"
+
+
+def unpickling_error_detail(exc: BaseException) -> str:
+    """One line describing why ``torch.load(weights_only=True)`` refused or failed a file.
+
+    torch's own message runs to many lines and advises retrying with ``weights_only=False``:
+    advice that would run whatever the file holds. Only the line naming the refused object
+    (``Unsupported global: …``) or else the first line is kept, without that advice.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if "weights_only" not in line or "Unsupported global" in line]
+    detail = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
+    detail = detail.replace("WeightsUnpickler error: ", "")
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__

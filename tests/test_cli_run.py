@@ -37,16 +37,19 @@ def test_train_writes_checkpoints_grids_gifs_and_the_pipeline(trained_run):
     assert recipe["train"]["steps"] == 4 and recipe["train"]["batch_size"] == 16
 
 
-def test_resume_continues_a_run_with_the_same_recipe(trained_run, capsys):
+def test_resume_refuses_another_recipe_naming_the_key(trained_run, capsys):
     args = ["train", "--recipe", "digits", "--out", str(trained_run), "--no-progress", *TINY]
-    assert main([*args, "--steps", "6", "--resume"]) == 2  # another recipe (train.steps differs)
-    assert "differs from the one" in capsys.readouterr().err
+    assert main([*args, "train.lr=0.5", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "differs from the one" in err and "train.lr: 0.002 → 0.5" in err
 
 
-def test_resume_extends_nothing_when_the_run_is_complete(trained_run, capsys):
-    args = ["train", "--recipe", "digits", "--steps", "4", "--out", str(trained_run), "--no-progress", *TINY]
-    assert main([*args, "--resume"]) == 0
-    assert "trained 4 steps" in capsys.readouterr().out
+def test_resuming_a_complete_run_does_nothing(trained_run, capsys):
+    before = (trained_run / "samples.png").stat().st_mtime_ns
+    args = ["train", "--recipe", "digits", "--out", str(trained_run), "--no-progress", *TINY]
+    assert main([*args, "--resume"]) == 0  # no --steps: the run keeps its recorded 4
+    assert "nothing to do: the run is complete at step 4" in capsys.readouterr().out
+    assert (trained_run / "samples.png").stat().st_mtime_ns == before
 
 
 def test_resume_in_an_empty_folder_is_an_error(tmp_path, capsys):

@@ -61,21 +61,16 @@ def test_a_text_pipeline_without_a_prompt_is_a_clear_error(shapes_run, tmp_path,
     assert "--prompt" in capsys.readouterr().err
 
 
-def test_a_rerun_reuses_the_trained_autoencoder(shapes_run, tmp_path):
-    out = tmp_path / "again"
-    out.mkdir()
-    for name in ("autoencoder", "autoencoder.json"):
-        source = shapes_run / name
-        target = out / name
-        if source.is_dir():
-            import shutil
+def test_extending_the_run_reuses_its_trained_autoencoder(shapes_run, tmp_path):
+    import shutil
 
-            shutil.copytree(source, target)
-        else:
-            target.write_text(source.read_text())
+    out = tmp_path / "again"
+    shutil.copytree(shapes_run, out)
     before = (out / "autoencoder" / "model.safetensors").read_bytes()
-    assert main(["train", "--recipe", "shapes", "--steps", "1", "--out", str(out), "--no-progress", *TINY]) == 0
+    assert main(["train", "--recipe", "shapes", "--steps", "3", "--out", str(out), "--no-progress", *TINY,
+                 "--resume"]) == 0
     assert (out / "autoencoder" / "model.safetensors").read_bytes() == before
+    assert json.loads((out / "run.json").read_text())["finished_step"] == 3
 
 
 def test_the_default_dit_reads_the_pooled_text_vector(shapes_run):

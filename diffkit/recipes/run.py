@@ -1,7 +1,10 @@
 """Turn a recipe into a pipeline, data and a training run with its pictures on disk.
 
-A run folder (``diffkit train --out DIR``) holds::
+A run folder (``diffkit train --out DIR``) belongs to one run (:mod:`diffkit.recipes.run_folder`)
+and holds::
 
+    run.json             the run's identity: run id, recipe hash, diffkit version, steps
+    run.lock             held (locked) while a process trains into the folder
     recipe.json          the recipe as run (overrides applied)
     checkpoints/         resumable training state (diffkit.training.checkpoints)
     samples/step-*.png   a sample grid from the EMA weights every ``train.sample_every`` steps
@@ -13,23 +16,38 @@ A run folder (``diffkit train --out DIR``) holds::
 
 from __future__ import annotations
 
-import json
+import contextlib
+import math
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 
-from diffkit.distributed.collectives import barrier
+from diffkit.distributed.collectives import barrier, broadcast_from_main
 from diffkit.distributed.context import DistributedContext, check_divisible
-from diffkit.errors import CheckpointError, ConfigError, UnknownNameError
+from diffkit.errors import ConfigError, DiffkitError, RunFolderError, UnknownNameError
 from diffkit.imaging import read_picture, save_gif, save_png
 from diffkit.pipeline import Pipeline
 from diffkit.recipes.base import RecipeDict, backbone_spec
+from diffkit.recipes.run_folder import (
+    RECIPE_FILE,
+    RunRecord,
+    claim_run_folder,
+    prepare_folder,
+    refuse_unknown_files,
+    write_run,
+)
+from diffkit.recipes.validate import validate_recipe
 from diffkit.training import InMemoryData, TrainConfig, Trainer, TrainResult, as_training_data
 from diffkit.training.checkpoints import CHECKPOINT_DIR, list_checkpoints
+from diffkit.training.run_lock import run_lock
 
-RECIPE_FILE = "recipe.json"
+__all__ = ["RECIPE_FILE", "build_data", "build_pipeline", "grid_rows", "preview_conditions", "train_recipe", "write_pictures"]
+
 DATA_SOURCES = ("digits", "folder", "shapes")
 
 
@@ -149,41 +167,109 @@ def train_recipe(
     out_dir: str | os.PathLike[str],
     *,
     resume: bool | str = False,
+    overwrite: bool = False,
     progress: bool = True,
     device: torch.device | str | None = None,
     distributed: DistributedContext | None = None,
     fsdp: bool = False,
     compile: bool = False,
 ) -> tuple[Pipeline | None, TrainResult]:
-    """Train the recipe into ``out_dir``; returns the EMA pipeline and the run's figures.
+    """Train the recipe into the run folder ``out_dir``; returns the EMA pipeline and the run's figures.
 
-    ``resume``: True continues from the latest checkpoint (an error when there is none);
-    ``"auto"`` continues when there is one and starts afresh otherwise (what a torchrun
-    restart does). ``distributed``, ``fsdp``, ``compile``: see :class:`~diffkit.training.Trainer`.
-    Every rank of a torchrun job calls this; rank 0 writes the pictures and the pipeline, and
-    under FSDP the other ranks get None instead of the pipeline.
+    The whole recipe is validated first (:func:`~diffkit.recipes.validate.validate_recipe`), so
+    a bad value costs no training. The folder is then locked for the run's lifetime and claimed
+    (:mod:`diffkit.recipes.run_folder`): a new run needs a new or empty folder; ``resume=True``
+    continues the run the folder holds from its newest intact checkpoint (a larger
+    ``train.steps`` extends it; a run already complete returns at once); ``overwrite=True``
+    discards the run the folder holds and starts afresh; ``resume="auto"`` continues this
+    recipe's run when there is one and starts one otherwise (what a torchrun restart does).
+
+    ``distributed``, ``fsdp``, ``compile``: see :class:`~diffkit.training.Trainer`. Every rank
+    of a torchrun job calls this; rank 0 claims the folder and writes the pictures and the
+    pipeline, and under FSDP the other ranks get None instead of the pipeline.
     """
     out = Path(out_dir)
-    recipe_path = out / RECIPE_FILE
-    if resume == "auto":
-        resume = bool(list_checkpoints(out / CHECKPOINT_DIR)) and recipe_path.is_file()
-    elif not isinstance(resume, bool):
-        raise ConfigError(f"resume must be True, False or 'auto', got {resume!r}")
-    if resume:
-        if not recipe_path.is_file():
-            raise CheckpointError(f"--resume: {out} holds no run to resume ({RECIPE_FILE} is missing)")
-        saved = json.loads(recipe_path.read_text(encoding="utf-8"))
-        if saved != recipe:
-            changed = sorted(k for k in set(saved) | set(recipe) if saved.get(k) != recipe.get(k))
-            raise CheckpointError(
-                f"--resume: the recipe differs from the one {out} was trained with (sections {changed}); "
-                "resume with the same recipe and overrides, or train into a new --out"
-            )
-    main = distributed is None or distributed.is_main
+    mode = _claim_mode(resume, overwrite)
+    validate_recipe(recipe)
     config = TrainConfig(**recipe["train"])
     if distributed is not None:
         check_divisible(config.batch_size, distributed.world_size)  # before any expensive stage
-    out.mkdir(parents=True, exist_ok=True)
+    main = distributed is None or distributed.is_main
+    with contextlib.ExitStack() as held:
+        record = _claim(out, recipe, mode, main=main, held=held)
+        if record.finished_step == config.steps and record.resume:
+            return _completed_run(out, record, main=main)
+        return _train_claimed(
+            recipe, out, record, config, progress=progress, device=device, distributed=distributed,
+            fsdp=fsdp, compile=compile,
+        )
+
+
+def _claim_mode(resume: bool | str, overwrite: bool) -> str:
+    if resume not in (True, False, "auto"):
+        raise ConfigError(f"resume must be True, False or 'auto', got {resume!r}")
+    if not isinstance(overwrite, bool):
+        raise ConfigError(f"overwrite must be True or False, got {overwrite!r}")
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in the folder and --overwrite discards it: pass one of them")
+    return "auto" if resume == "auto" else "resume" if resume else "overwrite" if overwrite else "new"
+
+
+def _claim(out: Path, recipe: RecipeDict, mode: str, *, main: bool, held: contextlib.ExitStack) -> RunRecord:
+    """Rank 0 locks and claims the folder (the lock stays held by ``held``); every rank gets the record."""
+    record, failure = None, None
+    if main:
+        try:
+            prepare_folder(out)
+            if mode != "resume":
+                refuse_unknown_files(out)  # before the lock file is created: a refused folder stays as it was
+            held.enter_context(run_lock(out))
+            record = claim_run_folder(out, recipe, mode)
+        except DiffkitError as error:
+            failure = error
+    record, message = broadcast_from_main((record, None if failure is None else str(failure)))
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise RunFolderError(message)
+    assert record is not None
+    if record.resume and mode == "auto" and not list_checkpoints(out / CHECKPOINT_DIR):
+        record = attrs.evolve(record, resume=False)  # restarted before the first checkpoint
+    return record
+
+
+def _completed_run(out: Path, record: RunRecord, *, main: bool) -> tuple[Pipeline | None, TrainResult]:
+    """A resumed run that is already complete: nothing is trained or rewritten."""
+    from diffkit.checkpoints import load_pretrained
+
+    if main:
+        print(
+            f"the run in {out} is already complete at step {record.finished_step} (train.steps={record.steps}); "
+            "nothing to do. Pass --steps N with a larger N to train longer",
+            file=sys.stderr, flush=True,
+        )
+    pipeline = load_pretrained(out / "pipeline") if main else None
+    found = list_checkpoints(out / CHECKPOINT_DIR)
+    result = TrainResult(
+        steps=record.steps, final_loss=math.nan, seconds=0.0, images_per_second=math.nan,
+        checkpoint=found[-1] if found else None, already_complete=True,
+    )
+    return pipeline, result
+
+
+def _train_claimed(
+    recipe: RecipeDict,
+    out: Path,
+    record: RunRecord,
+    config: TrainConfig,
+    *,
+    progress: bool,
+    device: torch.device | str | None,
+    distributed: DistributedContext | None,
+    fsdp: bool,
+    compile: bool,
+) -> tuple[Pipeline | None, TrainResult]:
+    main = distributed is None or distributed.is_main
     data, autoencoder = training_data(recipe, out, progress=progress and main, context=distributed)
     encoded = autoencoder is not None
     torch.manual_seed(config.seed)  # the initial weights, identical on every rank
@@ -197,28 +283,41 @@ def train_recipe(
 
     def preview(step: int, ema_pipeline: Pipeline) -> None:
         images = ema_pipeline.sample(n, cond=cond, steps=sample["steps"], guidance=sample["guidance"], generator=0)
-        save_png(samples_dir / f"step-{step:09d}.png", images, nrow=nrow, scale=scale)
+        with _writing(out):
+            save_png(samples_dir / f"step-{step:09d}.png", images, nrow=nrow, scale=scale)
 
-    if not resume and main:
-        from diffkit.atomic import write_atomic
-
-        text = json.dumps(recipe, indent=2, sort_keys=True) + "\n"
-        write_atomic([(recipe_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))])
     trainer = Trainer(
         pipeline, data, config, out_dir=out, meta={"recipe": recipe}, progress=progress, preview=preview,
-        device=device, encoded=encoded, distributed=distributed, fsdp=fsdp, compile=compile,
+        device=device, encoded=encoded, distributed=distributed, fsdp=fsdp, compile=compile, run=record.identity(),
     )
-    result = trainer.train(resume=resume)
+    result = trainer.train(resume=record.resume)
     final = trainer.ema_pipeline()
     if main:
         final.eval()
-        final.save(out / "pipeline")
-        write_pictures(final, out, cond=cond, recipe=recipe)
+        if progress:
+            print(f"writing {out / 'pipeline'} and the final pictures ({n} samples)", file=sys.stderr, flush=True)
+        with _writing(out):
+            final.save(out / "pipeline")
+            write_pictures(final, out, cond=cond, recipe=recipe, progress=progress)
+        write_run(out, attrs.evolve(record, finished_step=result.steps))
     barrier()
     return final, result
 
 
-def write_pictures(pipeline: Pipeline, out: Path, *, cond: Any, recipe: RecipeDict) -> None:
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """An OS error while writing the run's outputs (a full disk, permissions) as a named error."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise RunFolderError(
+            f"cannot write the run's outputs in {out}{where}: {exc.strerror or exc}; the checkpoints are intact, "
+            "so --resume finishes the run once the problem is fixed"
+        ) from exc
+
+
+def write_pictures(pipeline: Pipeline, out: Path, *, cond: Any, recipe: RecipeDict, progress: bool = False) -> None:
     """``samples.png``, ``trajectory.gif`` and ``progress.gif`` (from ``samples/``) in ``out``."""
     sample = recipe["sample"]
     n = int(sample["n"])
@@ -230,7 +329,7 @@ def write_pictures(pipeline: Pipeline, out: Path, *, cond: Any, recipe: RecipeDi
         frames.append(info["x"] / (1 + float(info["sigma"]) ** 2) ** 0.5)
 
     images = pipeline.sample(
-        n, cond=cond, steps=sample["steps"], guidance=sample["guidance"], generator=0, callback=keep
+        n, cond=cond, steps=sample["steps"], guidance=sample["guidance"], generator=0, callback=keep, progress=progress
     )
     save_png(out / "samples.png", images, nrow=nrow, scale=scale)
     decode = pipeline.autoencoder.decode_latents if pipeline.autoencoder is not None else (lambda z: z)

@@ -7,7 +7,8 @@ A run's checkpoints live in ``<out>/checkpoints/``, one folder per saved step::
       ema.safetensors       their exponential moving average (used for sampling)
       state.pt              optimizer state, step, data position and RNG states: tensors,
                             numbers and strings only, so ``torch.load(weights_only=True)`` reads it
-      meta.json             step, the run's config, and the names of the files above
+      meta.json             step, the run's identity and config, and the size and SHA-256 of
+                            every file above (the checkpoint's manifest)
 
 A run sharded with FSDP writes ``sharded/`` (a ``torch.distributed.checkpoint`` folder: each
 rank's slice of the model, EMA and optimizer state, plus the global layout) instead of the two
@@ -21,23 +22,33 @@ next save. Rotation (keep the last k) runs only after the new checkpoint is in p
 is never a moment without a complete one. A write that fails (a full disk) removes its
 temporary folder and raises :class:`~diffkit.errors.CheckpointError`; the previous
 checkpoints are untouched.
+
+Reading: a checkpoint is *intact* when its ``meta.json`` is a JSON object naming its own step
+and every file of its manifest is a regular file of the recorded size and SHA-256
+(:func:`verify_checkpoint`). Resuming takes the newest intact checkpoint of the run
+(:func:`newest_intact_checkpoint`), skipping damaged ones and other runs' with a warning that
+names each and why. Rotation removes only older checkpoints of the same run (the ``run_id``
+recorded in ``meta.json``), so a checkpoint another run left in the folder is never deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from diffkit.atomic import TMP_SUFFIX, fsync_dir
-from diffkit.errors import CheckpointError
+from diffkit.errors import CheckpointError, DiffkitError
+from diffkit.files import read_json_object, require_regular_file, unpickling_error_detail
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.safetensors"
@@ -92,7 +103,7 @@ def save_checkpoint(
     except BaseException:
         abandon_checkpoint(staging)
         raise
-    return commit_checkpoint(staging, step, state=state, meta=meta, keep_last=keep_last, files=[MODEL_FILE, EMA_FILE])
+    return commit_checkpoint(staging, step, state=state, meta=meta, keep_last=keep_last)
 
 
 def stage_checkpoint(root: str | os.PathLike[str], step: int) -> Path:
@@ -126,20 +137,21 @@ def commit_checkpoint(
     *,
     state: Mapping[str, Any],
     meta: Mapping[str, Any],
-    files: list[str],
     keep_last: int | None = None,
 ) -> Path:
     """Add ``state.pt`` and ``meta.json`` to a staged folder, fsync it all and rename it into place.
 
-    ``files`` names what was already written into ``staging`` (files or folders); they are
-    listed in ``meta.json``. After the rename the older checkpoints beyond ``keep_last`` go.
+    ``meta.json`` records the size and SHA-256 of every file already in ``staging`` (the
+    weights, or a sharded folder's files) and of ``state.pt``. After the rename the run's
+    older checkpoints beyond ``keep_last`` go (the run being ``meta["run"]["run_id"]``).
     """
     root = staging.parent
     final = root / checkpoint_name(step)
     try:
         torch.save(dict(state), staging / STATE_FILE)
-        record = {"step": step, "files": [*files, STATE_FILE], **meta}
-        (staging / META_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        record = {**meta, "step": step, "files": _manifest(staging)}
+        text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        (staging / META_FILE).write_text(text, encoding="utf-8")
         _fsync_tree(staging)
         if final.exists():  # a re-run of the same step: replace it
             shutil.rmtree(final)
@@ -152,9 +164,48 @@ def commit_checkpoint(
         abandon_checkpoint(staging)
         raise
     if keep_last is not None:
-        for old in list_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        rotate_checkpoints(root, keep_last, run_id=run_id_of(meta))
     return final
+
+
+def run_id_of(meta: Mapping[str, Any]) -> str | None:
+    """The run id a checkpoint's meta records (None for a checkpoint written without one)."""
+    run = meta.get("run")
+    return run.get("run_id") if isinstance(run, Mapping) else None
+
+
+def rotate_checkpoints(root: Path, keep_last: int, *, run_id: str | None) -> None:
+    """Remove this run's checkpoints older than its newest ``keep_last``; never another run's.
+
+    A checkpoint whose ``meta.json`` cannot be read is left alone: whose it is cannot be told.
+    """
+    ours = []
+    for folder in list_checkpoints(root):
+        try:
+            meta = read_json_object(folder / META_FILE, what="checkpoint record")
+        except DiffkitError:
+            continue
+        if run_id_of(meta) == run_id:
+            ours.append(folder)
+    for old in ours[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"size", "sha256"}}`` of every file below ``folder`` but ``meta.json``."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != META_FILE:
+            out[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    return out
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -185,6 +236,94 @@ def list_checkpoints(root: str | os.PathLike[str]) -> list[Path]:
     return sorted(found, key=lambda p: int(_STEP_NAME.match(p.name).group(1)))
 
 
+def checkpoint_step(folder: Path) -> int:
+    """The step a checkpoint folder's name says (``step-000001000`` → 1000)."""
+    match = _STEP_NAME.match(folder.name)
+    if match is None:
+        raise CheckpointError(f"{folder} is not a checkpoint folder (expected a name like step-000001000)")
+    return int(match.group(1))
+
+
+def verify_checkpoint(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``meta.json`` record of an intact checkpoint; :class:`CheckpointError` saying what is damaged.
+
+    Intact: ``meta.json`` is a JSON object whose ``step`` is the folder's, and every file of its
+    manifest is a regular file with the recorded size and SHA-256. (A checkpoint written before
+    manifests existed lists bare file names; those are only checked to be regular files.)
+    """
+    folder = Path(folder)
+    meta = read_json_object(folder / META_FILE, what="checkpoint record")
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step != checkpoint_step(folder):
+        raise CheckpointError(f"{folder / META_FILE} records step {step!r}, but the folder is {folder.name}")
+    files = meta.get("files")
+    if isinstance(files, list) and all(isinstance(name, str) for name in files):  # written before manifests
+        files = {name: None for name in files}
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(f"{folder / META_FILE} has no manifest of the checkpoint's files ('files')")
+    has_weights = SHARDED_DIR in files or any(name.startswith(SHARDED_DIR + "/") for name in files)
+    needed = [STATE_FILE] + ([] if has_weights else [MODEL_FILE, EMA_FILE])
+    absent = [name for name in needed if name not in files]
+    if absent:
+        raise CheckpointError(f"{folder / META_FILE}: the manifest lacks {', '.join(absent)}")
+    for name, record in files.items():
+        _verify_file(folder, name, record)
+    return meta
+
+
+def _verify_file(folder: Path, name: str, record: Any) -> None:
+    path = folder / name
+    if name.startswith("/") or ".." in Path(name).parts:
+        raise CheckpointError(f"{folder / META_FILE} names a file outside the checkpoint: {name!r}")
+    if record is None:  # an old bare name: a folder (sharded) or a file
+        if not path.is_dir():
+            require_regular_file(path, what="checkpoint file")
+        return
+    if not isinstance(record, dict) or not isinstance(record.get("size"), int) or not isinstance(record.get("sha256"), str):
+        raise CheckpointError(f"{folder / META_FILE}: the manifest entry of {name} is not {{size, sha256}}: {record!r}")
+    size = require_regular_file(path, what="checkpoint file").stat().st_size
+    if size != record["size"]:
+        raise CheckpointError(f"checkpoint file {path} has {size} bytes, {record['size']} were written (truncated or replaced)")
+    if _sha256(path) != record["sha256"]:
+        raise CheckpointError(f"checkpoint file {path} does not match the SHA-256 recorded when it was written (corrupted or edited)")
+
+
+def newest_intact_checkpoint(
+    root: str | os.PathLike[str],
+    *,
+    run_id: str | None = None,
+    any_run: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """(folder, meta) of the newest intact checkpoint of run ``run_id`` under ``root``.
+
+    Damaged checkpoints and those another run wrote are skipped, each with a ``warn`` message
+    (default: printed to stderr) naming it and why; ``any_run`` accepts every run's (for a
+    trainer that was given no run id). :class:`CheckpointError` when none is left, listing
+    every checkpoint and why it was refused.
+    """
+    warn = warn or (lambda message: print(f"diffkit: warning: {message}", file=sys.stderr, flush=True))
+    refused = []
+    for folder in reversed(list_checkpoints(root)):
+        try:
+            meta = verify_checkpoint(folder)
+            recorded = run_id_of(meta)
+            if not any_run and recorded != run_id:
+                raise CheckpointError(
+                    f"it was written by another run (run id {recorded!r}; this run is {run_id!r})"
+                )
+        except CheckpointError as reason:
+            refused.append(f"{folder.name}: {reason}")
+            warn(f"skipping checkpoint {folder}: {reason}")
+            continue
+        return folder, meta
+    if refused:
+        raise CheckpointError(
+            f"no intact checkpoint of this run in {root} to resume from:\n  " + "\n  ".join(refused)
+        )
+    return latest_checkpoint(root), {}  # raises: there is none
+
+
 def latest_checkpoint(root: str | os.PathLike[str]) -> Path:
     """The newest checkpoint under ``root``; :class:`CheckpointError` when there is none."""
     found = list_checkpoints(root)
@@ -207,32 +346,30 @@ def load_checkpoint(folder: str | os.PathLike[str]) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    meta_path = folder / META_FILE
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{folder} is not a checkpoint: {META_FILE} is missing") from None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{meta_path} is unreadable or truncated: {exc}") from exc
+    meta = read_json_object(folder / META_FILE, what="checkpoint record")
     out: dict[str, Any] = {"meta": meta}
-    sharded = SHARDED_DIR in meta.get("files", [])
+    files = meta.get("files")
+    sharded = isinstance(files, (list, dict)) and any(
+        isinstance(name, str) and (name == SHARDED_DIR or name.startswith(SHARDED_DIR + "/")) for name in files
+    )
     if sharded:
         if not (folder / SHARDED_DIR).is_dir():
             raise CheckpointError(f"checkpoint folder {folder / SHARDED_DIR} is missing")
         out["sharded"] = folder / SHARDED_DIR
     for key, name in () if sharded else (("model", MODEL_FILE), ("ema", EMA_FILE)):
-        path = folder / name
+        path = require_regular_file(folder / name, what="checkpoint file")
         try:
             out[key] = load_file(str(path))
-        except FileNotFoundError:
-            raise CheckpointError(f"checkpoint file {path} is missing") from None
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"checkpoint file {path} is truncated or corrupted: {exc}") from exc
-    path = folder / STATE_FILE
+    path = require_regular_file(folder / STATE_FILE, what="checkpoint file")
     try:
         out["state"] = torch.load(path, weights_only=True, map_location="cpu")
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint file {path} is missing") from None
     except Exception as exc:  # torch raises several types for a damaged zip/pickle
-        raise CheckpointError(f"checkpoint file {path} is truncated or corrupted: {exc}") from exc
+        raise CheckpointError(
+            f"checkpoint file {path} is truncated, corrupted or holds objects other than tensors, numbers "
+            f"and strings ({unpickling_error_detail(exc)}); it is never unpickled any other way"
+        ) from exc
+    if not isinstance(out["state"], dict):
+        raise CheckpointError(f"checkpoint file {path} holds a {type(out['state']).__name__}, not the training state")
     return out

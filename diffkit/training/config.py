@@ -42,6 +42,16 @@ def _one_of(valid: tuple[str, ...]) -> Callable[[Any, attrs.Attribute, Any], Non
     return validate
 
 
+def _betas(value: Any) -> tuple[float, float]:
+    """AdamW's (β1, β2): two finite numbers in [0, 1), from a list or tuple."""
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        not isinstance(b, bool) and isinstance(b, (int, float)) and 0 <= b < 1 for b in value
+    )
+    if not ok:
+        raise ConfigError(f"adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {value!r}")
+    return (float(value[0]), float(value[1]))
+
+
 @attrs.frozen(kw_only=True)
 class TrainConfig:
     """Optimisation and bookkeeping settings of a training run.
@@ -66,7 +76,7 @@ class TrainConfig:
     warmup_steps: int = attrs.field(default=100, validator=_int_at_least(0))
     """Linear warm-up from 0 to ``lr``."""
     weight_decay: float = attrs.field(default=0.0, validator=_number_in(0, 1))
-    adam_betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=tuple)
+    adam_betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=_betas)
     grad_clip: float = attrs.field(default=1.0, validator=_number_in(0, math.inf, high_open=True))
     """Clip the global gradient norm to this value (0 = off)."""
     ema_decay: float = attrs.field(default=0.999, validator=_number_in(0, 1, high_open=True))
@@ -80,10 +90,6 @@ class TrainConfig:
     log_every: int = attrs.field(default=25, validator=_int_at_least(1))
     precision: str = attrs.field(default="auto", validator=_one_of(PRECISIONS))
     """``auto``: bf16 autocast on CUDA, fp32 on the CPU."""
-
-    def __attrs_post_init__(self) -> None:
-        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = attrs.asdict(self)

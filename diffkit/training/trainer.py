@@ -44,16 +44,17 @@ from diffkit.distributed.collectives import (
 from diffkit.distributed.context import DistributedContext, check_divisible
 from diffkit.distributed.faults import die, fault_step
 from diffkit.distributed.parallel import DataParallel
-from diffkit.errors import CheckpointError, ConfigError
+from diffkit.errors import CheckpointError, ConfigError, NonFiniteError
 from diffkit.precision import autocast
 from diffkit.training.checkpoints import (
     CHECKPOINT_DIR,
     SHARDED_DIR,
     abandon_checkpoint,
+    checkpoint_step,
     commit_checkpoint,
-    latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    newest_intact_checkpoint,
     save_checkpoint,
     stage_checkpoint,
 )
@@ -66,6 +67,7 @@ from diffkit.training.data import (
 )
 from diffkit.training.ema import EMA
 from diffkit.training.rng import step_seed
+from diffkit.training.run_lock import run_lock
 
 __all__ = ["LR_SCHEDULES", "PRECISIONS", "PreviewHook", "TrainConfig", "TrainResult", "Trainer"]
 
@@ -80,6 +82,8 @@ class TrainResult:
     images_per_second: float
     """Examples per second over all ranks."""
     checkpoint: Path | None
+    already_complete: bool = False
+    """True when a resumed run had nothing left to do (it was complete at ``steps``)."""
 
 
 PreviewHook = Callable[[int, Any], None]
@@ -105,6 +109,15 @@ class Trainer:
             replicating them (DDP).
         compile: compile the backbone with ``torch.compile`` (falls back to eager, with a
             warning, where compilation is unavailable).
+        run: the identity of the run (``{"run_id": …, …}``, JSON-ready), recorded in every
+            checkpoint's ``meta.json``. Resuming then takes only this run's checkpoints and
+            rotation removes only this run's; without it, checkpoints carry no run id and
+            resume takes the newest intact one whoever wrote it.
+
+    Training stops with :class:`~diffkit.errors.NonFiniteError` when the loss or the weights
+    become NaN or infinite (checked whenever the loss is logged and before every checkpoint,
+    so a non-finite state is never saved); the newest checkpoint then holds the last good
+    weights. ``out_dir`` is locked (:mod:`~diffkit.training.run_lock`) while training.
     """
 
     def __init__(
@@ -122,8 +135,12 @@ class Trainer:
         distributed: DistributedContext | None = None,
         fsdp: bool = False,
         compile: bool = False,
+        run: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
+        self.run = dict(run) if run is not None else None
+        if self.run is not None and not isinstance(self.run.get("run_id"), str):
+            raise ConfigError(f"run must be a record with a string run_id, got {run!r}")
         self.context = _context(distributed, device)
         self.device = self.context.device
         self.rank_batch = check_divisible(config.batch_size, self.context.world_size)
@@ -155,6 +172,8 @@ class Trainer:
         self.cursor = 0  # examples of the global stream consumed (all ranks together)
         self.generator = torch.Generator(device=self.device)  # reseeded every step
         self.last_loss = math.nan
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # any non-finite loss so far
+        self._last_checked_step = 0  # the newest step known to be finite
         self._fault_step = fault_step(self.context)
 
     # -- sizes -----------------------------------------------------------------------------
@@ -189,12 +208,15 @@ class Trainer:
         return state
 
     def _meta(self) -> dict[str, Any]:
-        return {
+        meta = {
             "train_config": self.config.to_dict(),
             "world_size": self.context.world_size,
             "sharded": self.parallel.sharded,
             **self.meta,
         }
+        if self.run is not None:
+            meta["run"] = self.run
+        return meta
 
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (every rank calls it; rank 0 writes).
@@ -203,6 +225,7 @@ class Trainer:
         """
         if self.checkpoint_dir is None:
             raise ConfigError("this trainer has no out_dir to save checkpoints in")
+        self.check_finite()  # a non-finite state is never written
         if self.parallel.sharded:
             return self._save_sharded()
         folder = None
@@ -232,19 +255,33 @@ class Trainer:
         folder = None
         if self.context.is_main:
             folder = commit_checkpoint(
-                staging, self.step, state=self._state(), meta=self._meta(), files=[SHARDED_DIR],
-                keep_last=self.config.keep_last,
+                staging, self.step, state=self._state(), meta=self._meta(), keep_last=self.config.keep_last,
             )
         barrier()
         return folder
 
     def restore(self, folder: str | os.PathLike[str] | None = None) -> Path:
-        """Load a checkpoint (default: the latest in ``out_dir``) into this trainer (all ranks)."""
+        """Load a checkpoint into this trainer (all ranks).
+
+        Default: the newest intact checkpoint of this run in ``out_dir``; damaged ones and
+        other runs' are skipped with a warning naming each (see
+        :func:`~diffkit.training.checkpoints.newest_intact_checkpoint`).
+        """
         if folder is None:
             if self.checkpoint_dir is None:
                 raise CheckpointError("cannot resume: this trainer has no out_dir")
-            folder = latest_checkpoint(self.checkpoint_dir)
+            run_id = None if self.run is None else self.run["run_id"]
+            warn = None if self.context.is_main else (lambda message: None)
+            folder, _ = newest_intact_checkpoint(
+                self.checkpoint_dir, run_id=run_id, any_run=self.run is None, warn=warn
+            )
         folder = Path(folder)
+        step = checkpoint_step(folder)
+        if step > self.config.steps:
+            raise CheckpointError(
+                f"the checkpoint {folder} is at step {step}, beyond this run's train.steps={self.config.steps}; "
+                f"train to at least {step} steps (--steps {step} or more)"
+            )
         loaded = load_checkpoint(folder)
         sharded = "sharded" in loaded
         if sharded != self.parallel.sharded:
@@ -271,9 +308,13 @@ class Trainer:
             self.step, self.cursor = int(state["step"]), int(state["cursor"])
             self.ema.updates = int(state["ema_updates"])
             self.last_loss = float(state["last_loss"])
-        except (KeyError, ValueError, RuntimeError) as exc:
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"the training state in {folder} does not fit this run: {exc}") from exc
-        written_by = int(loaded["meta"].get("world_size", 1))
+        if self.step != step:
+            raise CheckpointError(f"the training state in {folder} says step {self.step}, the folder step {step}")
+        self._last_checked_step = self.step
+        written_by = loaded["meta"].get("world_size", 1)
+        written_by = written_by if isinstance(written_by, int) and not isinstance(written_by, bool) else 1
         if written_by != self.context.world_size and self.context.is_main:
             print(
                 f"resuming {folder.name}, written by {written_by} process(es), on {self.context.world_size}: "
@@ -281,6 +322,27 @@ class Trainer:
                 file=sys.stderr,
             )
         return folder
+
+    # -- the non-finite guard ---------------------------------------------------------------
+
+    def check_finite(self) -> None:
+        """Raise :class:`~diffkit.errors.NonFiniteError` when a loss since the last check, or a
+        weight now, is NaN or infinite (one host read; every rank agrees on the answer)."""
+        local = [getattr(p, "_local_tensor", p) for p in self.pipeline.parameters() if p.requires_grad]
+        weights_ok = torch.stack([torch.isfinite(p).all() for p in local]).all() if local else torch.tensor(True)
+        bad = (self._nonfinite | ~weights_ok.to(self.device)).float()
+        if float(mean_across_ranks(bad)) > 0:
+            self._raise_nonfinite("the loss or the weights")
+        self._last_checked_step = self.step
+
+    def _raise_nonfinite(self, what: str) -> None:
+        found = list_checkpoints(self.checkpoint_dir) if self.checkpoint_dir is not None else []
+        kept = f"the newest checkpoint, {found[-1]}, holds earlier weights" if found else "no checkpoint was written"
+        raise NonFiniteError(
+            f"training diverged: {what} became NaN or infinite between step {self._last_checked_step} and "
+            f"step {self.step}; training stopped and nothing was saved for it ({kept}). Lower train.lr, "
+            "keep train.grad_clip > 0, or check the data for NaN/inf"
+        )
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -320,6 +382,7 @@ class Trainer:
                     loss = self.parallel.loss(images, cond, generator=self.generator, encoded=self.encoded)
                 (loss / config.accumulation).backward()
             total += loss.detach()
+        self._nonfinite |= ~torch.isfinite(total)  # read only when logging or saving (no sync here)
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(
                 [p for g in self.optimizer.param_groups for p in g["params"]], config.grad_clip
@@ -354,7 +417,14 @@ class Trainer:
         barrier()
 
     def train(self, *, resume: bool = False) -> TrainResult:
-        """Run until ``config.steps``; with ``resume`` continue from the latest checkpoint."""
+        """Run until ``config.steps``; with ``resume`` continue from the newest intact checkpoint."""
+        if self.out_dir is not None and self.context.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with run_lock(self.out_dir):
+                return self._train(resume=resume)
+        return self._train(resume=resume)
+
+    def _train(self, *, resume: bool) -> TrainResult:
         if resume:
             folder = self.restore()
             if self.context.is_main:
@@ -370,6 +440,8 @@ class Trainer:
                 last = self.train_step()
                 if self.step % config.log_every == 0 or self.step == config.steps:
                     self.last_loss = float(mean_across_ranks(last))
+                    if not math.isfinite(self.last_loss):
+                        self._raise_nonfinite(f"the loss ({self.last_loss})")
                     if bar is not None:
                         bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{config.learning_rate(self.step - 1):.2e}")
                 if bar is not None:
@@ -391,6 +463,8 @@ class Trainer:
                 self.save()
             found = list_checkpoints(self.checkpoint_dir)
             checkpoint = found[-1] if found else None
+        if self.checkpoint_dir is None:
+            self.check_finite()  # (a save has just checked it otherwise)
         previewed_in_loop = last is not None and config.sample_every and self.step % config.sample_every == 0
         if self.preview is not None and not previewed_in_loop:
             self._preview()

@@ -1,0 +1,197 @@
+"""Check a whole recipe before any work is spent on it.
+
+``diffkit train`` trains for minutes to hours before it samples its preview grids, writes the
+final pictures or evaluates; a bad value in those late sections would surface only then, after
+checkpoints were written. :func:`validate_recipe` checks every section up front:
+
+* its shape: a JSON object with the sections ``data``, ``pipeline``, ``backbones``, ``train``
+  and ``sample`` (``autoencoder`` for latent recipes), each an object;
+* ``train`` as a :class:`~diffkit.training.TrainConfig`, ``autoencoder.train`` as an
+  :class:`~diffkit.training.autoencoder.AutoencoderTrainConfig`;
+* ``pipeline``, ``backbones`` and ``autoencoder.config`` by building every component with its
+  config — the networks on PyTorch's ``meta`` device, which checks the configs and shapes
+  without allocating weights;
+* ``sample``: the preview and evaluation settings (counts, steps, guidance, prompts);
+* ``data``: the source name and its settings (nothing is generated or read yet).
+
+Every problem is a :class:`~diffkit.errors.ConfigError` (or
+:class:`~diffkit.errors.UnknownNameError`) naming the recipe key, the value and what is valid.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffkit.errors import ConfigError, DiffkitError, UnknownNameError
+
+SECTIONS = ("data", "pipeline", "backbones", "train", "sample")
+
+# sample section: key → (check, description of what is valid); all optional except n, steps, guidance
+_REQUIRED_SAMPLE_KEYS = ("n", "steps", "guidance")
+
+
+def validate_recipe(recipe: Any) -> None:
+    """Raise a named :class:`~diffkit.errors.ConfigError` for anything wrong in ``recipe``."""
+    if not isinstance(recipe, Mapping):
+        raise ConfigError(f"a recipe must be a JSON object of sections, got {type(recipe).__name__}")
+    missing = [name for name in SECTIONS if name not in recipe]
+    if missing:
+        raise ConfigError(f"the recipe lacks the section(s) {', '.join(missing)} (a recipe has {', '.join(SECTIONS)})")
+    for name in (*SECTIONS, *(("autoencoder",) if "autoencoder" in recipe else ())):
+        if not isinstance(recipe[name], Mapping):
+            raise ConfigError(f"recipe section {name!r} must be an object {{...}}, got {_short(recipe[name])}")
+    _validate_train(recipe)
+    _validate_sample(recipe["sample"])
+    _validate_data(recipe["data"])
+    _validate_components(recipe)
+
+
+def _validate_train(recipe: Mapping[str, Any]) -> None:
+    from diffkit.training.config import TrainConfig
+
+    _build_config(TrainConfig, recipe["train"], "train")
+    if "autoencoder" in recipe:
+        from diffkit.training.autoencoder import AutoencoderTrainConfig
+
+        section = recipe["autoencoder"]
+        for key in ("config", "train"):
+            if not isinstance(section.get(key), Mapping):
+                raise ConfigError(f"recipe key autoencoder.{key} must be an object {{...}}, got {_short(section.get(key))}")
+        _build_config(AutoencoderTrainConfig, section["train"], "autoencoder.train")
+
+
+def _build_config(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    import attrs
+
+    valid = [field.name for field in attrs.fields(cls)]
+    for key in values:
+        if key not in valid:
+            raise UnknownNameError(f"key in {where}", key, valid)
+    try:
+        return cls(**values)
+    except DiffkitError as error:
+        raise ConfigError(f"recipe section {where}: {error}") from error
+    except (TypeError, ValueError) as error:  # a converter or comparison given the wrong type
+        raise ConfigError(f"recipe section {where}: a value has the wrong type ({error})") from error
+
+
+def _validate_sample(sample: Mapping[str, Any]) -> None:
+    missing = [key for key in _REQUIRED_SAMPLE_KEYS if key not in sample]
+    if missing:
+        raise ConfigError(f"recipe section sample lacks {', '.join(missing)}")
+    checks = {
+        "n": _positive_int, "steps": _positive_int, "eval_n": _positive_int, "eval_per_combination": _positive_int,
+        "guidance": _guidance, "prompts": _prompts,
+    }
+    for key, value in sample.items():
+        if key not in checks:
+            raise UnknownNameError("key in sample", key, sorted(checks))
+        checks[key](f"sample.{key}", value)
+
+
+def _positive_int(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= 10**7:
+        raise ConfigError(f"recipe key {key} must be an integer in [1, 10000000], got {_short(value)}")
+
+
+def _guidance(key: str, value: Any) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    if not ok or not 0 <= value <= 1000:
+        raise ConfigError(
+            f"recipe key {key} must be a number in [0, 1000] (1 = no guidance, 0 = unconditional), got {_short(value)}"
+        )
+
+
+def _prompts(key: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list) or not value or not all(isinstance(p, str) and p.strip() for p in value):
+        raise ConfigError(f"recipe key {key} must be null or a non-empty list of non-empty strings, got {_short(value)}")
+
+
+def _validate_data(data: Mapping[str, Any]) -> None:
+    from diffkit.recipes.run import DATA_SOURCES
+
+    name = data.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"recipe key data.name must be one of {', '.join(DATA_SOURCES)}, got {_short(name)}")
+    settings = {k: v for k, v in data.items() if k != "name"}
+    if name == "digits":
+        for key in settings:
+            if key != "size":
+                raise UnknownNameError("key in data (digits)", key, ["name", "size"])
+        size = settings.get("size", 8)
+        if isinstance(size, bool) or not isinstance(size, int) or not 4 <= size <= 256:
+            raise ConfigError(f"recipe key data.size must be an integer in [4, 256], got {_short(size)}")
+    elif name == "shapes":
+        from diffkit.data.shapes import ShapesConfig
+
+        _build_config(ShapesConfig, settings, "data")
+    elif name == "folder":
+        root = settings.get("root")
+        if not isinstance(root, str) or not root or not Path(root).is_dir():
+            raise ConfigError(f"recipe key data.root must name an existing folder of images, got {_short(root)}")
+    else:
+        raise UnknownNameError("data source (data.name)", name, DATA_SOURCES)
+
+
+def _validate_components(recipe: Mapping[str, Any]) -> None:
+    """Build the pipeline the recipe describes with its networks on the meta device."""
+    from diffkit.recipes.run import build_pipeline, preview_conditions
+
+    pipeline_section = recipe["pipeline"]
+    choice = pipeline_section.get("backbone")
+    if not isinstance(choice, str) or choice not in recipe["backbones"]:
+        raise UnknownNameError("backbone (pipeline.backbone; the keys of backbones)", str(choice), list(recipe["backbones"]))
+    if not isinstance(recipe["backbones"][choice], Mapping):
+        raise ConfigError(f"recipe key backbones.{choice} must be an object {{...}}, got {_short(recipe['backbones'][choice])}")
+    for key in ("schedule", "conditioner", "autoencoder"):
+        spec = pipeline_section.get(key)
+        named = isinstance(spec, str) or (
+            isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], Mapping)
+        )
+        if spec is not None and not named:
+            raise ConfigError(f'recipe key pipeline.{key} must be a registry name or ["name", {{config}}], got {_short(spec)}')
+    probe = copy.deepcopy(dict(recipe))
+    conditioner = probe["pipeline"].get("conditioner")
+    if isinstance(conditioner, list) and len(conditioner) == 2 and isinstance(conditioner[1], Mapping):
+        if conditioner[1].get("vocabulary") == "captions":  # the words come from the data later
+            conditioner[1] = {**conditioner[1], "vocabulary": ["shape", "circle"]}
+    try:
+        schedule = probe["pipeline"].get("schedule", "linear")  # its tables are computed on the CPU
+        if isinstance(schedule, list) and len(schedule) == 2 and isinstance(schedule[1], Mapping):
+            schedule = (schedule[0], dict(schedule[1]))
+        probe["pipeline"]["schedule"] = _build_schedule(schedule)
+        with torch.device("meta"):
+            pipeline = build_pipeline(probe)
+            if "autoencoder" in recipe:
+                from diffkit import registry
+
+                registry.build("autoencoder", "kl", **recipe["autoencoder"]["config"])
+            preview_conditions(pipeline, 1, recipe)
+    except DiffkitError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as error:
+        raise ConfigError(f"the recipe's pipeline or backbone settings cannot be built: {type(error).__name__}: {error}") from error
+
+
+def _build_schedule(spec: Any) -> Any:
+    from diffkit import registry
+
+    if isinstance(spec, str):
+        return registry.build("schedule", spec)
+    if isinstance(spec, tuple):
+        return registry.build("schedule", spec[0], **spec[1])
+    raise ConfigError(f'recipe key pipeline.schedule must be a name or ["name", {{config}}], got {_short(spec)}')
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
