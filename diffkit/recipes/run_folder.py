@@ -148,6 +148,7 @@ def claim_run_folder(out: Path, recipe: Mapping[str, Any], mode: str) -> RunReco
     if mode == "auto":
         mode = "resume" if has_run and _same_recipe(out, recipe) else "new"
     if mode == "resume":
+        _discard_temporaries(out)  # of a process killed while writing (this run's: the lock is ours)
         return _resume(out, recipe)
     if has_run and mode == "new":
         raise RunFolderError(
@@ -260,6 +261,17 @@ def _discard_outputs(out: Path) -> None:
                 path.unlink()
         except OSError as exc:
             raise RunFolderError(f"cannot remove {path} of the earlier run: {exc.strerror or exc}") from exc
+
+
+def _discard_temporaries(out: Path) -> None:
+    for path in out.iterdir():
+        temporary = _TEMPORARY.match(path.name)
+        if not temporary or temporary.group("name") not in RUN_OUTPUTS:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _describe_run(out: Path) -> str:

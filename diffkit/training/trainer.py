@@ -459,7 +459,7 @@ class Trainer:
         checkpoint = None
         if self.checkpoint_dir is not None:
             saved_in_loop = last is not None and config.save_every and self.step % config.save_every == 0
-            if not saved_in_loop:
+            if not saved_in_loop and last is not None:  # (resumed at the last step: its checkpoint is there)
                 self.save()
             found = list_checkpoints(self.checkpoint_dir)
             checkpoint = found[-1] if found else None
