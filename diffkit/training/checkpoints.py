@@ -153,10 +153,11 @@ def commit_checkpoint(
         text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
         (staging / META_FILE).write_text(text, encoding="utf-8")
         _fsync_tree(staging)
-        if final.exists():  # a re-run of the same step: replace it
-            shutil.rmtree(final)
+        previous = _move_aside(final, run_id_of(meta)) if final.exists() else None
         os.replace(staging, final)  # atomic: the step folder appears complete or not at all
         fsync_dir(root)
+        if previous is not None and previous.name.endswith(TMP_SUFFIX):
+            shutil.rmtree(previous, ignore_errors=True)
     except OSError as exc:
         abandon_checkpoint(staging)
         raise _write_error(final, exc) from exc
@@ -166,6 +167,30 @@ def commit_checkpoint(
     if keep_last is not None:
         rotate_checkpoints(root, keep_last, run_id=run_id_of(meta))
     return final
+
+
+def _move_aside(final: Path, run_id: str | None) -> Path:
+    """Rename the existing checkpoint of this step out of the way before the new one takes its name.
+
+    This run's own intact checkpoint (a re-run of the step after a resume) becomes a temporary
+    that is removed once the new one is in place. Anything else at that name — damaged, or
+    another run's — is kept, renamed ``step-….set-aside-<random>``, and a warning says so.
+    """
+    try:
+        ours = run_id_of(verify_checkpoint(final)) == run_id
+    except DiffkitError:
+        ours = False
+    if ours:
+        aside = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
+    else:
+        aside = final.with_name(f"{final.name}.set-aside-{uuid.uuid4().hex[:12]}")
+        print(
+            f"diffkit: warning: {final} is damaged or another run's; kept as {aside.name} while this run writes "
+            "its own checkpoint of that step",
+            file=sys.stderr, flush=True,
+        )
+    os.replace(final, aside)
+    return aside
 
 
 def run_id_of(meta: Mapping[str, Any]) -> str | None:
