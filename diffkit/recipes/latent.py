@@ -22,6 +22,8 @@ import torch
 from diffkit import registry
 from diffkit.atomic import write_atomic
 from diffkit.checkpoints import load_pretrained, save_pretrained
+from diffkit.errors import RunFolderError
+from diffkit.files import read_json_object
 from diffkit.recipes.base import RecipeDict
 
 AUTOENCODER_DIR = "autoencoder"
@@ -41,8 +43,10 @@ def prepare_autoencoder(
     )
 
     folder, report_path = out / AUTOENCODER_DIR, out / AUTOENCODER_REPORT
-    if (folder / "diffkit.json").is_file() and report_path.is_file():
-        report = json.loads(report_path.read_text(encoding="utf-8"))
+    if (folder / "diffkit.json").is_file() and report_path.exists():
+        # the run's own autoencoder: a damaged report is an error, not a silent retraining that
+        # would give the resumed diffusion model other latents
+        report = read_json_object(report_path, what="autoencoder report", error=RunFolderError)
         if report.get("recipe") == recipe["autoencoder"]:
             return load_pretrained(folder), report
     section = recipe["autoencoder"]
