@@ -4,35 +4,86 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
 
 from diffkit import registry
-from diffkit.errors import DiffkitError
+from diffkit.errors import DiffkitError, UnknownNameError
 
 CHECKABLE_KINDS = ("sampler", "schedule")
+DEBUG_VARIABLE = "DIFFKIT_DEBUG"
+DESCRIPTION = (
+    "diffkit: diffusion models where every component is a plugin and every equation is checked. "
+    "Commands: list and check (registered components and their conformance), train, sample and demo."
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script and ``python -m diffkit``; returns the exit status."""
+    """Entry point of the console script and ``python -m diffkit``; returns the exit status.
+
+    A :class:`~diffkit.errors.DiffkitError` ends the command with status 2 and one
+    ``diffkit: error: …`` message on stderr, no traceback; ``--debug`` (or ``DIFFKIT_DEBUG=1``)
+    shows the traceback instead. Ctrl-C ends it with status 130.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+    debug = "--debug" in argv or os.environ.get(DEBUG_VARIABLE, "").strip().lower() in {"1", "true", "yes", "on"}
     try:
+        args = _parse(parser, argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
         return args.run(args)
     except DiffkitError as exc:
+        if debug:
+            raise
         print(f"diffkit: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("diffkit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; an unknown command gets close matches, and ``train``'s KEY=VALUE overrides
+    may stand anywhere on the line (argparse alone takes them only as one block)."""
+    commands = _command_names(parser)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is not None and first not in commands:
+        raise UnknownNameError("command", first, commands)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "command", None) == "train":
+        overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+        args.overrides = [*(args.overrides or []), *overrides]
+        extra = [a for a in extra if a not in overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _command_names(parser: argparse.ArgumentParser) -> list[str]:
+    for action in parser._actions:  # the sub-command action is argparse's only record of the names
+        if isinstance(action, argparse._SubParsersAction):
+            return sorted(action.choices)
+    return []
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffkit", description=__doc__)
+    from diffkit import __version__
+
+    parser = argparse.ArgumentParser(prog="diffkit", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"diffkit {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"show the traceback of an error (also: {DEBUG_VARIABLE}=1)"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    kinds = ", ".join(registry.KINDS)
     listing = commands.add_parser("list", help="list registered components and their plugins")
-    listing.add_argument("kind", nargs="?", help=f"one of {', '.join(k + 's' for k in registry.KINDS)}")
+    listing.add_argument("kind", nargs="?", help=f"one kind, singular or plural: {kinds}")
     listing.set_defaults(run=_list)
     check = commands.add_parser("check", help="run the conformance checks on samplers or schedules")
     check.add_argument("names", nargs="+", metavar="NAME", help="registered name, optionally KIND:NAME")
@@ -108,7 +159,7 @@ def _check(args: argparse.Namespace) -> int:
 
     targets = [_resolve(name) for name in args.names]
     options = _parse_options(args.option)
-    all_ok = True
+    all_ok, skipped = True, 0
     for kind, name in targets:
         if kind == "sampler":
             report = testing.check_sampler(name, options=options, quick=args.quick, order=args.order)
@@ -116,5 +167,7 @@ def _check(args: argparse.Namespace) -> int:
             report = testing.check_schedule(name)
         print(report.format())
         all_ok &= report.ok
-    print("all checks passed" if all_ok else "some checks FAILED")
+        skipped += sum(1 for result in report.results if result.skipped)
+    skips = f" ({skipped} skipped: not applicable, see SKIP lines)" if skipped else ""
+    print(("no check failed" if all_ok else "some checks FAILED") + skips)
     return 0 if all_ok else 1

@@ -167,7 +167,7 @@ def normalize_kind(kind: str) -> str:
         return kind
     if isinstance(kind, str) and kind.endswith("s") and kind[:-1] in KINDS:
         return kind[:-1]
-    raise UnknownNameError("kind", kind, KINDS)
+    raise UnknownNameError("kind (singular or plural)", kind, KINDS)
 
 
 def _flag(environ: Mapping[str, str], key: str) -> bool:

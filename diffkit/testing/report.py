@@ -101,7 +101,9 @@ class Report:
         """Human-readable lines: a summary, then one ``PASS``/``FAIL``/``SKIP`` line per check."""
         total = sum(r.seconds for r in self.results)
         n_fail = len(self.failures)
-        verdict_text = "all passed" if n_fail == 0 else f"{n_fail} FAILED"
+        n_skip = sum(1 for r in self.results if r.skipped)
+        n_pass = len(self.results) - n_fail - n_skip
+        counts = [f"{n_pass} passed"] + ([f"{n_fail} FAILED"] if n_fail else []) + ([f"{n_skip} skipped"] if n_skip else [])
         notes = f" ({', '.join(self.notes)})" if self.notes else ""
-        head = f"{self.subject}{notes}: {len(self.results)} checks, {verdict_text} in {total:.1f} s"
+        head = f"{self.subject}{notes}: {len(self.results)} checks: {', '.join(counts)} in {total:.1f} s"
         return "\n".join([head, *("  " + r.format() for r in self.results)])
