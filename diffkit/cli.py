@@ -39,13 +39,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DiffkitError as exc:
         if debug:
             raise
-        print(f"diffkit: error: {exc}", file=sys.stderr)
+        print(_error_text(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:
             raise
         print("diffkit: interrupted", file=sys.stderr)
         return 130
+
+
+def _error_text(exc: BaseException) -> str:
+    """``diffkit: error: <first line>``; any further lines (lists of keys, files) indented under it."""
+    first, *rest = str(exc).splitlines() or [type(exc).__name__]
+    return "\n".join([f"diffkit: error: {first}", *(line if line.startswith(" ") else "  " + line for line in rest)])
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -81,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help=f"show the traceback of an error (also: {DEBUG_VARIABLE}=1)"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    kinds = ", ".join(registry.KINDS)
+    kinds = ", ".join(sorted(registry.KINDS))  # the order the unknown-kind error lists them in
     listing = commands.add_parser("list", help="list registered components and their plugins")
     listing.add_argument("kind", nargs="?", help=f"one kind, singular or plural: {kinds}")
     listing.set_defaults(run=_list)

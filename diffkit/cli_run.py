@@ -59,10 +59,15 @@ def add_commands(commands: Any) -> None:
     sample.add_argument("--class", dest="label", type=int, action="append", help="class label(s), cycled over the grid")
     sample.add_argument("--prompt", action="append", help="text prompt(s), cycled over the grid")
     sample.add_argument("--negative", help="negative prompt (the unconditional branch of CFG)")
-    sample.add_argument("--steps", type=int, help="sampler steps")
+    sample.add_argument(
+        "--steps", type=int, help="sampler steps (default: the pipeline's recommended number, saved at training time)"
+    )
     sample.add_argument("--sampler", help="sampler name (default: the pipeline's)")
-    sample.add_argument("--guidance", type=float, default=None, help="CFG scale w ≥ 0 (1 = none)")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument(
+        "--guidance", type=float, default=None,
+        help="CFG scale w ≥ 0, 1 = none (default: the pipeline's recommended scale, saved at training time)",
+    )
+    sample.add_argument("--seed", type=int, default=0, help="the random seed (default: 0); same seed, same samples")
     sample.add_argument(
         "--precision", default="auto", choices=PRECISIONS,
         help="the network's precision (auto: bf16 autocast on CUDA, fp32 on the CPU)",
@@ -188,35 +193,51 @@ def _load_pipeline(source: str) -> Any:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from diffkit.imaging import save_png
+    from diffkit.imaging import check_output, save_png
     from diffkit.recipes.run import grid_rows
 
     _positive("--n", args.n)
     _positive("--steps", args.steps)
-    pipeline = _load_pipeline(args.source)
     if args.label and args.prompt:
         raise ConfigError("pass --class or --prompt, not both")
-    cond: Any = None
-    if args.label:
-        cond = torch.tensor([args.label[i % len(args.label)] for i in range(args.n)])
-    elif args.prompt:
-        cond = [args.prompt[i % len(args.prompt)] for i in range(args.n)]
-    elif pipeline.conditioner is not None:
-        num_classes = getattr(pipeline.conditioner.config, "num_classes", None)
-        if num_classes is None:
-            raise ConfigError("this pipeline is text-conditioned: pass --prompt TEXT")
-        cond = torch.arange(args.n) % num_classes
-    guidance = args.guidance if args.guidance is not None else 1.0
+    check_output(args.out)  # a file that cannot be written is refused before sampling
+    pipeline = _load_pipeline(args.source)
+    cond = _conditions(pipeline, args)
+    guidance = args.guidance if args.guidance is not None else getattr(pipeline, "default_guidance", 1.0)
+    steps = args.steps if args.steps is not None else getattr(pipeline, "default_steps", None)
     negative = None if args.negative is None else [args.negative] * args.n
     images = pipeline.sample(
-        args.n, cond=cond, negative=negative, steps=args.steps, guidance=guidance,
+        args.n, cond=cond, negative=negative, steps=steps, guidance=guidance,
         sampler=args.sampler, generator=args.seed, progress=True, precision=args.precision,
     )
     scale = max(1, 32 // pipeline.sample_shape[-1])
     nrow = grid_rows(pipeline, args.n) if args.label is None and args.prompt is None else None
     save_png(args.out, images, nrow=min(nrow or round(args.n**0.5), args.n), scale=scale)
-    print(f"wrote {args.n} samples to {args.out}")
+    print(f"wrote {args.n} samples to {args.out} (guidance {guidance:g}, {steps} steps, seed {args.seed})")
     return 0
+
+
+def _conditions(pipeline: Any, args: argparse.Namespace) -> Any:
+    """What to condition the ``--n`` samples on: ``--class`` labels or ``--prompt`` texts (both
+    cycled over the grid), by default every class in turn; each refused, before any sampling,
+    when the pipeline's conditioner declares other inputs (:attr:`Conditioner.inputs`)."""
+    conditioner = pipeline.conditioner
+    takes = "nothing" if conditioner is None else getattr(conditioner, "inputs", None)
+    for flag, given, needs in (("--class", args.label, "class labels"), ("--prompt", args.prompt, "text"),
+                               ("--negative", args.negative, "text")):
+        if given and takes is not None and takes != needs:
+            raise ConfigError(f"{flag} needs a pipeline conditioned on {needs}; this one is conditioned on {takes}")
+    if args.label:
+        return torch.tensor([args.label[i % len(args.label)] for i in range(args.n)])
+    if args.prompt:
+        return [args.prompt[i % len(args.prompt)] for i in range(args.n)]
+    if conditioner is None:
+        return None
+    num_classes = getattr(conditioner.config, "num_classes", None)
+    if num_classes is None:
+        hint = "--prompt TEXT" if takes == "text" else "--class N or --prompt TEXT"
+        raise ConfigError(f"this pipeline is conditioned on {takes or 'inputs it does not name'}: pass {hint}")
+    return torch.arange(args.n) % num_classes
 
 
 def _demo(args: argparse.Namespace) -> int:

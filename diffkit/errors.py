@@ -74,5 +74,21 @@ class RunInUseError(RunFolderError):
     """A run folder locked by another live diffkit process (the message names the holder)."""
 
 
+class OutputError(DiffkitError, OSError):
+    """A file or folder diffkit was asked to write cannot be written (a read-only folder, a
+    parent that is a file, a NUL byte in the name, …): the message names the path and why.
+    An :class:`OSError` too, so code that catches file-system errors keeps catching it."""
+
+
 class NonFiniteError(DiffkitError, FloatingPointError):
     """NaN or ±inf where finite numbers are required: a diverged loss, weights, samples."""
+
+
+class NonFiniteWeightsError(CheckpointError, NonFiniteError):
+    """Weights holding NaN or ±inf: both a :class:`CheckpointError` (a file that cannot be used
+    as it is) and a :class:`NonFiniteError`, so either ``except`` clause catches it."""
+
+
+class InsufficientMemoryError(ConfigError, MemoryError):
+    """A request larger than the memory there is (too many samples at once, say): the message
+    names how much it needs, how much is free, and what to make smaller."""

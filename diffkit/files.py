@@ -55,7 +55,7 @@ def read_json_object(
     """
     text = read_text(path, what=what, error=error)
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise error(f"{what} {path} is not valid JSON ({exc}); it may be truncated or edited by hand") from exc
     if not isinstance(data, dict):
@@ -65,6 +65,13 @@ def read_json_object(
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:40]} is too large for a floating-point number")
+    return value
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -62,25 +62,37 @@ from diffkit.errors import ConfigError, ShapeError, check_choice
 RESCALE_SPACES = ("v", "eps", "x0")
 
 
-def _check_scale(scale: Any, allow_negative: bool) -> float:
+# The largest |w| accepted. Published scales are 1–20 (DreamFusion's 100 is the outlier); the
+# guided estimate is the branches' difference times w, so w = 1e30 turns every sample into
+# ±inf or NaN within a step. 1000 leaves room for experiments while staying far from overflow.
+MAX_GUIDANCE = 1000.0
+
+
+def check_guidance_scale(scale: Any, *, what: str = "guidance scale", allow_negative: bool = False) -> float:
+    """A classifier-free guidance weight w as a float, or a :class:`ConfigError` naming the valid range.
+
+    Valid: a real number (not a bool), finite, 0 ≤ w ≤ :data:`MAX_GUIDANCE` (1 = no guidance,
+    0 = unconditional); with ``allow_negative``, −MAX_GUIDANCE ≤ w ≤ MAX_GUIDANCE.
+    """
+    low = -MAX_GUIDANCE if allow_negative else 0.0
+    valid = f"a finite real number in {low:g} … {MAX_GUIDANCE:g} (1 = no guidance, 0 = unconditional)"
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise ConfigError(f"guidance scale must be a real number, got {scale!r}")
-    scale = float(scale)
-    if math.isnan(scale) or math.isinf(scale):
-        raise ConfigError(f"guidance scale must be finite, got {scale}")
-    if scale < 0 and not allow_negative:
-        raise ConfigError(
-            f"guidance scale must be ≥ 0 (1 = no guidance, 0 = unconditional), got {scale}; "
-            "pass allow_negative=True to extrapolate away from the conditional prediction"
+        raise ConfigError(f"{what} must be {valid}, got {scale!r} ({type(scale).__name__})")
+    value = float(scale) if abs(scale) <= MAX_GUIDANCE or not isinstance(scale, int) else math.inf  # no OverflowError
+    if not math.isfinite(value) or value > MAX_GUIDANCE:
+        raise ConfigError(f"{what} must be {valid}, got {scale!r}")
+    if value < low:
+        hint = "" if allow_negative else (
+            "; a negative w (extrapolating away from the conditional prediction) needs CFGDenoiser(..., allow_negative=True)"
         )
-    return scale
+        raise ConfigError(f"{what} must be ≥ {low:g} (valid: {valid}), got {scale!r}{hint}")
+    return value
 
 
-def _check_rescale(rescale: Any) -> float:
-    if isinstance(rescale, bool) or not isinstance(rescale, numbers.Real) or not 0 <= float(rescale) <= 1:
-        raise ConfigError(
-            f"guidance rescale φ must be a number in [0, 1] (0 = off, 0.7 in the paper), got {rescale!r}"
-        )
+def check_guidance_rescale(rescale: Any, *, what: str = "guidance rescale φ") -> float:
+    """φ of guidance rescale as a float: a number in [0, 1] (0 = off; NaN and bools are errors)."""
+    if isinstance(rescale, bool) or not isinstance(rescale, numbers.Real) or not 0 <= rescale <= 1:
+        raise ConfigError(f"{what} must be a number in [0, 1] (0 = off, 0.7 in the paper), got {rescale!r}")
     return float(rescale)
 
 
@@ -169,12 +181,15 @@ class CFGDenoiser(nn.Module):
         denoiser: the wrapped denoiser (its ``forward_with_variance`` is used by
             :meth:`forward_with_variance`).
         scale: the guidance weight w (1 = the conditional prediction, returned exactly and
-            with one forward; 0 = the unconditional one; > 1 = guidance).
+            with one forward; 0 = the unconditional one; > 1 = guidance). Finite and at most
+            :data:`MAX_GUIDANCE` (1000) in size: a larger w scales the branches' difference
+            past anything a sampler can integrate (w = 1e30 gives NaN samples), so it is an
+            error, not a silently broken result.
         uncond: the unconditional record (a null label, the empty prompt's embedding, None).
         rescale: φ ∈ [0, 1] of guidance rescale (0 = off).
         rescale_space: ``"v"`` (default), ``"eps"`` or ``"x0"``: where the std is measured.
         interval: ``(sigma_lo, sigma_hi)``: guide only for σ in that closed interval.
-        allow_negative: accept w < 0 (NaN and ±inf are always errors).
+        allow_negative: accept −1000 ≤ w < 0 (NaN and ±inf are always errors).
     """
 
     def __init__(
@@ -190,9 +205,9 @@ class CFGDenoiser(nn.Module):
     ) -> None:
         super().__init__()
         self.denoiser = denoiser
-        self.scale = _check_scale(scale, allow_negative)
+        self.scale = check_guidance_scale(scale, allow_negative=allow_negative)
         self.uncond = uncond
-        self.rescale = _check_rescale(rescale)
+        self.rescale = check_guidance_rescale(rescale)
         self.rescale_space = check_choice("guidance rescale space", rescale_space, RESCALE_SPACES)
         self.interval = _check_interval(interval)
 

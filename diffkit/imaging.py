@@ -10,7 +10,11 @@
   are created.
 
 The value mapping is the one every diffkit image uses: x ∈ [−1, 1] ↦ round((x + 1)·127.5),
-so −1 → 0 and 1 → 255; values outside [−1, 1] are clamped first.
+so −1 → 0 and 1 → 255; values outside [−1, 1] are clamped first (samplers overshoot a
+little: ``Pipeline.sample`` returns the model's estimate, not clamped). :func:`make_grid`
+shows NaN as mid-grey with a warning, but the writers refuse non-finite images outright
+(:class:`~diffkit.errors.NonFiniteError`, nothing written): a file must not pass a diverged
+model off as a grey picture.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffkit.atomic import write_atomic
-from diffkit.errors import ConfigError, ShapeError, check_choice
+from diffkit.atomic import make_folder, write_atomic
+from diffkit.errors import ConfigError, NonFiniteError, OutputError, ShapeError, check_choice
 
 ImageBatch = Union[torch.Tensor, np.ndarray]
 """[N, C, H, W] (or one image [C, H, W]), float, values in [−1, 1]."""
@@ -214,13 +218,45 @@ def _as_picture(value: Any, grid_kwargs: dict[str, Any], caller: str) -> np.ndar
             f"{caller}: image tensors must be floating point with values in [-1, 1], got dtype {value.dtype}; "
             f"pass a uint8 picture as a numpy array [H, W, C]"
         )
-    return make_grid(value, **grid_kwargs)
+    batch = _as_float_batch(value)  # checks the type and the shape first
+    _require_finite(value, batch.shape, caller)
+    return make_grid(batch, **grid_kwargs)
+
+
+def _require_finite(value: ImageBatch, shape: tuple[int, ...], caller: str) -> None:
+    """A file must show what the model made: NaN or ±inf is an error here, not a grey or white pixel.
+
+    Counted on the caller's own values (a huge float64 is finite even where float32 is not).
+    """
+    finite = torch.isfinite(value) if isinstance(value, torch.Tensor) else np.isfinite(value)
+    bad = int((~finite).sum())
+    if bad:
+        raise NonFiniteError(
+            f"{caller}: {bad} of {finite.numel() if isinstance(finite, torch.Tensor) else finite.size} values "
+            f"of the images {list(shape)} are NaN or ±inf (the model or sampler diverged); no file was written"
+        )
 
 
 def _pil(picture: np.ndarray) -> Image.Image:
     """uint8 [H, W, C] → a Pillow image; Pillow infers mode L, RGB or RGBA from the shape."""
     data = picture[:, :, 0] if picture.shape[-1] == 1 else picture
     return Image.fromarray(np.ascontiguousarray(data))
+
+
+def check_output(path: str | os.PathLike[str], suffix: str = ".png", caller: str = "--out") -> Path:
+    """The picture file ``path`` as a :class:`~pathlib.Path`, checked before any work is spent.
+
+    It must end in ``suffix``, not name a folder, and its folder must exist or be creatable
+    and be writable (missing folders are created here); otherwise a named error:
+    :class:`ConfigError` for the name, :class:`~diffkit.errors.OutputError` for the file system.
+    """
+    target = _target(path, suffix, caller)
+    if target.is_dir():
+        raise ConfigError(f"{caller} {str(target)!r} is a folder; pass a file name ending in {suffix!r}")
+    make_folder(target.parent)
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {target}: its folder {target.parent} is not writable")
+    return target
 
 
 def _target(path: str | os.PathLike[str], suffix: str, caller: str) -> Path:
@@ -232,5 +268,5 @@ def _target(path: str | os.PathLike[str], suffix: str, caller: str) -> Path:
 
 def _write(target: Path, write: Any) -> None:
     """Create the parent folders, then write through a fsynced temporary file and os.replace."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(target.parent)
     write_atomic([(target, write)])

@@ -25,7 +25,6 @@ one forward; latents are decoded by the autoencoder when there is one.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import uuid
@@ -38,18 +37,32 @@ import torch
 from torch import nn
 
 from diffkit import registry
-from diffkit.atomic import fsync_dir, write_atomic
-from diffkit.checkpoints import PIPELINE_FILE, entry_for_config, load_pretrained, save_pretrained
+from diffkit.atomic import fsync_dir, make_folder, write_atomic
+from diffkit.checkpoints import (
+    PIPELINE_FILE,
+    check_numbers,
+    check_record,
+    entry_for_config,
+    load_component,
+    naming_errors,
+    save_pretrained,
+    short,
+)
 from diffkit.denoisers import PREDICTIONS, VPDenoiser
-from diffkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError, check_choice
-from diffkit.guidance import CFGDenoiser
+from diffkit.errors import CheckpointError, ConfigError, OutputError, ShapeError, UnknownNameError, check_choice
+from diffkit.files import read_json_object
+from diffkit.state_dicts import check_device, check_dtype
+from diffkit.guidance import CFGDenoiser, check_guidance_scale
 from diffkit.precision import BF16Network, bf16_enabled
-from diffkit.samplers.common import Callback
+from diffkit.samplers.common import Callback, is_integer
 from diffkit.schedules.base import DiscreteSchedule
 from diffkit.training.objectives import Objective, diffusion_loss
 
 PIPELINE_FORMAT_VERSION = 1
 ComponentSpec = Any  # a registry name, a (name, config) pair, or an object
+COMPONENT_KINDS = ("backbone", "conditioner", "autoencoder")  # the modules of a pipeline, in save order
+MAX_SAMPLE_SIDE = 2**16  # largest size of one sample_shape dimension
+MAX_DEFAULT_STEPS = 10_000
 
 
 def _build(kind: str, spec: ComponentSpec) -> Any:
@@ -58,16 +71,38 @@ def _build(kind: str, spec: ComponentSpec) -> Any:
         return registry.build(kind, spec)
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], Mapping):
         return registry.build(kind, spec[0], **dict(spec[1]))
+    if kind != "schedule" and not isinstance(spec, nn.Module):  # the schedule is checked by its type
+        raise ConfigError(
+            f"{kind} must be a registered {kind} name, a (name, config mapping) pair or the module itself, "
+            f"got {short(spec)}; registered: {', '.join(registry.names(kind))}"
+        )
     return spec
 
 
-def _seeded(generator: torch.Generator | int | Sequence[torch.Generator] | None) -> Any:
-    """An int seed becomes a CPU ``torch.Generator``; generators and lists pass through."""
-    if isinstance(generator, bool):
-        raise ConfigError("generator must be a torch.Generator, a list of them, an int seed or None")
-    if isinstance(generator, int):
-        return torch.Generator().manual_seed(generator)
-    return generator
+def _check_sample_shape(value: Any) -> tuple[int, ...]:
+    """A non-empty sequence of integers in 1 … MAX_SAMPLE_SIDE, as a tuple."""
+    sequence = isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+    if not sequence or not value or not all(
+        is_integer(n) and 1 <= n <= MAX_SAMPLE_SIDE for n in value
+    ):
+        raise ConfigError(
+            f"sample_shape must be a list of integers (C, H, W), each in 1 … {MAX_SAMPLE_SIDE}, got {short(value)}"
+        )
+    return tuple(int(n) for n in value)
+
+
+def _check_sampler(name: Any, options: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """The sampler's name and options, checked now: an unknown name or option names the valid ones."""
+    if not isinstance(name, str):
+        raise ConfigError(f"sampler must be a registered sampler name, got {short(name)}")
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigError(f"sampler_options must be a mapping of option names to values, got {short(options)}")
+    options = dict(options or {})
+    bad = [key for key in options if not isinstance(key, str)]
+    if bad:
+        raise ConfigError(f"sampler_options keys must be option names (strings), got {short(bad)}")
+    registry.build("sampler", name, **options)  # unknown names and options fail now, with close matches
+    return name, options
 
 
 class Pipeline(nn.Module):
@@ -85,9 +120,14 @@ class Pipeline(nn.Module):
         parameterization: what the backbone predicts: ``"eps"``, ``"x0"`` or ``"v"``.
         objective: training options (:class:`~diffkit.training.objectives.Objective`) other
             than the prediction target, which ``parameterization`` sets.
-        sample_shape: (C, H, W) of one sample in the backbone's space; read from the backbone's
-            config (``in_channels`` and ``sample_size``/``input_size``) when not given.
-        default_steps: sampler steps when :meth:`sample` is given none.
+        sample_shape: (C, H, W) of one sample in the backbone's space (the latent shape when
+            there is an autoencoder); read from the backbone's config (``in_channels`` less
+            the channels a concat conditioner adds, and ``sample_size``/``input_size``) when not
+            given, and checked against it when the backbone declares these.
+        default_steps: sampler steps when :meth:`sample` is given none (1 … 10000).
+        default_guidance: the recommended classifier-free guidance scale (0 … 1000, 1 = none; see
+            :func:`diffkit.guidance.check_guidance_scale`), saved with the pipeline so that the
+            scale it was judged at travels with it.
     """
 
     def __init__(
@@ -103,6 +143,7 @@ class Pipeline(nn.Module):
         objective: Objective | Mapping[str, Any] | None = None,
         sample_shape: Sequence[int] | None = None,
         default_steps: int = 25,
+        default_guidance: float = 1.0,
     ) -> None:
         super().__init__()
         self.backbone = _build("backbone", backbone)
@@ -113,10 +154,10 @@ class Pipeline(nn.Module):
         self.schedule: DiscreteSchedule = _build("schedule", schedule)
         if not isinstance(self.schedule, DiscreteSchedule):
             raise ConfigError(f"schedule must be a registered schedule, got {type(self.schedule).__name__}")
-        registry.get_entry("sampler", sampler)  # unknown names fail now, with close matches
-        self.sampler = sampler
-        self.sampler_options = dict(sampler_options or {})
+        self.sampler, self.sampler_options = _check_sampler(sampler, sampler_options)
         self.parameterization = check_choice("parameterization", parameterization, PREDICTIONS)
+        if objective is not None and not isinstance(objective, (Objective, Mapping)):
+            raise ConfigError(f"objective must be an Objective, a mapping of its options or None, got {short(objective)}")
         if isinstance(objective, Mapping):
             valid = [field.name for field in attrs.fields(Objective)]
             for key in objective:
@@ -128,10 +169,14 @@ class Pipeline(nn.Module):
             raise ConfigError(
                 f"objective.prediction={self.objective.prediction!r} differs from parameterization={parameterization!r}"
             )
-        self.sample_shape = tuple(int(n) for n in (sample_shape or self._shape_from_backbone()))
-        if isinstance(default_steps, bool) or not isinstance(default_steps, int) or default_steps < 1:
-            raise ConfigError(f"default_steps must be an integer ≥ 1, got {default_steps!r}")
-        self.default_steps = default_steps
+        self.sample_shape = (
+            self._shape_from_backbone() if sample_shape is None else _check_sample_shape(sample_shape)
+        )
+        self._check_shape_fits()
+        if not is_integer(default_steps) or not 1 <= default_steps <= MAX_DEFAULT_STEPS:
+            raise ConfigError(f"default_steps must be an integer in 1 … {MAX_DEFAULT_STEPS}, got {short(default_steps)}")
+        self.default_steps = int(default_steps)
+        self.default_guidance = check_guidance_scale(default_guidance, what="default_guidance")
         self._check_classes()
         out_channels = getattr(getattr(self.backbone, "config", None), "out_channels", self.sample_shape[0])
         self.learned_variance = out_channels == 2 * self.sample_shape[0]
@@ -153,15 +198,65 @@ class Pipeline(nn.Module):
             self.autoencoder.eval()
         return self
 
-    def _shape_from_backbone(self) -> tuple[int, int, int]:
+    def _declared_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) the backbone's config declares, less the channels a concat conditioner adds."""
         config = getattr(self.backbone, "config", None)
         size = getattr(config, "sample_size", None) or getattr(config, "input_size", None)
         channels = getattr(config, "in_channels", None)
-        if size is None or channels is None:
+        if not isinstance(size, int) or not isinstance(channels, int):
+            return None
+        return channels - self._concat_channels(), size, size
+
+    def _concat_channels(self) -> int:
+        """Channels the conditioner concatenates to x before the backbone's first layer (0: none)."""
+        from diffkit.conditioners.concat import ConcatConditioner
+
+        if not isinstance(self.conditioner, ConcatConditioner):
+            return 0
+        readable = getattr(self.backbone, "readable_conditioning", None)
+        fields = readable() if callable(readable) else {"concat"}
+        if "concat" not in fields:
+            raise ConfigError(
+                f"this {type(self.backbone).__name__} cannot use the conditioning's concat: it reads "
+                f"{', '.join(sorted(fields)) or 'no conditioning'}; use a backbone with input channels for it (unet, "
+                "latent_unet)"
+            )
+        return self.conditioner.config.channels
+
+    def _shape_from_backbone(self) -> tuple[int, int, int]:
+        declared = self._declared_shape()
+        if declared is None:
             raise ConfigError(
                 f"cannot read the sample shape from a {type(self.backbone).__name__}: pass sample_shape=(C, H, W)"
             )
-        return int(channels), int(size), int(size)
+        return declared
+
+    def _check_shape_fits(self) -> None:
+        """sample_shape must be what the backbone declares it takes (and the autoencoder's latents)."""
+        declared = self._declared_shape()
+        if declared is not None and self.sample_shape != declared:
+            concat = self._concat_channels()
+            channels = f"in_channels {declared[0] + concat}" + (f" less the {concat} concat channel(s)" if concat else "")
+            raise ConfigError(
+                f"sample_shape {self.sample_shape} does not fit the {type(self.backbone).__name__} backbone: it takes "
+                f"(C, H, W) = {declared} ({channels}, size {declared[1]}); valid: sample_shape={declared}"
+            )
+        latent = getattr(getattr(self.autoencoder, "config", None), "latent_channels", None)
+        if isinstance(latent, int) and self.sample_shape[0] != latent:
+            raise ConfigError(
+                f"sample_shape {self.sample_shape} has {self.sample_shape[0]} channel(s), but the autoencoder makes "
+                f"latents of {latent} channel(s): the shape is the latent shape"
+            )
+
+    def to(self, *args: Any, **kwargs: Any) -> Pipeline:
+        """``nn.Module.to``, with a device this machine lacks or a non-floating dtype a :class:`ConfigError`."""
+        try:
+            device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+        except (TypeError, RuntimeError) as exc:
+            raise ConfigError(f"Pipeline.to got {args or ''}{kwargs or ''}: {exc}") from exc
+        check_device(device, allow_meta=True)
+        check_dtype(dtype)
+        return super().to(*args, **kwargs)
 
     # -- conditioning ----------------------------------------------------------------------
 
@@ -259,14 +354,25 @@ class Pipeline(nn.Module):
     ) -> torch.Tensor:
         """``n`` samples [n, C, H, W] (images in about [−1, 1], or latents with ``decode=False``).
 
+        Every argument is checked before any work (conditioning, the network, allocation), and
+        the result is checked after: samples that hold NaN or ±inf, or that a sampler returned
+        in another shape, are an error (:func:`diffkit.sample`), never a return value.
+
         Args:
+            n: how many samples, an integer ≥ 1; when their noise and the sampler's state
+                cannot fit in the device's memory this is refused up front
+                (:class:`~diffkit.errors.InsufficientMemoryError`, naming what it needs and what
+                is free), as is the allocator failing later: sample in several calls instead.
             cond: the conditioner's inputs for the n samples (labels, prompts, …).
             negative: inputs for the unconditional branch of CFG instead of the null
                 condition (a negative prompt).
             steps: sampler steps (default ``default_steps``).
-            guidance: classifier-free guidance scale w ≥ 0 (1 = none, 0 = unconditional).
-            guidance_rescale: φ of Lin et al. 2024 (0 = off).
-            generator: a seed, a ``torch.Generator`` or one per sample (batch-invariant).
+            guidance: classifier-free guidance scale w, finite, 0 ≤ w ≤ 1000
+                (:data:`diffkit.guidance.MAX_GUIDANCE`; 1 = none, 0 = unconditional). Larger
+                scales overflow into NaN samples and are an error.
+            guidance_rescale: φ ∈ [0, 1] of Lin et al. 2024 (0 = off).
+            generator: a seed (an integer in 0 … 2**64 − 1; negative seeds are refused), a
+                ``torch.Generator`` or a list of one per sample (batch-invariant).
             callback: called once per step with the sampler's dict (``x``, ``i``, ``sigma``, …).
             sampler, sampler_options, spacing: override the pipeline's sampler and grid.
             decode: decode latents with the autoencoder (when there is one).
@@ -274,28 +380,51 @@ class Pipeline(nn.Module):
             precision: the backbone's precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on the
                 CPU), ``"fp32"`` or ``"bf16"``; the sampler's arithmetic is fp32/fp64 either way.
         """
+        from diffkit.errors import DiffkitError
+        from diffkit.guidance import check_guidance_rescale, check_guidance_scale
+        from diffkit.samplers.common import as_generator, is_integer
+        from diffkit.sampling import check_sample_memory, check_samples, named_memory_errors
         from diffkit.sampling import sample as run_sampler
 
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"n must be an integer ≥ 1, got {n!r}")
+        if not is_integer(n) or n < 1:
+            raise ConfigError(f"n must be an integer ≥ 1, got {short(n)}")
         steps = self.default_steps if steps is None else steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"steps must be an integer ≥ 1, got {steps!r}")
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-            raise ConfigError(f"guidance must be a finite number ≥ 0 (1 = no guidance), got {guidance!r}")
-        if guidance < 0:
-            raise ConfigError(f"guidance must be ≥ 0 (1 = no guidance, 0 = unconditional), got {guidance}")
+        if not is_integer(steps) or steps < 1:
+            raise ConfigError(f"steps must be an integer ≥ 1, got {short(steps)}")
+        guidance = check_guidance_scale(guidance, what="guidance")
+        guidance_rescale = check_guidance_rescale(guidance_rescale, what="guidance_rescale")
+        generator = as_generator(generator)
+        if isinstance(generator, list) and len(generator) != n:
+            raise ConfigError(f"got {len(generator)} generators for n={n} samples; pass one per sample")
+        if callback is not None and not callable(callback):
+            raise ConfigError(f"callback must be a function taking the step's dict, or None; got {short(callback)}")
+        device = self._backbone_device() or torch.device("cpu")
+        if device.type == "meta":
+            raise ConfigError(
+                "the pipeline's weights are on the meta device (built without values); load them "
+                "(diffkit.load_pretrained) or move the pipeline to a real device before sampling"
+            )
+        shape = (n, *self.sample_shape)
+        check_sample_memory(shape, torch.float32, device)  # the sampler's state, before anything is built
         was_training = self.training
         self.eval()
         try:
-            device = self._backbone_device() or torch.device("cpu")
+            denoiser: Callable[..., torch.Tensor] = self.denoiser(precision=precision)
             record = self.condition(cond)
             if record is not None and getattr(record, "batch_size", n) not in (None, n):
                 raise ShapeError(f"cond gives {record.batch_size} conditions for n={n} samples")
-            denoiser: Callable[..., torch.Tensor] = self.denoiser(precision=precision)
             if self.conditioner is not None and (guidance != 1 or guidance_rescale):
                 # ∅: the negative prompt, or these inputs forced to the null condition
-                uncond = self.condition(negative) if negative is not None else self.condition(cond, force_drop=True)
+                if negative is None:
+                    uncond = self.condition(cond, force_drop=True)
+                else:
+                    try:
+                        uncond = self.condition(negative)
+                    except DiffkitError as exc:  # name the argument: the conditioner only sees its inputs
+                        raise ConfigError(
+                            f"negative= must be inputs of the {type(self.conditioner).__name__} for the unconditional "
+                            f"branch (like cond=): {exc}"
+                        ) from exc
                 denoiser = CFGDenoiser(denoiser, guidance, uncond=uncond, rescale=guidance_rescale)
             elif negative is not None:
                 raise ConfigError("negative= needs a conditioned pipeline and guidance ≠ 1")
@@ -311,17 +440,22 @@ class Pipeline(nn.Module):
                 callback = _ticking(bar, callback)
             try:
                 x = run_sampler(
-                    denoiser, (n, *self.sample_shape), cond=record, schedule=self.schedule,
+                    denoiser, shape, cond=record, schedule=self.schedule,
                     sampler=sampler or self.sampler,
                     sampler_options=sampler_options if sampler_options is not None else self.sampler_options,
                     steps=steps, spacing=spacing,
-                    generator=_seeded(generator), callback=callback, device=device,
+                    generator=generator, callback=callback, device=device,
                 )
             finally:
                 if bar is not None:
                     bar.close()
             if decode and self.autoencoder is not None:
-                x = self.autoencoder.decode_latents(x)
+                with named_memory_errors(shape, device):
+                    x = self.autoencoder.decode_latents(x)
+                x = check_samples(
+                    x, None, source=f"the autoencoder ({type(self.autoencoder).__name__})",
+                    cause="its decoder turned finite latents into NaN or ±inf (check its weights)",
+                )
             return x
         finally:
             self.train(was_training)
@@ -342,7 +476,8 @@ class Pipeline(nn.Module):
             "objective": self.objective.to_dict(),
             "sample_shape": list(self.sample_shape),
             "default_steps": self.default_steps,
-            "components": [name for name in ("backbone", "conditioner", "autoencoder") if getattr(self, name) is not None],
+            "default_guidance": self.default_guidance,
+            "components": [name for name in COMPONENT_KINDS if getattr(self, name) is not None],
         }
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
@@ -357,10 +492,13 @@ class Pipeline(nn.Module):
                 f"{folder} exists and is not a pipeline folder; saving replaces the whole folder, so pass "
                 "an empty or new folder (or a pipeline folder to overwrite)"
             )
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(folder.parent)
         staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:12]}.tmp")
         try:
-            staging.mkdir()
+            try:
+                staging.mkdir()
+            except OSError as exc:
+                raise OutputError(f"cannot save the pipeline into {folder}: {exc.strerror or exc}") from exc
             for name in self.spec()["components"]:
                 save_pretrained(getattr(self, name), staging / name, kind=name)
             text = json.dumps(self.spec(), indent=2, sort_keys=True, allow_nan=False) + "\n"
@@ -421,37 +559,96 @@ def is_pipeline_folder(folder: Path) -> bool:
     return (folder / PIPELINE_FILE).is_file()
 
 
+# pipeline.json: each key and the JSON types it may hold (check_record); default_guidance came later.
+_SPEC_FIELDS: Mapping[str, tuple[type, ...]] = {
+    "format_version": (int,), "schedule": (dict,), "sampler": (dict,), "parameterization": (str,),
+    "objective": (dict,), "sample_shape": (list,), "default_steps": (int,), "default_guidance": (float,),
+    "components": (list,),
+}
+_ORIGIN: Mapping[str, tuple[type, ...]] = {"plugin": (str, type(None)), "distribution": (str, type(None))}
+_SECTION_FIELDS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
+    "schedule": {"name": (str,), "config": (dict,), **_ORIGIN},
+    "sampler": {"name": (str,), "options": (dict,), **_ORIGIN},
+}
+
+
+def read_spec(path: Path) -> dict[str, Any]:
+    """The checked ``pipeline.json``: keys, JSON types, format version and component names.
+
+    Values are checked where they are used (the :class:`Pipeline` constructor, the registry).
+    """
+    spec = read_json_object(path, what="pipeline file")
+    check_numbers(spec, where=str(path))
+    check_record(spec, _SPEC_FIELDS, where=str(path), optional=("default_guidance",))
+    version = spec["format_version"]
+    if version > PIPELINE_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {version!r}; this diffkit reads up to {PIPELINE_FORMAT_VERSION}: upgrade diffkit"
+        )
+    if version < 1:
+        raise CheckpointError(f"{path} has format_version {version!r}; valid: 1 … {PIPELINE_FORMAT_VERSION}")
+    for section, fields in _SECTION_FIELDS.items():
+        check_record(spec[section], fields, where=f"{path} ({section})", optional=tuple(_ORIGIN))
+    _check_components(spec["components"], path)
+    return spec
+
+
+def _check_components(names: list[Any], path: Path) -> None:
+    """Component entries are kinds a pipeline has, each at most once, the backbone among them.
+
+    They name folders inside the pipeline folder; a path (``../x``, ``/abs``) is not a kind.
+    """
+    for name in names:
+        if not isinstance(name, str) or name not in COMPONENT_KINDS:
+            raise CheckpointError(
+                f"{path}: components lists {short(name)}; valid entries: {', '.join(COMPONENT_KINDS)} (the names of "
+                "component folders inside the pipeline folder)"
+            )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise CheckpointError(f"{path}: components lists {', '.join(repeated)} more than once")
+    if "backbone" not in names:
+        raise CheckpointError(f"{path}: components lacks 'backbone' (every pipeline has one)")
+
+
 def load_pipeline(
-    folder: str | os.PathLike[str], *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    folder: str | os.PathLike[str],
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    allow_nonfinite: bool = False,
 ) -> Pipeline:
-    """The :class:`Pipeline` saved in ``folder`` by :meth:`Pipeline.save`, in eval mode."""
+    """The :class:`Pipeline` saved in ``folder`` by :meth:`Pipeline.save`, in eval mode.
+
+    Every key of ``pipeline.json`` is checked before any weights are read; each component is
+    read from its folder inside ``folder`` (symlinks resolved, never leaving it). A file older
+    than ``default_guidance`` gets 1.0. Any failure is a :class:`~diffkit.errors.DiffkitError`
+    naming the file; no file is written. ``allow_nonfinite``: as in :func:`diffkit.load_pretrained`.
+    """
+    device, dtype = check_device(device), check_dtype(dtype)
     folder = Path(folder)
     path = folder / PIPELINE_FILE
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{folder} is not a pipeline folder: {PIPELINE_FILE} is missing")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} cannot be read as JSON: {exc}") from exc
-    version = spec.get("format_version")
-    if not isinstance(version, int) or version > PIPELINE_FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format_version {version!r}; this diffkit reads up to {PIPELINE_FORMAT_VERSION}")
-    try:
-        schedule = spec["schedule"]
-        _require("schedule", schedule, folder)
+    spec = read_spec(path)
+    with naming_errors(path):
+        _require("schedule", spec["schedule"], folder)
         _require("sampler", spec["sampler"], folder)
-        components = {name: load_pretrained(folder / name) for name in spec["components"]}
-        schedule_obj = registry.build("schedule", schedule["name"], **schedule["config"])
+        schedule = registry.build("schedule", spec["schedule"]["name"], **spec["schedule"]["config"])
+    components = {
+        name: load_component(folder / name, kind=name, root=folder, allow_nonfinite=allow_nonfinite)
+        for name in spec["components"]
+    }
+    with naming_errors(path):
         pipe = Pipeline(
             **components,
-            schedule=schedule_obj,
+            schedule=schedule,
             sampler=spec["sampler"]["name"],
             sampler_options=spec["sampler"]["options"],
             parameterization=spec["parameterization"],
             objective=spec["objective"],
             sample_shape=spec["sample_shape"],
             default_steps=spec["default_steps"],
+            default_guidance=spec.get("default_guidance", 1.0),
         )
-    except KeyError as exc:
-        raise CheckpointError(f"{path} lacks the entry {exc}") from exc
     return pipe.to(device=device, dtype=dtype).eval()

@@ -33,7 +33,7 @@ import attrs
 import pluggy
 
 from diffkit import hookspecs
-from diffkit.errors import ConfigError, ConflictError, PluginError, UnknownNameError
+from diffkit.errors import ConfigError, ConflictError, DiffkitError, PluginError, UnknownNameError
 
 ENTRY_POINT_GROUP = "diffkit"
 KINDS: tuple[str, ...] = ("schedule", "sampler", "backbone", "conditioner", "autoencoder")
@@ -424,8 +424,25 @@ def build(kind: str, name: str, **config: Any) -> Any:
     entry = get_entry(kind, name)
     _check_keywords(entry, config)
     if entry.kind == "sampler":
+        _check_option_values(entry, config)
         return functools.partial(entry.obj, **config)
     return entry.obj(**config)
+
+
+def _check_option_values(entry: Entry, options: Mapping[str, Any]) -> None:
+    """Run the validators of a sampler's registered ``options`` class on the values given, so a
+    bad value (``eta=-1``) is refused when the sampler is chosen, not at its first step."""
+    fields = getattr(entry.options, "__attrs_attrs__", None)
+    if fields is None:
+        return
+    known = {field.name for field in fields}
+    given = {key: value for key, value in options.items() if key in known}
+    try:
+        entry.options(**given)
+    except DiffkitError as error:
+        raise ConfigError(f"sampler {entry.name!r}: {error}") from error
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"sampler {entry.name!r}: an option has the wrong type or value ({error})") from error
 
 
 def _check_keywords(entry: Entry, config: Mapping[str, Any]) -> None:

@@ -405,3 +405,69 @@ def test_unet2dcondition_model_once_its_converter_is_listed(tmp_path):
     assert again.config == ours.config
     for key, value in ours.state_dict().items():
         assert torch.equal(again.state_dict()[key], value)
+
+
+# -- weights of the wrong type or not finite, and arguments checked before reading ----------------------
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "int64", "bool"])
+def test_bad_diffusers_weights_are_named(bad, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    diffusers_model("AutoencoderKL").save_pretrained(tmp_path)
+    file = tmp_path / "diffusion_pytorch_model.safetensors"
+    state = load_file(file)
+    key = "encoder.conv_in.weight"
+    state[key] = {
+        "nan": state[key].clone().fill_(float("nan")), "inf": state[key].clone().fill_(float("inf")),
+        "int64": state[key].to(torch.int64), "bool": state[key].to(torch.bool),
+    }[bad]
+    save_file(state, str(file))
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained(tmp_path)
+    assert key in str(info.value) and str(tmp_path) in str(info.value)
+    if bad in ("nan", "inf"):
+        assert not torch.isfinite(load_pretrained(tmp_path, allow_nonfinite=True).encoder.conv_in.weight).all()
+    else:
+        with pytest.raises(CheckpointError, match=f"{bad}, where the model has a floating-point tensor"):
+            load_pretrained(tmp_path, allow_nonfinite=True)
+
+
+@pytest.mark.parametrize("length", [2**64 - 1, 2**40, 10**6])
+def test_a_header_length_past_the_end_is_refused_before_allocating(length, tmp_path):
+    save_pretrained(tiny("kl"), tmp_path)
+    file = tmp_path / "model.safetensors"
+    data = file.read_bytes()
+    file.write_bytes(length.to_bytes(8, "little") + data[8:])
+    with pytest.raises(CheckpointError, match=rf"model\.safetensors .*its header claims {length} bytes; valid: at most"):
+        load_pretrained(tmp_path)
+
+
+def test_component_folders_check_device_and_dtype_first(tmp_path):
+    save_pretrained(tiny("kl"), tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")  # would be an error, but is never read
+    with pytest.raises(ConfigError, match="dtype=torch.int64 is not a floating-point dtype"):
+        load_pretrained(tmp_path, dtype=torch.int64)
+    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
+        load_pretrained(tmp_path, device="gpu")
+
+
+def test_a_diffusers_config_with_a_wrong_typed_value_is_named(tmp_path):
+    diffusers_model("AutoencoderKL").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for value in ("abc", [1, 2], None, 10**30):
+        (tmp_path / "config.json").write_text(json.dumps({**config, "block_out_channels": value}))
+        with pytest.raises(diffkit.errors.DiffkitError) as info:
+            load_pretrained(tmp_path)
+        assert str(tmp_path / "config.json") in str(info.value) or "block_out_channels" in str(info.value)
+
+
+def test_a_config_asking_for_huge_buffers_is_refused_before_building(tmp_path):
+    """DiT's position table is a buffer not in the weights: an input_size edited to 16384 would
+    ask for 2²⁶ tokens × 32 channels (8 GiB) while the weights are tiny."""
+    save_pretrained(tiny("dit"), tmp_path)
+    record = json.loads((tmp_path / "diffkit.json").read_text())
+    record["config"]["input_size"] = 2**14
+    (tmp_path / "diffkit.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"its config describes a module of \d+ MiB for 0\.\d MiB of weights"):
+        load_pretrained(tmp_path)

@@ -80,6 +80,27 @@ def test_sample_rejects_bad_input_with_a_clear_message(trained_run, tmp_path, ca
     assert pytest.importorskip("re").search(message, capsys.readouterr().err)
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--prompt", "a seven"], "--prompt needs a pipeline conditioned on text; this one is conditioned on class labels"),
+        (["--negative", "red"], "--negative needs a pipeline conditioned on text"),
+    ],
+)
+def test_sample_refuses_inputs_the_conditioner_does_not_take(trained_run, tmp_path, capsys, extra, message):
+    assert main(["sample", "--from", str(trained_run), "--n", "2", "--out", str(tmp_path / "x.png"), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_an_unwritable_out_is_refused_before_sampling(trained_run, tmp_path, capsys, monkeypatch):
+    (tmp_path / "f").write_text("a file, not a folder")
+    sampled = []
+    monkeypatch.setattr("diffkit.pipeline.Pipeline.sample", lambda *a, **k: sampled.append(1))
+    assert main(["sample", "--from", str(trained_run), "--out", str(tmp_path / "f" / "s.png")]) == 2
+    assert f"{tmp_path / 'f'} is a file, not a folder" in capsys.readouterr().err and not sampled
+
+
 def test_sample_from_a_missing_folder_is_an_error(tmp_path, capsys):
     assert main(["sample", "--from", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")]) == 2
     assert "not found" in capsys.readouterr().err

@@ -114,7 +114,8 @@ def state_dicts_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def _unet_class_label() -> tuple[Pipeline, Any]:
     pipe = class_pipeline(
-        sampler="ddim", sampler_options={"eta": 0.5}, objective={"weighting": "min_snr", "snr_gamma": 3.0}
+        sampler="ddim", sampler_options={"eta": 0.5}, objective={"weighting": "min_snr", "snr_gamma": 3.0},
+        default_guidance=2.0,
     )
     return pipe, [0, 2, 1]
 
@@ -161,6 +162,7 @@ def test_save_then_load_pretrained_gives_the_same_pipeline(tmp_path, make):
     assert (loaded.sampler, loaded.sampler_options) == (pipe.sampler, pipe.sampler_options)
     assert loaded.parameterization == pipe.parameterization and loaded.objective == pipe.objective
     assert loaded.sample_shape == pipe.sample_shape and loaded.default_steps == pipe.default_steps
+    assert loaded.default_guidance == pipe.default_guidance
     assert loaded.learned_variance == pipe.learned_variance
     for name in ("backbone", "conditioner", "autoencoder"):
         original, copy = getattr(pipe, name), getattr(loaded, name)
@@ -419,17 +421,42 @@ def test_class_labels_out_of_range_are_rejected(label):
 
 
 def test_wrong_sample_shapes_are_rejected():
-    pipe = class_pipeline(sample_shape=(3, 8, 8))  # the unet takes 1 channel
-    with pytest.raises(ShapeError, match=r"expects x of shape \[B, 1, H, W\]"):
-        pipe.sample(1, cond=[0])
-    with pytest.raises(ShapeError, match=r"per-sample shape \(1, 8, 8\), the pipeline \(3, 8, 8\)"):
-        pipe.loss(images(2), [0, 1])
-    with pytest.raises(ShapeError, match="per-sample shape"):
+    # a shape the backbone does not take is refused when the pipeline is built, not when sampling
+    with pytest.raises(ConfigError, match=r"sample_shape \(3, 8, 8\) does not fit the UNet backbone.*\(1, 8, 8\)"):
+        class_pipeline(sample_shape=(3, 8, 8))  # the unet takes 1 channel
+    with pytest.raises(ShapeError, match=r"per-sample shape \(1, 16, 16\), the pipeline \(1, 8, 8\)"):
         class_pipeline().loss(images(2, size=16), [0, 1])
-    with pytest.raises(ConfigError, match="shape"):
-        class_pipeline(sample_shape=(1, 0, 8)).sample(1, cond=[0])
+    with pytest.raises(ConfigError, match="sample_shape must be a list of integers"):
+        class_pipeline(sample_shape=(1, 0, 8))
     with pytest.raises(ConfigError, match=r"pass sample_shape=\(C, H, W\)"):
         Pipeline(backbone=torch.nn.Conv2d(1, 1, 3, padding=1))
+    # a backbone that declares nothing takes any valid shape; the loss still checks the data
+    free = Pipeline(backbone=torch.nn.Conv2d(1, 1, 3, padding=1), sample_shape=[1, 4, 6])
+    assert free.sample_shape == (1, 4, 6)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["abc", [1, -8, 8], [1, 8], [1.0, 8, 8], [1.5, 8, 8], [True, 8, 8], [1, 2**70, 8], [1, 16, 16], [2, 8, 8], [], None],
+    ids=["string", "negative", "two-dims", "float", "fraction", "bool", "huge", "16x16-on-8x8", "channels", "empty", "null"],
+)
+def test_an_edited_sample_shape_in_pipeline_json_is_named(tmp_path, shape):
+    class_pipeline().save(tmp_path / "pipe")
+    spec_file = tmp_path / "pipe" / "pipeline.json"
+    spec = json.loads(spec_file.read_text())
+    spec_file.write_text(json.dumps({**spec, "sample_shape": shape}))
+    with pytest.raises((ConfigError, CheckpointError), match="sample_shape") as info:
+        diffkit.load_pretrained(tmp_path / "pipe")
+    assert str(spec_file) in str(info.value)
+
+
+def test_sample_shapes_are_checked_against_concat_channels_and_latents():
+    concat = {"backbone": ("unet", {**UNET, "in_channels": 2}), "conditioner": ("concat", {"channels": 1})}
+    assert Pipeline(**concat).sample_shape == (1, 8, 8)  # in_channels less the concatenated channel
+    with pytest.raises(ConfigError, match=r"less the 1 concat channel\(s\)"):
+        Pipeline(**concat, sample_shape=(2, 8, 8))
+    with pytest.raises(ConfigError, match="latents of 2 channel"):
+        Pipeline(backbone=("unet", {**UNET, "in_channels": 3, "out_channels": 3}), autoencoder=("kl", KL))
 
 
 def test_parameterization_and_objective_must_agree():

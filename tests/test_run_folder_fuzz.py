@@ -5,12 +5,10 @@ never anything else, never hang, and never change the damaged file.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from diffkit.cli import main
 from diffkit.errors import DiffkitError
 from diffkit.recipes import train_recipe
 from tests.test_run_folder import _unfinished_run
+from tests.timeouts import time_bound
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.skipif(not hasattr(signal, "SIGALRM"), reason="alarm")]
 
@@ -44,20 +43,6 @@ def damaged_versions(valid: bytes) -> st.SearchStrategy[bytes]:
     )
     huge = st.sampled_from(sorted(record)).map(lambda k: json.dumps({**record, k: 10**400}).encode())
     return st.one_of(random_json, truncated, replaced, huge, st.binary(max_size=64))
-
-
-@contextlib.contextmanager
-def time_bound(seconds: int) -> Iterator[None]:
-    def hung(signum, frame):
-        raise TimeoutError(f"the case did not finish within {seconds} s (a hang)")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="module")

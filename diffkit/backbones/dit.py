@@ -44,6 +44,7 @@ from diffkit.backbones.embeddings import (
     add_vector_embedding,
     check_conditioning,
     class_labels,
+    input_in_weight_dtype,
     sincos_position_embedding_2d,
 )
 from diffkit.backbones.layers import AdaLNModulation, Attention, FeedForward, modulate
@@ -201,7 +202,9 @@ class DiT(nn.Module):
     cond the conditioning: None for the null class, labels [B], or a
     :class:`~diffkit.conditioners.Conditioning` record, of which the model reads ``labels``
     (:func:`~diffkit.backbones.embeddings.class_labels`) and ``vector`` (with ``vector_dim``
-    > 0); a record carrying ``concat`` is an error. Returns [B, C_out, H, W].
+    > 0); a record carrying ``concat`` is an error. Returns [B, C_out, H, W]. A floating-point
+    x of any dtype is cast to the weights' dtype on entry and the output returned in x's dtype
+    (:func:`~diffkit.backbones.embeddings.input_in_weight_dtype`); a non-float x is an error.
 
     ``gradient_checkpointing`` (initialised from the config) may be switched on the module.
     """
@@ -276,6 +279,7 @@ class DiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
         cfg = self.config
+        x, x_dtype = input_in_weight_dtype(x, self.patch_embed.weight, model="DiT")  # in the weights' dtype
         expected = (cfg.in_channels, cfg.input_size, cfg.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ShapeError(f"DiT expects x of shape [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}")
@@ -299,7 +303,8 @@ class DiT(nn.Module):
             else:
                 x = block(x, c)  # (B, T, D)
         x = self.final_layer(x, c)  # (B, T, p²·C_out)
-        return self.unpatchify(x)  # (B, C_out, H, W)
+        out = self.unpatchify(x)  # (B, C_out, H, W)
+        return out if x_dtype == self.patch_embed.weight.dtype else out.to(x_dtype)
 
 
 def _timesteps(t: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:

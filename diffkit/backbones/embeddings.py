@@ -11,6 +11,8 @@
   :class:`~diffkit.conditioners.Conditioning` record (``vector``, ``concat``) and checks that it
   can use what the record carries.
 * :func:`sincos_position_embedding_2d` — the fixed 2-D sin-cos position embedding of MAE/DiT.
+* :func:`input_in_weight_dtype` — the dtype rule at every backbone's entry: a floating-point
+  ``x`` of another dtype than the weights is cast to theirs (the output goes back to x's).
 """
 
 from __future__ import annotations
@@ -23,6 +25,24 @@ import torch
 from torch import nn
 
 from diffkit.errors import ConfigError, ShapeError
+
+
+def input_in_weight_dtype(x: Any, weight: torch.Tensor, *, model: str) -> tuple[torch.Tensor, torch.dtype]:
+    """(x in the weights' dtype, x's own dtype): the cast every backbone makes at its entry.
+
+    A float64 sample into float32 weights (or float32 into a float16 model) would otherwise stop
+    at the first layer with torch's dtype-mismatch error. The backbone computes in its weights'
+    dtype (autocast, when on, still decides per op) and returns its output in x's dtype, so the
+    caller gets back what it passed in. Anything but a floating-point tensor is an error.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ShapeError(f"{model} takes x as a tensor [B, C, H, W], got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise ShapeError(
+            f"{model} takes a floating-point x (noisy samples), got a tensor of dtype {str(x.dtype).removeprefix('torch.')}; "
+            "convert images to float (e.g. x.float() / 127.5 - 1) first"
+        )
+    return (x if x.dtype == weight.dtype else x.to(weight.dtype)), x.dtype
 
 
 def timestep_embedding(

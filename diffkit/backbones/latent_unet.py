@@ -63,6 +63,7 @@ from diffkit.backbones.embeddings import (
     add_vector_embedding,
     check_conditioning,
     concat_conditioning,
+    input_in_weight_dtype,
     timestep_embedding,
 )
 from diffkit.backbones.layers import (
@@ -80,6 +81,7 @@ from diffkit.backbones.unet import (
     _int_tuple,
     _level_indices,
     _optional_int_at_least,
+    _padding,
     _positive_ints,
     _positive_real,
     _probability,
@@ -203,11 +205,11 @@ class LatentUNetConfig(PyramidGeometry):
     """E, the embedding width; ``None``: 4·ch_0."""
     timestep_cos_first: bool = attrs.field(default=True, validator=_boolean)
     """Sinusoidal features [cos, sin] (SD, diffusers' ``flip_sin_to_cos=True``) or [sin, cos]."""
-    timestep_freq_shift: int = attrs.field(default=0, validator=attrs.validators.in_((0, 1)))
+    timestep_freq_shift: int = attrs.field(default=0, validator=_padding)
     """Frequencies 10000^(−i/(half − shift)): 0 for SD."""
     dropout: float = attrs.field(default=0.0, validator=_probability)
     """Dropout in every ResBlock, before its second convolution."""
-    downsample_padding: int = attrs.field(default=1, validator=attrs.validators.in_((0, 1)))
+    downsample_padding: int = attrs.field(default=1, validator=_padding)
     """Of the stride-2 conv: 1 symmetric (SD); 0 one zero row/column at the bottom/right."""
     norm_groups: int = attrs.field(default=32, validator=_int_at_least(1))
     """GroupNorm groups (every norm, the transformers' included)."""
@@ -440,7 +442,9 @@ class LatentUNet(nn.Module):
     scalar is broadcast); cond the conditioning (see :func:`cross_attention_context`: None,
     a context [B, M, d_ctx], or a :class:`~diffkit.conditioners.Conditioning` record with
     ``context`` and ``mask``, ``vector`` (read with ``vector_dim`` > 0) and ``concat`` (x's
-    channels plus these make ``in_channels``)). Returns [B, C_out, H, W].
+    channels plus these make ``in_channels``)). Returns [B, C_out, H, W]. A floating-point x of
+    any dtype is cast to the weights' dtype on entry and the output returned in x's dtype
+    (:func:`~diffkit.backbones.embeddings.input_in_weight_dtype`); a non-float x is an error.
 
     Submodules: ``conv_in``, ``time_embed`` (``linear_1``, ``linear_2``), ``vector_embed``
     (with ``vector_dim`` > 0), ``down[ℓ]`` /
@@ -523,6 +527,7 @@ class LatentUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
         cfg = self.config
+        x, x_dtype = input_in_weight_dtype(x, self.conv_in.weight, model="LatentUNet")  # in the weights' dtype
         x = concat_conditioning(x, cond, cfg.in_channels, model="LatentUNet")  # (B, C_in, H, W): [x, concat]
         if x.shape[2] % cfg.downsample_factor or x.shape[3] % cfg.downsample_factor:
             raise ShapeError(
@@ -559,7 +564,8 @@ class LatentUNet(nn.Module):
                     h = self._run(level.attentions[i], h, context, mask)
             if level.upsample is not None:
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
+        out = self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
+        return out if x_dtype == self.conv_in.weight.dtype else out.to(x_dtype)
 
 
 # -- registry entry -------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from diffkit.backbones.embeddings import (
     check_conditioning,
     class_labels,
     concat_conditioning,
+    input_in_weight_dtype,
     timestep_embedding,
 )
 from diffkit.backbones.layers import Attention, Downsample2D, ResBlock, Upsample2D
@@ -95,6 +96,11 @@ def _probability(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 def _boolean(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{attribute.name} must be True or False, got {value!r}")
+
+
+def _padding(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or value not in (0, 1):
+        raise ConfigError(f"{attribute.name} must be 0 or 1, got {value!r}")
 
 
 def _int_tuple(value: Any) -> Any:
@@ -177,7 +183,7 @@ class UNetConfig(PyramidGeometry):
     """E, the embedding width; ``None``: 4·ch_0."""
     timestep_cos_first: bool = attrs.field(default=False, validator=_boolean)
     """Sinusoidal features [cos, sin] (ADM, diffusers' ``flip_sin_to_cos=True``) or [sin, cos] (DDPM)."""
-    timestep_freq_shift: int = attrs.field(default=1, validator=attrs.validators.in_((0, 1)))
+    timestep_freq_shift: int = attrs.field(default=1, validator=_padding)
     """Frequencies 10000^(−i/(half − shift)): 1 for DDPM, 0 for ADM."""
     num_classes: int = attrs.field(default=0, validator=_int_at_least(0))
     """Class labels 0 … num_classes−1 plus the null class ``num_classes``; 0 = unconditional."""
@@ -190,7 +196,7 @@ class UNetConfig(PyramidGeometry):
     resample: str = attrs.field(default="conv", validator=attrs.validators.in_(RESAMPLE_KINDS))
     """Down/upsampling: ``"conv"`` (stride-2 conv / nearest + conv), ``"pool"`` (average pool /
     nearest, no weights) or ``"resnet"`` (ResBlocks that resample inside, ADM's resblock_updown)."""
-    downsample_padding: int = attrs.field(default=0, validator=attrs.validators.in_((0, 1)))
+    downsample_padding: int = attrs.field(default=0, validator=_padding)
     """Of the stride-2 conv: 1 symmetric; 0 one zero row/column at the bottom/right (DDPM's TF "SAME")."""
     norm_groups: int = attrs.field(default=32, validator=_int_at_least(1))
     """GroupNorm groups (every norm)."""
@@ -375,7 +381,9 @@ class UNet(nn.Module):
     ``labels`` (:func:`~diffkit.backbones.embeddings.class_labels`), ``vector`` (with
     ``vector_dim`` > 0) and ``concat`` (x's channels plus these make ``in_channels``); it must
     be able to use the record (:func:`~diffkit.backbones.embeddings.check_conditioning`).
-    Returns [B, C_out, H, W].
+    Returns [B, C_out, H, W]. A floating-point x of any dtype is cast to the weights' dtype on
+    entry (a float64 x into a float32 model works) and the output returned in x's dtype
+    (:func:`~diffkit.backbones.embeddings.input_in_weight_dtype`); a non-float x is an error.
 
     Submodules: ``conv_in``, ``time_embed`` (``linear_1``, ``linear_2``), ``class_embed``,
     ``vector_embed`` (with ``vector_dim`` > 0),
@@ -462,6 +470,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
         cfg = self.config
+        x, x_dtype = input_in_weight_dtype(x, self.conv_in.weight, model="UNet")  # computed in the weights' dtype
         x = concat_conditioning(x, cond, cfg.in_channels, model="UNet")  # (B, C_in, H, W): [x, concat]
         if x.shape[2] % cfg.downsample_factor or x.shape[3] % cfg.downsample_factor:
             raise ShapeError(
@@ -493,7 +502,8 @@ class UNet(nn.Module):
                     h = self._run(level.attentions[i], h)
             if level.upsample is not None:
                 h = self._run(level.upsample, h, e) if cfg.resample == "resnet" else level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
+        out = self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
+        return out if x_dtype == self.conv_in.weight.dtype else out.to(x_dtype)
 
 
 def _timesteps(t: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:

@@ -12,7 +12,7 @@ import abc
 import inspect
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -75,6 +75,11 @@ class Conditioner(nn.Module, abc.ABC):
     """
 
     config: Any
+
+    inputs: ClassVar[str | None] = None
+    """What a user passes as ``cond``, in words: ``"class labels"``, ``"text"``, ``"images"``,
+    ``"timesteps"``; front ends (``diffkit sample``) use it to refuse ``--prompt`` for a
+    class-conditioned pipeline before any work. ``None``: not declared (nothing is refused)."""
 
     def __init__(self, config: Any) -> None:
         super().__init__()

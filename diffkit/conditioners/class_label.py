@@ -47,6 +47,8 @@ class ClassLabelConditioner(Conditioner):
     N(0, 0.02²) like DiT's label table; row K is the null class.
     """
 
+    inputs = "class labels"
+
     config: ClassLabelConfig
 
     def __init__(self, config: ClassLabelConfig) -> None:

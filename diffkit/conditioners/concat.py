@@ -56,6 +56,8 @@ class ConcatConfig(ModelConfig):
 class ConcatConditioner(Conditioner):
     """Images [B, C_c, H, W] (floating point) → ``Conditioning(concat=images)``."""
 
+    inputs = "images"
+
     config: ConcatConfig
 
     def __init__(self, config: ConcatConfig) -> None:

@@ -62,6 +62,8 @@ class TextConditioner(Conditioner):
     Submodules: ``encoder`` (:class:`TextEncoder`); ``tokenizer`` is a plain attribute.
     """
 
+    inputs = "text"
+
     config: TextConfig
 
     def __init__(self, config: TextConfig) -> None:

@@ -43,6 +43,8 @@ class TimestepConfig(ModelConfig):
 class TimestepConditioner(Conditioner):
     """t [B] (a real tensor or a sequence of numbers) → ``Conditioning(vector=[B, dim])`` float32."""
 
+    inputs = "timesteps"
+
     config: TimestepConfig
 
     def __init__(self, config: TimestepConfig) -> None:

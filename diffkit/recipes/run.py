@@ -45,6 +45,7 @@ from diffkit.recipes.validate import validate_recipe
 from diffkit.training import InMemoryData, TrainConfig, Trainer, TrainResult, as_training_data
 from diffkit.training.checkpoints import CHECKPOINT_DIR, list_checkpoints
 from diffkit.training.run_lock import run_lock
+from diffkit.training.trainer import check_batch_memory, default_device
 
 __all__ = ["RECIPE_FILE", "build_data", "build_pipeline", "grid_rows", "preview_conditions", "train_recipe", "write_pictures"]
 
@@ -190,10 +191,12 @@ def train_recipe(
     """
     out = Path(out_dir)
     mode = _claim_mode(resume, overwrite)
-    validate_recipe(recipe)
+    probe = validate_recipe(recipe)
     config = TrainConfig(**recipe["train"])
-    if distributed is not None:
-        check_divisible(config.batch_size, distributed.world_size)  # before any expensive stage
+    world = 1 if distributed is None else distributed.world_size
+    rank_batch = check_divisible(config.batch_size, world)  # before any expensive stage
+    where = distributed.device if distributed is not None else torch.device(device) if device else default_device()
+    check_batch_memory(probe.sample_shape, rank_batch, where)
     main = distributed is None or distributed.is_main
     with contextlib.ExitStack() as held:
         record = _claim(out, recipe, mode, main=main, held=held)
@@ -290,7 +293,13 @@ def _train_claimed(
         pipeline, data, config, out_dir=out, meta={"recipe": recipe}, progress=progress, preview=preview,
         device=device, encoded=encoded, distributed=distributed, fsdp=fsdp, compile=compile, run=record.identity(),
     )
-    result = trainer.train(resume=record.resume)
+    if record.resume:  # all ranks: the newest intact checkpoint of this run (warnings on rank 0)
+        folder = trainer.restore()
+        if main:
+            print(f"resumed from {folder} (step {trainer.step})", file=sys.stderr, flush=True)
+            if record.extended:  # only now that a checkpoint was restored: a failed resume changes nothing
+                write_run(out, record, recipe)
+    result = trainer.train()
     final = trainer.ema_pipeline()
     if main:
         final.eval()

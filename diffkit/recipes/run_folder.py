@@ -79,6 +79,8 @@ class RunRecord:
     finished_step: int | None = None
     resume: bool = False
     """True when the run continues from its checkpoints."""
+    extended: bool = False
+    """True when ``steps`` grew: the records are rewritten once a checkpoint has been restored."""
 
     def identity(self) -> dict[str, str]:
         """What every checkpoint's ``meta.json`` records under ``"run"``."""
@@ -107,12 +109,13 @@ def recipe_differences(recorded: Mapping[str, Any], requested: Mapping[str, Any]
 
 def prepare_folder(out: Path) -> None:
     """Create ``out`` (and its parents) or check it is a folder; a named error otherwise."""
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"--out {out} is a file, not a folder; pass a new or empty folder")
     try:
+        if out.exists() and not out.is_dir():
+            raise RunFolderError(f"--out {out} is a file, not a folder; pass a new or empty folder")
         out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunFolderError(f"cannot create the run folder {out}: {exc.strerror or exc}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        reason = getattr(exc, "strerror", None) or exc
+        raise RunFolderError(f"cannot create the run folder {str(out)[:200]!r}: {reason}") from exc
     if not os.access(out, os.W_OK | os.X_OK):
         raise RunFolderError(f"the run folder {out} is not writable")
 
@@ -209,9 +212,8 @@ def _resume(out: Path, recipe: Mapping[str, Any]) -> RunRecord:
         run_id=run["run_id"], recipe=str(run.get("recipe", "?")), recipe_sha256=run["recipe_sha256"],
         diffkit_version=str(run.get("diffkit_version", "?")), created=str(run.get("created", "?")),
         steps=steps, finished_step=run.get("finished_step") if steps == run["steps"] else None, resume=True,
+        extended=steps != run["steps"],
     )
-    if steps != run["steps"]:  # extended (or shortened: the trainer checks the checkpoint's step)
-        write_run(out, record, recipe)
     return record
 
 
@@ -235,7 +237,7 @@ def write_run(out: Path, record: RunRecord, recipe: Mapping[str, Any] | None = N
     a run (so ``--overwrite`` may discard it), never a bare recipe that looks like a user's file.
     """
     data = {"format_version": RUN_FORMAT_VERSION, **attrs.asdict(record)}
-    del data["resume"]
+    del data["resume"], data["extended"]
     run_text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     files = [(out / RUN_FILE, lambda tmp: tmp.write_text(run_text, encoding="utf-8"))]
     if recipe is not None:

@@ -37,8 +37,12 @@ SECTIONS = ("data", "pipeline", "backbones", "train", "sample")
 _REQUIRED_SAMPLE_KEYS = ("n", "steps", "guidance")
 
 
-def validate_recipe(recipe: Any) -> None:
-    """Raise a named :class:`~diffkit.errors.ConfigError` for anything wrong in ``recipe``."""
+def validate_recipe(recipe: Any) -> Any:
+    """Raise a named :class:`~diffkit.errors.ConfigError` for anything wrong in ``recipe``.
+
+    Returns the recipe's pipeline built on the meta device (no weights), for checks that need
+    its shapes.
+    """
     if not isinstance(recipe, Mapping):
         raise ConfigError(f"a recipe must be a JSON object of sections, got {type(recipe).__name__}")
     missing = [name for name in SECTIONS if name not in recipe]
@@ -50,7 +54,7 @@ def validate_recipe(recipe: Any) -> None:
     _validate_train(recipe)
     _validate_sample(recipe["sample"])
     _validate_data(recipe["data"])
-    _validate_components(recipe)
+    return _validate_components(recipe)
 
 
 def _validate_train(recipe: Mapping[str, Any]) -> None:
@@ -142,7 +146,7 @@ def _validate_data(data: Mapping[str, Any]) -> None:
         raise UnknownNameError("data source (data.name)", name, DATA_SOURCES)
 
 
-def _validate_components(recipe: Mapping[str, Any]) -> None:
+def _validate_components(recipe: Mapping[str, Any]) -> Any:
     """Build the pipeline the recipe describes with its networks on the meta device."""
     from diffkit.recipes.run import build_pipeline, preview_conditions
 
@@ -176,6 +180,7 @@ def _validate_components(recipe: Mapping[str, Any]) -> None:
 
                 registry.build("autoencoder", "kl", **recipe["autoencoder"]["config"])
             preview_conditions(pipeline, 1, recipe)
+        return pipeline
     except DiffkitError:
         raise
     except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as error:

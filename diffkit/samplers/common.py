@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
@@ -23,6 +24,44 @@ Callback = Callable[[dict[str, Any]], None]
 
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed keeps 64 bits
+META_SIGMAS = (
+    "sigmas are on the meta device, which holds shapes but no values; pass the noise levels as numbers "
+    "or as a CPU tensor"
+)
+
+
+def is_integer(value: Any) -> bool:
+    """True for an integer (Python or NumPy) that is not a bool (True is not the number 1 here)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def as_generator(generator: Any, *, what: str = "generator") -> Generator:
+    """The noise source a sampler takes, from what a user may pass as ``generator``.
+
+    * None: torch's global generator;
+    * a ``torch.Generator``: used as it is;
+    * a list or tuple of ``torch.Generator``: one per sample (the caller checks the count);
+    * an integer seed in 0 … 2**64 − 1: a fresh CPU generator seeded with it.
+
+    Negative seeds are refused although ``manual_seed`` takes them: torch wraps them modulo
+    2**64 (−1 is the seed 2**64 − 1), so two different numbers would give one noise stream.
+    Floats, strings, bools and seeds beyond 64 bits are a :class:`ConfigError` naming the range.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if is_integer(generator):
+        if not 0 <= generator <= SEED_MAX:
+            why = " (a negative seed is refused: torch would wrap it onto a positive one)" if generator < 0 else ""
+            raise ConfigError(f"{what} seed must be an integer in 0 … 2**64−1 = {SEED_MAX}, got {generator}{why}")
+        return torch.Generator().manual_seed(int(generator))
+    if isinstance(generator, (list, tuple)) and generator and all(isinstance(g, torch.Generator) for g in generator):
+        return list(generator)
+    shown = repr(generator) if len(repr(generator)) <= 60 else repr(generator)[:59] + "…"
+    raise ConfigError(
+        f"{what} must be None, an integer seed in 0 … 2**64−1, a torch.Generator or a non-empty list of them "
+        f"(one per sample), got {shown} ({type(generator).__name__})"
+    )
 
 
 def float32_state(sampler: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -51,6 +90,8 @@ def sigma_levels(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
     """
     # a Python list stays float64 (torch.as_tensor would round it to float32)
     s = sigmas.detach() if isinstance(sigmas, torch.Tensor) else torch.as_tensor(sigmas, dtype=torch.float64)
+    if s.is_meta:
+        raise ConfigError(META_SIGMAS)
     if s.ndim != 1 or s.numel() < 2:
         raise ConfigError(f"sigmas must be a 1-D sequence of at least 2 values ending at 0, got shape {tuple(s.shape)}")
     levels = s.to("cpu", torch.float64).tolist()

@@ -20,6 +20,7 @@ import attrs
 import torch
 
 from diffkit.errors import ConfigError
+from diffkit.samplers.common import is_integer
 from diffkit.schedules.betas import rescale_to_zero_terminal_snr
 from diffkit.schedules.grids import spacing_grid
 from diffkit.schedules.sigma_spacing import SIGMA_SPACINGS
@@ -32,12 +33,18 @@ from diffkit.schedules.spacing import check_timesteps, spaced_timesteps
 ALPHA_BAR_FLOOR = 2.0**-24
 
 
-def _positive_int(minimum: int):
-    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-            raise ConfigError(f"{attribute.name} must be an integer ≥ {minimum}, got {value!r}")
+# The largest T a schedule accepts. Published checkpoints use 1000 (DDPM, Stable Diffusion,
+# DiT); a table of 100 000 float64 entries is under a megabyte, while 10**10 would ask for
+# 80 GB before anything else happened.
+MAX_TRAIN_TIMESTEPS = 100_000
 
-    return validate
+
+def _train_timesteps(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not is_integer(value) or not 2 <= value <= MAX_TRAIN_TIMESTEPS:
+        raise ConfigError(
+            f"{attribute.name} must be an integer in 2 … {MAX_TRAIN_TIMESTEPS} (published checkpoints use 1000), "
+            f"got {value!r}"
+        )
 
 
 def unit_interval(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -51,23 +58,46 @@ class DiscreteSchedule:
     """Base class of the built-in schedules; subclasses implement :meth:`raw_betas`.
 
     Args:
-        num_train_timesteps: T, the number of training timesteps (≥ 2).
+        num_train_timesteps: T, the number of training timesteps, 2 … :data:`MAX_TRAIN_TIMESTEPS`
+            (100 000); checked before any table is built.
         rescale_zero_terminal_snr: rescale ᾱ so that ᾱ_{T−1} = 0 (Lin et al. 2024, Alg. 1).
     """
 
-    num_train_timesteps: int = attrs.field(default=1000, validator=_positive_int(2))
+    num_train_timesteps: int = attrs.field(default=1000, validator=_train_timesteps)
     rescale_zero_terminal_snr: bool = attrs.field(
         default=False, validator=attrs.validators.instance_of(bool)
     )
 
     def __attrs_post_init__(self) -> None:
         raw = self.raw_betas()
-        if raw.shape != (self.num_train_timesteps,) or not torch.isfinite(raw).all():
-            raise ConfigError(f"{type(self).__name__} produced invalid betas: {raw}")
+        name = type(self).__name__
+        if not isinstance(raw, torch.Tensor) or tuple(raw.shape) != (self.num_train_timesteps,):
+            got = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
+            raise ConfigError(f"{name}.raw_betas() returned {got}; it must return a tensor of shape [T] = "
+                              f"[{self.num_train_timesteps}]")
+        finite = torch.isfinite(raw)
+        if not bool(finite.all()):
+            first = int((~finite).nonzero()[0, 0])
+            raise ConfigError(
+                f"{name} produced {int((~finite).sum())} non-finite betas of {raw.numel()} (beta[{first}] = "
+                f"{float(raw[first])}); check its options"
+            )
         if not bool(((raw > 0) & (raw < 1)).all()):
             raise ConfigError(
                 f"{type(self).__name__} betas must lie in (0, 1); got min {float(raw.min()):g} "
                 f"and max {float(raw.max()):g} — check beta_start/beta_end"
+            )
+        # Many timesteps with large β drive ᾱ below float64's range: σ becomes inf (or NaN after
+        # the zero-terminal-SNR rescale) and every sampler would return garbage. Refuse it here.
+        sigmas = self.sigmas
+        good = torch.isfinite(sigmas)
+        good[1:] &= sigmas[1:] > sigmas[:-1]
+        if not bool(good.all()):
+            first = int((~good).nonzero()[0, 0])
+            raise ConfigError(
+                f"{name} with num_train_timesteps={self.num_train_timesteps}: ᾱ_t underflows in float64 from "
+                f"t = {first} on (σ_{first} = {float(sigmas[first]):g}), so its σ table is not finite and increasing; "
+                "use fewer training timesteps or smaller betas"
             )
 
     def raw_betas(self) -> torch.Tensor:

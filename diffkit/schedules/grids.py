@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from diffkit.errors import ConfigError, UnknownNameError, check_choice
+from diffkit.samplers.common import META_SIGMAS
 from diffkit.schedules import sigma_spacing
 from diffkit.schedules.spacing import spaced_timesteps
 
@@ -153,8 +154,16 @@ def user_sigmas(sigmas: Any) -> torch.Tensor:
         s = sigmas.detach() if isinstance(sigmas, torch.Tensor) else torch.as_tensor(sigmas, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"sigmas must be a 1-D sequence of numbers, got {type(sigmas).__name__}: {exc}") from exc
+    if s.is_meta:
+        raise ConfigError(META_SIGMAS)
     if s.ndim != 1 or s.numel() == 0 or s.dtype == torch.bool or s.is_complex():
         raise ConfigError(f"sigmas must be a non-empty 1-D sequence of real numbers, got shape {tuple(s.shape)}")
+    if isinstance(sigmas, torch.Tensor) and not s.is_floating_point():
+        # an integer tensor is far more often training timesteps passed to the wrong argument
+        raise ConfigError(
+            f"sigmas is a tensor of dtype {str(s.dtype).removeprefix('torch.')}; noise levels are real numbers: pass a "
+            "floating-point tensor (or, for training timesteps such as [999, 499], pass them as timesteps=)"
+        )
     levels = s.to("cpu", torch.float64).tolist()
     for i, value in enumerate(levels):
         if not math.isfinite(value) or value < 0:

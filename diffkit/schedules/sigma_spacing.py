@@ -32,6 +32,7 @@ from collections.abc import Callable
 import torch
 
 from diffkit.errors import ConfigError
+from diffkit.samplers.common import is_integer
 
 SigmaSpacing = Callable[..., torch.Tensor]
 
@@ -104,10 +105,15 @@ def _positive_finite(name: str, value: object) -> float:
     return number
 
 
+# σ spacings are not capped at T (σ is continuous), but a grid is a host table of steps + 1
+# float64 values and each step one network call: 100 000 is far past any useful count.
+MAX_SIGMA_STEPS = 100_000
+
+
 def check_sigma_steps(steps: object) -> int:
-    """``steps`` for a σ spacing: any integer ≥ 1 (not capped at T: σ is continuous)."""
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ConfigError(f"steps must be an integer ≥ 1 for a σ spacing, got {steps!r}")
+    """``steps`` for a σ spacing: an integer in 1 … :data:`MAX_SIGMA_STEPS` (not capped at T)."""
+    if not is_integer(steps) or not 1 <= steps <= MAX_SIGMA_STEPS:
+        raise ConfigError(f"steps must be an integer ≥ 1 and ≤ {MAX_SIGMA_STEPS} for a σ spacing, got {steps!r}")
     return int(steps)
 
 

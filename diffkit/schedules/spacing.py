@@ -88,6 +88,8 @@ def spaced_timesteps(
 def check_timesteps(timesteps: object, num_train_timesteps: int) -> torch.Tensor:
     """User-given timesteps as an int64 tensor, strictly decreasing, inside 0..T−1."""
     t = torch.as_tensor(timesteps)
+    if t.is_meta:
+        raise ConfigError("timesteps are on the meta device, which holds no values; pass them as integers or a CPU tensor")
     if t.ndim != 1 or t.numel() == 0:
         raise ConfigError(f"timesteps must be a non-empty 1-D sequence, got shape {tuple(t.shape)}")
     if t.is_floating_point():

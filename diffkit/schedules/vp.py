@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import attrs
@@ -56,8 +57,8 @@ class CosineSchedule(DiscreteSchedule):
 
 
 def _finite_real(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
-        raise ConfigError(f"{attribute.name} must be a real number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ConfigError(f"{attribute.name} must be a finite real number, got {value!r}")
 
 
 def _above_low(instance: "SigmoidSchedule", attribute: attrs.Attribute, value: float) -> None:

@@ -113,10 +113,13 @@ def stage_checkpoint(root: str | os.PathLike[str], step: int) -> Path:
     save), then :func:`commit_checkpoint` completes it.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(root)
     staging = root / f".{checkpoint_name(step)}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
-    staging.mkdir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(root)
+        staging.mkdir()
+    except OSError as exc:
+        raise _write_error(root / checkpoint_name(step), exc) from exc
     return staging
 
 

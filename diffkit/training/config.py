@@ -14,10 +14,12 @@ from diffkit.precision import PRECISIONS
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def _int_at_least(minimum: int) -> Callable[[Any, attrs.Attribute, Any], None]:
+def _int_at_least(minimum: int, *, at_most: int | None = None) -> Callable[[Any, attrs.Attribute, Any], None]:
     def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ConfigError(f"{attribute.name} must be an integer ≥ {minimum}, got {value!r}")
+        if at_most is not None and value > at_most:
+            raise ConfigError(f"{attribute.name} must be an integer in [{minimum}, {at_most}], got {value!r}")
 
     return validate
 
@@ -80,7 +82,7 @@ class TrainConfig:
     grad_clip: float = attrs.field(default=1.0, validator=_number_in(0, math.inf, high_open=True))
     """Clip the global gradient norm to this value (0 = off)."""
     ema_decay: float = attrs.field(default=0.999, validator=_number_in(0, 1, high_open=True))
-    seed: int = attrs.field(default=0, validator=_int_at_least(0))
+    seed: int = attrs.field(default=0, validator=_int_at_least(0, at_most=2**63 - 1))
     save_every: int = attrs.field(default=500, validator=_int_at_least(0))
     """Checkpoint every N steps (0 = only at the end)."""
     keep_last: int = attrs.field(default=2, validator=_int_at_least(1))

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from diffkit.errors import ConfigError, ShapeError
+from diffkit.errors import ConfigError, NonFiniteError, ShapeError
 
 _EPOCH_STRIDE = 1_000_003  # decorrelates the seeds of consecutive epochs of nearby runs
 
@@ -36,6 +36,13 @@ class InMemoryData:
             raise ConfigError("the training data is empty")
         if cond is not None and len(cond) != len(images):
             raise ShapeError(f"{len(images)} images but {len(cond)} conditioning inputs")
+        finite = torch.isfinite(images)
+        if not bool(finite.all()):  # once, here: a NaN in the data would surface as a NaN loss much later
+            bad = (~finite).flatten(1).any(dim=1).nonzero().flatten()
+            raise NonFiniteError(
+                f"the training data holds NaN or infinite values in {len(bad)} of {len(images)} images "
+                f"(indices {', '.join(map(str, bad[:5].tolist()))}{', …' if len(bad) > 5 else ''}); clean or drop them"
+            )
         self.images = images
         self.cond = cond
 

@@ -75,6 +75,8 @@ def _open_lock_file(path: Path) -> int:
         # no O_TRUNC: the holder's record must survive a failed attempt by someone else
         return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as exc:
+        if path.is_symlink():
+            raise RunFolderError(f"the lock file {path} is a symbolic link; refusing to follow it (remove it)") from exc
         raise RunFolderError(
             f"cannot create the lock file {path} ({exc.strerror or exc}); the run folder must be a writable folder"
         ) from exc
@@ -87,7 +89,7 @@ def run_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
     Raises :class:`~diffkit.errors.RunInUseError` at once, naming the holder, when another
     process holds it.
     """
-    path = (Path(folder) / LOCK_FILE).resolve()
+    path = _lock_path(folder)
     held = _HELD.get(path)
     if held is not None:  # re-entered by this process
         held[1] += 1
@@ -116,4 +118,10 @@ def run_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
 
 def holds_lock(folder: str | os.PathLike[str]) -> bool:
     """True when this process holds the lock of ``folder``."""
-    return (Path(folder) / LOCK_FILE).resolve() in _HELD
+    return _lock_path(folder) in _HELD
+
+
+def _lock_path(folder: str | os.PathLike[str]) -> Path:
+    """The lock file of ``folder``: the folder resolved, the file itself not (a symlink named
+    ``run.lock`` is refused by ``O_NOFOLLOW``, never followed to someone's file)."""
+    return Path(folder).resolve() / LOCK_FILE

@@ -69,7 +69,7 @@ from diffkit.training.ema import EMA
 from diffkit.training.rng import step_seed
 from diffkit.training.run_lock import run_lock
 
-__all__ = ["LR_SCHEDULES", "PRECISIONS", "PreviewHook", "TrainConfig", "TrainResult", "Trainer"]
+__all__ = ["LR_SCHEDULES", "PRECISIONS", "PreviewHook", "TrainConfig", "TrainResult", "Trainer", "check_batch_memory"]
 
 
 @attrs.frozen
@@ -145,6 +145,7 @@ class Trainer:
         self.device = self.context.device
         self.rank_batch = check_divisible(config.batch_size, self.context.world_size)
         self.data: InMemoryData = as_training_data(data)
+        check_batch_memory(tuple(self.data.images.shape[1:]), self.rank_batch, self.device, self.data.images.dtype)
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.meta = dict(meta or {})
         self.progress = progress and self.context.is_main
@@ -480,13 +481,30 @@ class Trainer:
 
 def _context(distributed: DistributedContext | None, device: torch.device | str | None) -> DistributedContext:
     if distributed is None:
-        chosen = torch.device(device) if device is not None else _default_device()
+        chosen = torch.device(device) if device is not None else default_device()
         return DistributedContext(device=chosen)
     if device is not None and torch.device(device) != distributed.device:
         raise ConfigError(
             f"device={device} differs from the distributed context's device {distributed.device}; pass one of them"
         )
     return distributed
+
+
+def check_batch_memory(
+    example_shape: tuple[int, ...], rank_batch: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> None:
+    """Refuse a micro-batch whose inputs alone cannot fit in ``device``'s memory (a floor:
+    activations come on top); nothing is checked where the free memory cannot be told."""
+    from diffkit.sampling import available_memory
+
+    needed = rank_batch * math.prod(example_shape) * torch.empty((), dtype=dtype, device="meta").element_size()
+    available = available_memory(device)
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"train.batch_size gives {rank_batch} examples of shape {example_shape} per rank; their inputs alone need "
+            f"{needed / 1e9:.3g} GB on {device}, {available / 1e9:.3g} GB is available. Use a smaller "
+            "train.batch_size (and train.accumulation to keep the effective batch)"
+        )
 
 
 def _prefer_channels_last(pipeline: Any, device: torch.device) -> bool:
@@ -498,7 +516,7 @@ def _prefer_channels_last(pipeline: Any, device: torch.device) -> bool:
     return use_channels_last(pipeline.backbone)
 
 
-def _default_device() -> torch.device:
+def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

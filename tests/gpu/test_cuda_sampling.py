@@ -81,7 +81,7 @@ def test_guided_sampling_loop_never_syncs(cuda, backbone, sampler, precision):
     def run():
         return diffkit.sample(
             guided, (BATCH, *pipe.sample_shape), cond=record, schedule=pipe.schedule, sampler=sampler,
-            steps=6, generator=generator, device=cuda,
+            steps=6, generator=generator, device=cuda, check_finite=False,  # (the one read of the output check)
         )
 
     out = sync_free_run(run, precision)

@@ -113,6 +113,8 @@ class MiniLMConditioner(Conditioner):
     ``encoder`` (only when ``freeze`` is False); ``tokenizer`` is a plain attribute.
     """
 
+    inputs = "text"
+
     config: MiniLMConfig
 
     def __init__(self, config: MiniLMConfig) -> None:
