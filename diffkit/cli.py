@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from diffkit import registry
 from diffkit.errors import DiffkitError, UnknownNameError
 
-CHECKABLE_KINDS = ("sampler", "schedule")
+CHECKABLE_KINDS = ("sampler", "schedule", "spacing")
 DEBUG_VARIABLE = "DIFFKIT_DEBUG"
 DESCRIPTION = (
     "diffkit: diffusion models where every component is a plugin and every equation is checked. "
@@ -91,13 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list registered components and their plugins")
     listing.add_argument("kind", nargs="?", help=f"one kind, singular or plural: {kinds}")
     listing.set_defaults(run=_list)
-    check = commands.add_parser("check", help="run the conformance checks on samplers or schedules")
+    check = commands.add_parser("check", help="run the conformance checks on samplers, schedules or spacings")
     check.add_argument("names", nargs="+", metavar="NAME", help="registered name, optionally KIND:NAME")
     check.add_argument("--quick", action="store_true", help="fewer steps and samples (faster, less strict)")
     check.add_argument("--order", type=float, help="convergence order to require (default: the entry's order=)")
     check.add_argument(
         "-o", "--option", action="append", default=[], metavar="KEY=VALUE",
-        help="a sampler option for every run, e.g. -o eta=1.0 (VALUE is read as JSON, else as text)",
+        help="a sampler or spacing option for every run, e.g. -o eta=1.0 or -o rho=5 (VALUE is read as JSON, else as text)",
     )
     check.set_defaults(run=_check)
     from diffkit.cli_run import add_commands
@@ -140,10 +140,12 @@ def _resolve(name: str) -> tuple[str, str]:
         return kind, bare
     found = [kind for kind in CHECKABLE_KINDS if name in registry.names(kind)]
     if len(found) > 1:
-        raise DiffkitError(f"{name!r} is both a sampler and a schedule; write sampler:{name} or schedule:{name}")
+        raise DiffkitError(
+            f"{name!r} is a {' and a '.join(found)}; write {' or '.join(f'{kind}:{name}' for kind in found)}"
+        )
     if not found:
         every = [n for kind in CHECKABLE_KINDS for n in registry.names(kind)]
-        raise registry.default_host().unknown_name_error("sampler or schedule", name, every)
+        raise registry.default_host().unknown_name_error("sampler, schedule or spacing", name, every)
     return found[0], name
 
 
@@ -169,8 +171,12 @@ def _check(args: argparse.Namespace) -> int:
     for kind, name in targets:
         if kind == "sampler":
             report = testing.check_sampler(name, options=options, quick=args.quick, order=args.order)
-        else:
+        elif kind == "spacing":
+            report = testing.check_spacing(name, options=options)
+        elif kind == "schedule":
             report = testing.check_schedule(name)
+        else:
+            raise DiffkitError(f"diffkit check runs on {', '.join(CHECKABLE_KINDS)}; {kind}:{name} has no checks")
         print(report.format())
         all_ok &= report.ok
         skipped += sum(1 for result in report.results if result.skipped)

@@ -24,6 +24,12 @@ What each kind of object must be:
 ``schedule``
     A callable (usually a frozen attrs class) that, called with keyword configuration,
     returns a :class:`diffkit.schedules.Schedule`.
+``spacing``
+    A grid function ``fn(schedule, steps, **options) -> sigmas``: float64 σ [steps + 1],
+    strictly decreasing, ending at exactly 0, whose keyword-only parameters are its options
+    (the schedule gives ``num_train_timesteps``, the ``sigmas`` table [T] and
+    ``sigmas_from_timesteps``). A spacing placed at training timesteps also registers
+    ``timesteps=fn(T, steps, **options) -> int64 [steps]``. diffkit checks every grid it returns.
 ``sampler``
     A function with the sampler contract
     ``fn(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, **options) -> x0``:
@@ -66,6 +72,16 @@ def diffkit_register_schedules(schedules: Registrar) -> None:
 
     The object, called with keyword configuration, returns a schedule (a ᾱ_t table over
     the training timesteps plus the spacings that turn N steps into decreasing σ).
+    """
+
+
+@hookspec
+def diffkit_register_spacings(spacings: Registrar) -> None:
+    """Add spacings: ``spacings.add("karras", karras_grid, paper="Karras et al. 2022")``.
+
+    The object is a grid function ``fn(schedule, steps, **options) -> σ [steps + 1]`` (see this
+    module's docstring); ``schedule.sigmas_for(steps, name)`` and ``diffkit.sample(spacing=name)``
+    then use it, and ``diffkit check spacing:NAME`` holds it to the grid contract.
     """
 
 

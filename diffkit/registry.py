@@ -36,7 +36,14 @@ from diffkit import hookspecs
 from diffkit.errors import ConfigError, ConflictError, DiffkitError, PluginError, UnknownNameError
 
 ENTRY_POINT_GROUP = "diffkit"
-KINDS: tuple[str, ...] = ("schedule", "sampler", "backbone", "conditioner", "autoencoder")
+KINDS: tuple[str, ...] = ("schedule", "spacing", "sampler", "backbone", "conditioner", "autoencoder")
+
+# Kinds whose entries are functions: ``build`` binds options to them (functools.partial)
+# instead of calling them; the arguments every call passes are not options.
+FUNCTION_ARGUMENTS: Mapping[str, frozenset[str]] = MappingProxyType({
+    "sampler": frozenset({"denoiser", "x", "sigmas", "cond", "generator", "callback"}),
+    "spacing": frozenset({"schedule", "steps"}),
+})
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "diffkit.schedules.builtin",
     "diffkit.samplers.builtin",
@@ -57,6 +64,7 @@ METADATA_KEYS: dict[str, str] = {
     "options": "an attrs class documenting the keyword options / configuration",
     "order": "the convergence order a sampler claims (the conformance kit then requires it)",
     "paper": "the citation of the method, e.g. 'Song et al. 2021'",
+    "timesteps": "for a spacing placed at training timesteps: fn(T, steps, **options) -> int64 timesteps [steps]",
 }
 
 
@@ -417,13 +425,13 @@ def names(kind: str) -> list[str]:
 def build(kind: str, name: str, **config: Any) -> Any:
     """An instance of the ``kind`` entry ``name`` configured from keyword arguments.
 
-    For samplers this is the sampler function with its options bound
+    For samplers and spacings this is the function with its options bound
     (``functools.partial``); for other kinds it is ``obj(**config)``. Unknown keywords raise
     :class:`~diffkit.errors.ConfigError` listing the valid ones.
     """
     entry = get_entry(kind, name)
     _check_keywords(entry, config)
-    if entry.kind == "sampler":
+    if entry.kind in FUNCTION_ARGUMENTS:
         _check_option_values(entry, config)
         return functools.partial(entry.obj, **config)
     return entry.obj(**config)
@@ -440,9 +448,9 @@ def _check_option_values(entry: Entry, options: Mapping[str, Any]) -> None:
     try:
         entry.options(**given)
     except DiffkitError as error:
-        raise ConfigError(f"sampler {entry.name!r}: {error}") from error
+        raise ConfigError(f"{entry.kind} {entry.name!r}: {error}") from error
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"sampler {entry.name!r}: an option has the wrong type or value ({error})") from error
+        raise ConfigError(f"{entry.kind} {entry.name!r}: an option has the wrong type or value ({error})") from error
 
 
 def _check_keywords(entry: Entry, config: Mapping[str, Any]) -> None:
@@ -453,7 +461,7 @@ def _check_keywords(entry: Entry, config: Mapping[str, Any]) -> None:
     params = signature.parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
-    fixed = {"denoiser", "x", "sigmas", "cond", "generator", "callback"} if entry.kind == "sampler" else set()
+    fixed = FUNCTION_ARGUMENTS.get(entry.kind, frozenset())
     valid = [n for n, p in params.items() if n not in fixed and p.kind is not p.VAR_POSITIONAL]
     unknown = [key for key in config if key not in valid]
     if unknown:

@@ -24,14 +24,13 @@ from diffkit import registry
 from diffkit.errors import ConfigError, InsufficientMemoryError, NonFiniteError, ShapeError
 from diffkit.samplers.common import Callback, Generator, as_generator, check_flag, is_integer, randn_like
 from diffkit.schedules.base import DiscreteSchedule
-from diffkit.schedules.grids import user_sigmas
+from diffkit.schedules.spacings import DEFAULT_SPACING, user_sigmas
 from diffkit.state_dicts import available_devices, check_device
 
-# The recommended defaults (docs/benchmarks.md, "Accuracy against NFE"): UniPC is the most
-# accurate built-in at 5–50 NFE on the benchmark data, with diffusers' identical solver; the
-# `trailing` spacing starts at the table's σ_max (pure noise), which `leading` never does.
+# The recommended default (docs/benchmarks.md, "Accuracy against NFE"): UniPC is the most
+# accurate built-in at 5–50 NFE on the benchmark data, with diffusers' identical solver. The
+# default spacing is the schedules' own (diffkit.schedules.DEFAULT_SPACING, `trailing`).
 DEFAULT_SAMPLER = "unipc"
-DEFAULT_SPACING = "trailing"
 
 
 def sample(

@@ -136,7 +136,7 @@ def test_grid_is_valid(fitted, schedule):
         log_gaps = torch.log(sigmas[:-2] / sigmas[1:-1])
         mean_gap = math.log(schedule.sigma_max / schedule.sigma_min) / STEPS
         assert float(log_gaps.min()) >= MIN_GAP_FRACTION * mean_gap * (1 - 1e-9)
-        assert diffkit.schedules.grids.user_sigmas(sigmas).equal(sigmas)  # what sample(sigmas=) accepts
+        assert diffkit.schedules.spacings.user_sigmas(sigmas).equal(sigmas)  # what sample(sigmas=) accepts
 
 
 def small_problem(linear, **overrides) -> dict:

@@ -238,7 +238,7 @@ def test_ddim_matches_diffusers_ddim_scheduler(schedule_name, peer_name, eta):
     expected = _diffusers_loop(peer, model, x_t.clone(), generator=torch.Generator().manual_seed(5)) if eta == 0 else None
     denoiser = diffkit.VPDenoiser(model, schedule, "eps")
     sigmas = schedule.sigmas_for(25, "leading")
-    np.testing.assert_array_equal(schedule.timesteps(25).numpy(), peer.timesteps.numpy())
+    np.testing.assert_array_equal(schedule.timesteps(25, "leading").numpy(), peer.timesteps.numpy())
     if eta == 0:
         ours = ddim(denoiser, x_t * math.sqrt(1 + float(sigmas[0]) ** 2), sigmas)
         torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-9)

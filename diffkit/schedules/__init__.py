@@ -1,7 +1,6 @@
 """Noise schedules: ᾱ_t tables and the spacings that turn N steps into a σ sequence."""
 
 from diffkit.schedules.base import ALPHA_BAR_FLOOR, DiscreteSchedule
-from diffkit.schedules.grids import SPACINGS, spacing_options
 from diffkit.schedules.optimize import (
     ReferenceWarning,
     SigmaOptimization,
@@ -9,8 +8,14 @@ from diffkit.schedules.optimize import (
     optimize_sigmas_report,
     reference_endpoint,
 )
-from diffkit.schedules.sigma_spacing import SIGMA_SPACINGS
-from diffkit.schedules.spacing import TIMESTEP_SPACINGS
+from diffkit.schedules.spacings import (
+    DEFAULT_SPACING,
+    SIGMA_SPACINGS,
+    SPACINGS,
+    TIMESTEP_SPACINGS,
+    places_timesteps,
+    spacing_options,
+)
 from diffkit.schedules.vp import (
     CosineSchedule,
     LinearSchedule,
@@ -23,6 +28,7 @@ Schedule = DiscreteSchedule
 __all__ = [
     "ALPHA_BAR_FLOOR",
     "CosineSchedule",
+    "DEFAULT_SPACING",
     "DiscreteSchedule",
     "LinearSchedule",
     "ReferenceWarning",
@@ -34,6 +40,7 @@ __all__ = [
     "SigmoidSchedule",
     "TIMESTEP_SPACINGS",
     "optimize_sigmas",
+    "places_timesteps",
     "optimize_sigmas_report",
     "reference_endpoint",
     "spacing_options",

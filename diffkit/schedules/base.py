@@ -22,9 +22,7 @@ import torch
 from diffkit.errors import ConfigError
 from diffkit.samplers.common import is_integer
 from diffkit.schedules.betas import rescale_to_zero_terminal_snr
-from diffkit.schedules.grids import spacing_grid
-from diffkit.schedules.sigma_spacing import SIGMA_SPACINGS
-from diffkit.schedules.spacing import check_timesteps, spaced_timesteps
+from diffkit.schedules.spacings import DEFAULT_SPACING, check_timesteps, spacing_grid, spacing_timesteps
 
 # With zero terminal SNR ᾱ_{T−1} = 0 and σ_{T−1} = ∞. The σ table replaces that one zero by
 # min(2⁻²⁴, ᾱ_{T−2}/2) (σ ≥ 4096, as diffusers does, yet still above σ_{T−2} so the table
@@ -142,29 +140,30 @@ class DiscreteSchedule:
 
     # -- inference grids ------------------------------------------------------------------
 
-    def timesteps(self, steps: int, spacing: str = "leading", *, steps_offset: int = 0) -> torch.Tensor:
+    def timesteps(
+        self, steps: int, spacing: str = DEFAULT_SPACING, *, steps_offset: int = 0, **options: Any
+    ) -> torch.Tensor:
         """The decreasing int64 training timesteps [steps] an N-step sampler visits.
 
-        Only for the timestep spacings (``leading``, ``trailing``, ``linspace``); σ spacings
-        place continuous σ, whose fractional timesteps are ``sigma_to_t(sigmas_for(...)[:-1])``.
+        Only for spacings placed at training timesteps (``leading``, ``trailing``,
+        ``linspace``, and plugins that register ``timesteps=``); σ spacings place continuous
+        σ, whose fractional timesteps are ``sigma_to_t(sigmas_for(...)[:-1])``.
         """
-        if spacing in SIGMA_SPACINGS:
-            raise ConfigError(
-                f"{spacing!r} is a σ spacing: it places continuous σ, not training timesteps; use "
-                f"sigmas_for(steps, {spacing!r}) and sigma_to_t for the fractional timesteps"
-            )
-        return spaced_timesteps(self.num_train_timesteps, steps, spacing, steps_offset)
+        if not (type(steps_offset) is int and steps_offset == 0):
+            options["steps_offset"] = steps_offset
+        return spacing_timesteps(self.num_train_timesteps, steps, spacing, options)
 
     def sigmas_for(
-        self, steps: int, spacing: str = "leading", *, steps_offset: int = 0, **options: Any
+        self, steps: int, spacing: str = DEFAULT_SPACING, *, steps_offset: int = 0, **options: Any
     ) -> torch.Tensor:
         """The σ sequence for an N-step sampler: float64 CPU [steps + 1], strictly decreasing, last 0.
 
         Args:
             steps: N. Timestep spacings take 1..T; σ spacings any integer ≥ 1.
-            spacing: a name in :data:`diffkit.schedules.SPACINGS` — ``leading``, ``trailing``,
-                ``linspace`` (σ at table timesteps, diffusers' definitions) or ``karras``,
-                ``exponential``, ``logsnr_uniform`` (continuous σ between the table's ends).
+            spacing: a registered spacing (:data:`diffkit.schedules.SPACINGS`; default
+                ``trailing``) — ``leading``, ``trailing``, ``linspace`` (σ at table timesteps,
+                diffusers' definitions), ``karras``, ``exponential``, ``logsnr_uniform``
+                (continuous σ between the table's ends), or a plugin's.
             steps_offset: added to ``leading`` timesteps (1 for Stable Diffusion); 0 is
                 accepted by every spacing, anything else only by ``leading``.
             **options: the spacing's own options, e.g. ``rho=5.0`` for ``karras`` and

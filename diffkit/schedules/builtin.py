@@ -1,9 +1,10 @@
-"""Registers the built-in schedules through the same hook a third-party plugin uses."""
+"""Registers the built-in schedules and spacings through the same hook a third-party plugin uses."""
 
 from __future__ import annotations
 
 from diffkit.hookspecs import hookimpl
 from diffkit.registry import Registrar
+from diffkit.schedules.spacings import register_builtin_spacings
 from diffkit.schedules.vp import (
     CosineSchedule,
     LinearSchedule,
@@ -18,3 +19,8 @@ def diffkit_register_schedules(schedules: Registrar) -> None:
     schedules.add("scaled_linear", ScaledLinearSchedule, options=ScaledLinearSchedule)
     schedules.add("cosine", CosineSchedule, options=CosineSchedule)
     schedules.add("sigmoid", SigmoidSchedule, options=SigmoidSchedule)
+
+
+@hookimpl
+def diffkit_register_spacings(spacings: Registrar) -> None:
+    register_builtin_spacings(spacings)

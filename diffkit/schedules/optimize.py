@@ -55,6 +55,7 @@ import torch
 
 from diffkit.errors import ConfigError, UnknownNameError
 from diffkit.schedules.base import DiscreteSchedule
+from diffkit.schedules.spacings import SIGMA_SPACINGS, SPACINGS, check_sigma_range, user_sigmas
 
 Denoiser = Callable[..., torch.Tensor]
 SamplerFn = Callable[..., torch.Tensor]
@@ -436,8 +437,6 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
 
 def _sigma_range(schedule: DiscreteSchedule | None, sigma_max: Any, sigma_min: Any) -> tuple[float, float]:
     """(σ_max, σ_min): the given values, else the schedule's table ends; positive, finite, ordered."""
-    from diffkit.schedules.sigma_spacing import check_sigma_range
-
     if schedule is not None and not hasattr(schedule, "sigmas"):
         raise ConfigError(f"schedule must be a registered name or a schedule object, got {type(schedule).__name__}")
     missing = [n for n, v in (("sigma_max", sigma_max), ("sigma_min", sigma_min)) if v is None]
@@ -534,16 +533,16 @@ def _starting_grid(
     initial: Any, steps: int, schedule: DiscreteSchedule | None, high: float, low: float
 ) -> torch.Tensor:
     """One starting grid [steps + 1] from a spacing name or explicit levels; σ_0 = σ_max exactly."""
-    from diffkit.schedules import sigma_spacing
-    from diffkit.schedules.grids import SPACINGS, user_sigmas
-
     if isinstance(initial, str):
-        if initial in sigma_spacing.SIGMA_SPACINGS:
-            head = sigma_spacing.SIGMA_SPACINGS[initial](steps, low, high)  # [N], σ_max … σ_min
+        if initial in SIGMA_SPACINGS:
+            head = SIGMA_SPACINGS[initial](steps, low, high)  # [N], σ_max … σ_min
             grid = torch.cat([head, head.new_zeros(1)])
         elif initial in SPACINGS:
             if schedule is None:
-                raise ConfigError(f"initial={initial!r} is a timestep spacing: it needs schedule=")
+                raise ConfigError(
+                    f"initial={initial!r} needs schedule= (only {', '.join(SIGMA_SPACINGS)} place their "
+                    "steps from sigma_min and sigma_max alone)"
+                )
             grid = schedule.sigmas_for(steps, initial)
         else:
             raise UnknownNameError("initial spacing", initial, SPACINGS)

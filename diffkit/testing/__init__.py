@@ -1,4 +1,4 @@
-"""The conformance kit: the checks every sampler and schedule — built-in or plugin — must pass.
+"""The conformance kit: the checks every sampler, schedule and spacing — built-in or plugin — must pass.
 
 Programmatic::
 
@@ -6,7 +6,8 @@ Programmatic::
     report = check_sampler("ddim", options={"eta": 0.0})
     print(report.format()); assert report.ok
 
-In a plugin's test suite, subclass :class:`SamplerContract` / :class:`ScheduleContract`.
+In a plugin's test suite, subclass :class:`SamplerContract` / :class:`ScheduleContract` /
+:class:`SpacingContract`.
 From the shell: ``diffkit check NAME``.
 
 Sampler checks: output shape/dtype/device, bit-identical reproducibility per generator, batch
@@ -14,24 +15,30 @@ invariance with one generator per sample, the per-step callback, finite output a
 grids, ``noise_sampler`` honoured (stochastic), convergence to the exact probability-flow ODE
 endpoint on analytic data (deterministic) or the data's mean and covariance (stochastic), and
 parity with the registered numpy twin. See :mod:`diffkit.testing.accuracy` for the bounds.
+Spacing checks: :mod:`diffkit.testing.spacing_checks`.
 """
 
 from diffkit.testing.api import (
     SAMPLER_GROUPS,
     SCHEDULE_GROUPS,
+    SPACING_GROUPS,
     check_sampler,
     check_schedule,
+    check_spacing,
 )
-from diffkit.testing.contract import SamplerContract, ScheduleContract
+from diffkit.testing.contract import SamplerContract, ScheduleContract, SpacingContract
 from diffkit.testing.report import CheckResult, Report
 
 __all__ = [
     "SAMPLER_GROUPS",
     "SCHEDULE_GROUPS",
+    "SPACING_GROUPS",
     "CheckResult",
     "Report",
     "SamplerContract",
     "ScheduleContract",
+    "SpacingContract",
     "check_sampler",
     "check_schedule",
+    "check_spacing",
 ]

@@ -1,4 +1,4 @@
-"""``check_sampler`` and ``check_schedule``: run every check and gather a :class:`Report`.
+"""``check_sampler``, ``check_schedule`` and ``check_spacing``: run every check and gather a :class:`Report`.
 
 Checks come in named groups (one pytest method each in :mod:`diffkit.testing.contract`);
 a group returns one or more results, and a group that raises becomes one failure.
@@ -13,13 +13,15 @@ from typing import Any
 import attrs
 
 from diffkit import registry
-from diffkit.testing import accuracy, parity, problems, sampler_checks, schedule_checks
+from diffkit.testing import accuracy, parity, problems, sampler_checks, schedule_checks, spacing_checks
 from diffkit.testing.budget import FULL, QUICK, Budget
 from diffkit.testing.report import CheckResult, Report, crashed
+from diffkit.testing.spacing_checks import SpacingSubject, resolve_spacing
 from diffkit.testing.subject import SamplerFn, SamplerSubject, resolve_sampler
 
 SamplerGroup = Callable[[SamplerSubject, Budget], list[CheckResult]]
 ScheduleGroup = Callable[[Any], list[CheckResult]]
+SpacingGroup = Callable[[SpacingSubject], list[CheckResult]]
 
 
 def _accuracy(data_name: str) -> SamplerGroup:
@@ -53,6 +55,13 @@ SCHEDULE_GROUPS: dict[str, ScheduleGroup] = {
     "sigma_table": schedule_checks.check_sigma_table,
     "sigmas_for": schedule_checks.check_sigmas_for,
     "bad_steps": schedule_checks.check_bad_steps,
+}
+
+SPACING_GROUPS: dict[str, SpacingGroup] = {
+    "grids": spacing_checks.check_grids,
+    "hits_sigma_max": spacing_checks.check_hits_sigma_max,
+    "timesteps": spacing_checks.check_timesteps,
+    "bad_steps": spacing_checks.check_bad_steps,
 }
 
 
@@ -142,3 +151,33 @@ def check_schedule(schedule: Any, *, config: Mapping[str, Any] | None = None) ->
     return Report(subject=label, results=results)
 
 
+
+
+def run_spacing_group(group: str, subject: SpacingSubject) -> list[CheckResult]:
+    """The results of one spacing check group (a key of :data:`SPACING_GROUPS`)."""
+    return _timed(group, lambda: SPACING_GROUPS[group](subject))
+
+
+def check_spacing(
+    spacing: str | Callable[..., Any],
+    *,
+    options: Mapping[str, Any] | None = None,
+    timesteps: Callable[..., Any] | None = None,
+) -> Report:
+    """Run the spacing conformance checks.
+
+    Args:
+        spacing: a registered spacing name, or a bare grid function
+            ``fn(schedule, steps, **options) -> σ [steps + 1]``.
+        options: the spacing's options for every call (e.g. ``{"rho": 5.0}``).
+        timesteps: for a bare function placed at training timesteps, its
+            ``fn(T, steps, **options) -> int64 [steps]`` (a registered name brings its own).
+
+    Returns:
+        A :class:`Report`: the grids on three schedules and five step counts (float64, strictly
+        decreasing, ending at 0, inside the σ table), σ_0 = σ_max at steps = T, the timesteps
+        (for timestep spacings) and the refusal of bad step counts.
+    """
+    subject = resolve_spacing(spacing, options, timesteps)
+    results = [r for group in SPACING_GROUPS for r in run_spacing_group(group, subject)]
+    return Report(subject=subject.label, results=results)

@@ -13,6 +13,10 @@
         schedule = "my_schedule"        # a registered name, or a schedule object
         config = {"num_train_timesteps": 500}
 
+    class TestMySpacing(SpacingContract):
+        spacing = "my_spacing"          # a registered name, or the grid function itself
+        options = {"rho": 5.0}          # optional spacing options
+
 Each check group becomes its own test method (``test_reproducible``, ``test_accuracy_mixture``,
 …), so a failure names the broken property and its measurement. Checks that do not apply
 (e.g. no reference twin) are reported as skipped.
@@ -23,8 +27,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from diffkit.testing.api import resolve_schedule, run_sampler_group, run_schedule_group
+from diffkit.testing.api import resolve_schedule, run_sampler_group, run_schedule_group, run_spacing_group
 from diffkit.testing.report import CheckResult
+from diffkit.testing.spacing_checks import SpacingSubject, resolve_spacing
 from diffkit.testing.subject import SamplerSubject, resolve_sampler
 
 
@@ -120,6 +125,40 @@ class ScheduleContract:
 
     def test_sigmas_for(self) -> None:
         self._check("sigmas_for")
+
+    def test_bad_steps(self) -> None:
+        self._check("bad_steps")
+
+
+class SpacingContract:
+    """Base class: set ``spacing`` (name or grid function); optionally ``options`` and, for a
+    bare function placed at training timesteps, ``timesteps``."""
+
+    spacing: ClassVar[Any]
+    options: ClassVar[Mapping[str, Any] | None] = None
+    timesteps: ClassVar[Any] = None
+
+    @classmethod
+    def _subject(cls) -> SpacingSubject:
+        cached = vars(cls).get("_diffkit_subject")
+        if cached is None:
+            cached = resolve_spacing(
+                _class_attribute(cls, "spacing"), _class_attribute(cls, "options"), _class_attribute(cls, "timesteps")
+            )
+            cls._diffkit_subject = cached
+        return cached
+
+    def _check(self, group: str) -> None:
+        _assert_results(run_spacing_group(group, self._subject()))
+
+    def test_grids(self) -> None:
+        self._check("grids")
+
+    def test_hits_sigma_max(self) -> None:
+        self._check("hits_sigma_max")
+
+    def test_timesteps(self) -> None:
+        self._check("timesteps")
 
     def test_bad_steps(self) -> None:
         self._check("bad_steps")

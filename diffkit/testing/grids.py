@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
+
+from diffkit.schedules.spacings import karras
 
 # The start of every accuracy grid: EDM's σ_max, ≈ 50× the data's scale (≈ 1.4 here).
 SIGMA_MAX = 80.0
 
 
-def karras_sigmas(steps: int, sigma_max: float, sigma_min: float, rho: float = 7.0) -> torch.Tensor:
-    """Karras et al. 2022, eq. 5: σ_i = (σ_max^{1/ρ} + i/(N−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, then 0.
+def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022, eq. 5 (:func:`diffkit.schedules.spacings.karras`), then 0.
 
-    Returns a float64 CPU tensor [steps + 1]; with steps = 1 it is [σ_max, 0].
+    The same argument order as the spacing (σ_min before σ_max). Returns a float64 CPU tensor
+    [steps + 1]; with steps = 1 it is [σ_max, 0].
     """
-    ramp = np.linspace(0.0, 1.0, steps)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    sigmas = (hi + ramp * (lo - hi)) ** rho
-    return torch.from_numpy(np.append(sigmas, 0.0))
+    head = karras(steps, sigma_min, sigma_max, rho)
+    return torch.cat([head, head.new_zeros(1)])
 
 
 def convergence_sigmas(steps: int) -> torch.Tensor:
@@ -32,9 +32,9 @@ def convergence_sigmas(steps: int) -> torch.Tensor:
     the floor falls like N⁻², so the observed order is min(true order, 2) — enough to tell
     a consistent method (≥ 1) from a biased one (→ 0).
     """
-    return karras_sigmas(steps, SIGMA_MAX, 1.0 / steps)
+    return karras_sigmas(steps, 1.0 / steps, SIGMA_MAX)
 
 
 def moment_sigmas(steps: int) -> torch.Tensor:
     """The grid of the moment check for stochastic samplers: Karras ρ = 7 from 80 to 0.002, then 0."""
-    return karras_sigmas(steps, SIGMA_MAX, 0.002)
+    return karras_sigmas(steps, 0.002, SIGMA_MAX)

@@ -37,7 +37,7 @@ def _numpy_stream(shape: tuple[int, ...]) -> Callable[[float, float], np.ndarray
 
 def _grids() -> dict[str, torch.Tensor]:
     linear = registry.build("schedule", "linear", num_train_timesteps=1000)
-    return {"karras-12": karras_sigmas(12, 80.0, 0.01), "linear-leading-10": linear.sigmas_for(10, "leading")}
+    return {"karras-12": karras_sigmas(12, 0.01, 80.0), "linear-leading-10": linear.sigmas_for(10, "leading")}
 
 
 def check_reference_parity(subject: SamplerSubject) -> list[CheckResult]:

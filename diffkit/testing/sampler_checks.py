@@ -41,7 +41,7 @@ def _devices() -> list[str]:
 def check_shape_dtype_device(subject: SamplerSubject) -> list[CheckResult]:
     """Output shaped like x, same dtype and device, finite; σ passed to the denoiser as [B]."""
     results = []
-    sigmas = karras_sigmas(8, 80.0, 0.05)
+    sigmas = karras_sigmas(8, 0.05, 80.0)
     for device in _devices():
         for dtype in (torch.float32, torch.float64):
             name = f"shape_dtype_device[{str(dtype).removeprefix('torch.')}, {device}]"
@@ -79,7 +79,7 @@ def _shape_verdict(name: str, x: torch.Tensor, out: object, denoiser: RecordingD
 def check_reproducible(subject: SamplerSubject) -> list[CheckResult]:
     """Two runs with equally seeded generators give bit-identical results."""
     name = "reproducible"
-    sigmas = karras_sigmas(10, 80.0, 0.05)
+    sigmas = karras_sigmas(10, 0.05, 80.0)
     x = _noise(IMAGE_SHAPE, 2) * float(sigmas[0])
     runs = [
         subject(RecordingDenoiser(isotropic_gaussian()), x.clone(), sigmas, generator=torch.Generator().manual_seed(7))
@@ -95,7 +95,7 @@ def check_reproducible(subject: SamplerSubject) -> list[CheckResult]:
 def check_batch_invariant(subject: SamplerSubject) -> list[CheckResult]:
     """Sample k of a batch of 4 (generators seeded 100+k) equals that generator's batch-of-1 sample."""
     name = "batch_invariant"
-    sigmas = karras_sigmas(10, 80.0, 0.05)
+    sigmas = karras_sigmas(10, 0.05, 80.0)
     x = _noise((4, 3, 4, 4), 3) * float(sigmas[0])
     seeds = [100 + k for k in range(4)]
     batch = subject(RecordingDenoiser(isotropic_gaussian()), x.clone(), sigmas,
@@ -114,7 +114,7 @@ def check_callback(subject: SamplerSubject) -> list[CheckResult]:
     """The callback is called once per step, with i = 0…N−1, σ = sigmas[i] and the documented keys."""
     name = "callback"
     steps = 6
-    sigmas = karras_sigmas(steps, 80.0, 0.05)
+    sigmas = karras_sigmas(steps, 0.05, 80.0)
     x = _noise(IMAGE_SHAPE, 4) * float(sigmas[0])
     seen: list[dict] = []
     subject(RecordingDenoiser(isotropic_gaussian()), x, sigmas, generator=torch.Generator().manual_seed(0),
@@ -146,7 +146,7 @@ def _extreme_grids() -> dict[str, torch.Tensor]:
     return {
         "1 step": linear.sigmas_for(1, "trailing"),
         "1000 steps": linear.sigmas_for(1000, "leading"),
-        "sigma_max=1e4": karras_sigmas(30, 1e4, 0.002),
+        "sigma_max=1e4": karras_sigmas(30, 0.002, 1e4),
         "zero-terminal-snr, 1 step": zero_snr.sigmas_for(1, "trailing"),
         "zero-terminal-snr, 50 steps": zero_snr.sigmas_for(50, "trailing"),
     }
@@ -178,7 +178,7 @@ def check_noise_sampler(subject: SamplerSubject) -> list[CheckResult]:
         return [skipped(name, "deterministic sampler: no noise to feed")]
     if not subject.accepts_noise_sampler:
         return [failed(name, "stochastic sampler does not accept noise_sampler(sigma, sigma_next)")]
-    sigmas = karras_sigmas(10, 80.0, 0.05)
+    sigmas = karras_sigmas(10, 0.05, 80.0)
     x = _noise(IMAGE_SHAPE, 6) * float(sigmas[0])
     runs, draws = [], []
     for seed in (21, 22):  # different generators, identical noise_sampler streams

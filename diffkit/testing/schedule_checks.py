@@ -70,7 +70,7 @@ def check_sigma_table(schedule: Any) -> list[CheckResult]:
     return [verdict(name, gap <= SIGMA_RTOL, detail, gap)]
 
 
-def _grid_problems(sigmas: Any, steps: int, table: torch.Tensor) -> list[str]:
+def grid_problems(sigmas: Any, steps: int, table: torch.Tensor) -> list[str]:
     if not isinstance(sigmas, torch.Tensor):
         return [f"returned {type(sigmas).__name__}, not a tensor"]
     problems = []
@@ -97,41 +97,48 @@ def check_sigmas_for(schedule: Any) -> list[CheckResult]:
     steps_t = int(schedule.num_train_timesteps)
     table = _table(schedule, "sigmas")
     counts = sorted({1, 2, min(7, steps_t), min(50, steps_t), steps_t})
-    results = []
-    for spacing in SPACINGS:
-        name = f"sigmas_for[{spacing}]"
-        problems = []
-        for steps in counts:
-            try:
-                grid = schedule.sigmas_for(steps, spacing)
-            except Exception as exc:  # noqa: BLE001 - report which call failed
-                problems.append(f"steps={steps}: raised {type(exc).__name__}: {exc}")
-                continue
-            problems += [f"steps={steps}: {p}" for p in _grid_problems(grid, steps, table)]
-        steps_text = ", ".join(map(str, counts))
-        if problems:
-            results.append(failed(name, "; ".join(problems[:3])))
-        else:
-            results.append(passed(name, f"valid grids for steps {steps_text}"))
-    return results
+    return [
+        grids_result(f"sigmas_for[{spacing}]", lambda steps: schedule.sigmas_for(steps, spacing), counts, table)
+        for spacing in SPACINGS
+    ]
+
+
+def grids_result(name: str, make_grid: Callable[[int], Any], counts: list[int], table: torch.Tensor) -> CheckResult:
+    """One result for ``make_grid(steps)`` at every count: each a valid grid (:func:`grid_problems`)."""
+    problems = []
+    for steps in counts:
+        try:
+            grid = make_grid(steps)
+        except Exception as exc:  # noqa: BLE001 - report which call failed
+            problems.append(f"steps={steps}: raised {type(exc).__name__}: {exc}")
+            continue
+        problems += [f"steps={steps}: {p}" for p in grid_problems(grid, steps, table)]
+    if problems:
+        return failed(name, "; ".join(problems[:3]))
+    return passed(name, f"valid grids for steps {', '.join(map(str, counts))}")
 
 
 def check_bad_steps(schedule: Any) -> list[CheckResult]:
     """steps = 0, −1, 2.5 and T + 1 must raise (DiffkitError, ValueError or TypeError) for every spacing."""
     name = "bad_steps"
     steps_t = int(schedule.num_train_timesteps)
-    silent = []
-    for spacing in SPACINGS:
-        for steps in (0, -1, 2.5, steps_t + 1):
-            call: Callable[[], Any] = lambda: schedule.sigmas_for(steps, spacing)  # noqa: E731
-            try:
-                call()
-            except BAD_STEP_ERRORS:
-                continue
-            except Exception as exc:  # noqa: BLE001 - the wrong kind of error
-                silent.append(f"{spacing}, steps={steps}: raised {type(exc).__name__}")
-                continue
-            silent.append(f"{spacing}, steps={steps}: accepted")
+    silent = [
+        f"{spacing}, steps={steps}: {problem}"
+        for spacing in SPACINGS
+        for steps in (0, -1, 2.5, steps_t + 1)
+        if (problem := not_refused(lambda: schedule.sigmas_for(steps, spacing))) is not None
+    ]
     if silent:
         return [failed(name, "; ".join(silent[:4]) + " (need a DiffkitError/ValueError)")]
     return [passed(name, f"0, -1, 2.5 and {steps_t + 1} rejected for {', '.join(SPACINGS)}")]
+
+
+def not_refused(call: Callable[[], Any]) -> str | None:
+    """None when ``call()`` raises one of :data:`BAD_STEP_ERRORS`; else what it did instead."""
+    try:
+        call()
+    except BAD_STEP_ERRORS:
+        return None
+    except Exception as exc:  # noqa: BLE001 - the wrong kind of error
+        return f"raised {type(exc).__name__}"
+    return "accepted"

@@ -74,7 +74,7 @@ class SamplerSubject:
         sampler raises.
         """
         x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80.0
-        sigmas = karras_sigmas(10, 80.0, 0.05)
+        sigmas = karras_sigmas(10, 0.05, 80.0)
         runs = []
         for seed in (11, 12):
             denoiser = RecordingDenoiser(isotropic_gaussian())

@@ -166,6 +166,20 @@ Reproduce the tally (about one and a half minutes on two shared cores):
     .venv/bin/python -m tests.reliability --write docs/reliability.md   # regenerates this file
     .venv/bin/python -m tests.reliability -k run.resume --full          # a subset, every case listed
 
+## Before issue 11
+
+The same 481 cases run against the last commit before the work on issue 11 (e63b3bb), measured
+2026-12-04 with `git worktree add /tmp/old e63b3bb && cp -r tests/reliability /tmp/old/tests/ &&
+cd /tmp/old && python -m tests.reliability` (the installed diffkit shadowed by the old tree):
+
+| | named error or correct success | raw traceback | silently wrong | hang | data lost | harness error |
+|---|---:|---:|---:|---:|---:|---:|
+| e63b3bb (before) | 279 | 112 | 67 | 1 | 9 | 13 |
+| now (below) | 481 | 0 | 0 | 0 | 0 | 0 |
+
+The 13 harness errors are cases whose set-up needs records the old code did not write (run
+identities, checkpoint manifests); every one of them is also a behaviour the old code lacked.
+
 ## The categories
 
 | category | what it tries |

@@ -30,7 +30,7 @@ def test_increments_over_disjoint_intervals_are_independent_standard_normals(tra
     n = 20_000  # independent elements: one Brownian path each
     ns = BrownianTreeNoiseSampler(torch.zeros(n, dtype=torch.float64), 0.002, 80.0, seed=123, transform=transform)
     # a Karras grid plus two very short intervals (1e-6 relative) near the ends
-    levels = karras_sigmas(12, 80.0, 0.002)[:-1].tolist()
+    levels = karras_sigmas(12, 0.002, 80.0)[:-1].tolist()
     pairs = list(zip(levels[:-1], levels[1:])) + [(80.0, 80.0 * (1 - 1e-6)), (0.002 * (1 + 1e-6), 0.002)]
     z = torch.stack([ns(a, b) for a, b in pairs]).numpy()  # [intervals, n]
     assert np.abs(z.mean(axis=1)).max() < 5 / math.sqrt(n)
@@ -54,7 +54,7 @@ def test_increments_add_up_exactly(transform, points, seed):
 
 
 def test_the_path_does_not_depend_on_the_order_of_queries():
-    grid = karras_sigmas(20, 80.0, 0.01)[:-1].tolist()
+    grid = karras_sigmas(20, 0.01, 80.0)[:-1].tolist()
     forward = BrownianTreeNoiseSampler(torch.zeros(3, 4, dtype=torch.float64), 0.01, 80.0, seed=9)
     backward = BrownianTreeNoiseSampler(torch.zeros(3, 4, dtype=torch.float64), 0.01, 80.0, seed=9)
     steps = list(zip(grid[:-1], grid[1:]))
@@ -84,7 +84,7 @@ def test_a_samples_noise_does_not_depend_on_the_batch_it_is_in():
 
 def test_float32_sigmas_and_tensors_are_accepted():
     # k-diffusion passes float32 σ tensors: their ends miss the float64 range by a rounding
-    sigmas = karras_sigmas(10, 80.0, 0.002).float()
+    sigmas = karras_sigmas(10, 0.002, 80.0).float()
     ns = brownian_noise_sampler(torch.zeros(4, 3), sigmas, seed=1)
     draws = [ns(s, t) for s, t in zip(sigmas[:-2], sigmas[1:-1])]
     assert all(torch.isfinite(d).all() for d in draws)
@@ -124,7 +124,7 @@ def test_dpmpp_2m_sde_with_brownian_noise_converges_as_the_step_count_grows():
     x = torch.randn(n, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 80.0
     out, plain = {}, {}
     for steps in (50, 100):
-        sigmas = karras_sigmas(steps, 80.0, 0.01)
+        sigmas = karras_sigmas(steps, 0.01, 80.0)
         noise = BrownianTreeNoiseSampler(x, 0.01, 80.0, seed=seeds)
         out[steps] = dpmpp_2m_sde(denoiser_torch, x, sigmas, noise_sampler=noise)
         plain[steps] = dpmpp_2m_sde(denoiser_torch, x, sigmas, generator=torch.Generator().manual_seed(steps))

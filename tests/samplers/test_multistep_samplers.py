@@ -79,7 +79,7 @@ def test_one_or_two_steps_are_ddim(config):
     # correction at σ_1 does not change D, which was evaluated at the predicted point
     name, options = config
     for steps in (1, 2):
-        sigmas = karras_sigmas(steps, 80.0, 0.5)
+        sigmas = karras_sigmas(steps, 0.5, 80.0)
         x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(steps)) * 80.0
         torch.testing.assert_close(run(name, denoiser_torch, x, sigmas, **options), ddim(denoiser_torch, x, sigmas),
                                    rtol=1e-13, atol=1e-13)
@@ -185,7 +185,7 @@ def median_errors(name: str, options: dict, steps) -> list[float]:
 
     errors = []
     for n in steps:
-        out = run(name, denoiser, torch.from_numpy(y0), karras_sigmas(n, 80.0, SIGMA_MIN), **options).numpy()
+        out = run(name, denoiser, torch.from_numpy(y0), karras_sigmas(n, SIGMA_MIN, 80.0), **options).numpy()
         errors.append(float(np.median(np.linalg.norm(out - exact, axis=1))))
     return errors
 

@@ -269,7 +269,7 @@ def measured_order(fn, steps=(64, 128, 256), **options) -> tuple[float, list[flo
     exact = DATA.ode_solution(x, 80.0, 0.0)
     errors = []
     for n in steps:
-        out = fn(_data_denoiser, torch.from_numpy(x), karras_sigmas(n, 80.0, 1e-3), **options)
+        out = fn(_data_denoiser, torch.from_numpy(x), karras_sigmas(n, 1e-3, 80.0), **options)
         errors.append(float(np.abs(out.numpy() - exact).max()))
     return -np.polyfit(np.log(steps), np.log(errors), 1)[0], errors
 

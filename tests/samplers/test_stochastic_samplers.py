@@ -80,7 +80,7 @@ def test_matches_the_vp_reference_with_the_same_noise(name, schedule, spacing, s
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_noise_is_drawn_once_per_step_except_the_last(name):
     fn, _ = SAMPLERS[name]
-    sigmas = karras_sigmas(9, 80.0, 0.05)
+    sigmas = karras_sigmas(9, 0.05, 80.0)
     feeder = Feeder((2, 3), 0, True)
     fn(denoiser_torch, torch.randn(2, 3, dtype=torch.float64) * 80, sigmas, noise_sampler=feeder)
     assert feeder.calls == 8
@@ -172,7 +172,7 @@ def _observed_order(fn, **options) -> float:
     """Slope of −log(max error) vs log N on Gaussian data against the exact ODE endpoint."""
     x = torch.linspace(-3, 3, 13, dtype=torch.float64).reshape(13, 1) * 80.0
     exact = MU + (x - MU) * S / math.sqrt(S**2 + 80.0**2)  # the probability-flow map from σ = 80 to 0
-    errors = [float((fn(denoiser_torch, x, karras_sigmas(n, 80.0, ORDER_SIGMA_MIN), eta=0.0, **options) - exact)
+    errors = [float((fn(denoiser_torch, x, karras_sigmas(n, ORDER_SIGMA_MIN, 80.0), eta=0.0, **options) - exact)
                     .abs().max()) for n in ORDER_STEPS]
     slope = np.polyfit(np.log(ORDER_STEPS), np.log(errors), 1)[0]
     return float(-slope)
@@ -251,7 +251,7 @@ def test_a_sample_does_not_depend_on_batch_size_with_per_sample_generators(name)
 
 
 def test_callback_reports_the_first_denoiser_call_of_each_step():
-    sigmas = karras_sigmas(6, 80.0, 0.05)
+    sigmas = karras_sigmas(6, 0.05, 80.0)
     x = torch.randn(2, 3, dtype=torch.float64) * 80
     for fn in (dpmpp_2s_ancestral, dpmpp_3m_sde):
         seen, calls = [], []
