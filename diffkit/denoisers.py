@@ -24,7 +24,6 @@ prediction channels followed by C channels v_raw ∈ [−1, 1] that set the DDPM
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import torch
@@ -32,6 +31,7 @@ from torch import nn
 
 from diffkit.errors import ConfigError, ShapeError, check_choice
 from diffkit.schedules.base import DiscreteSchedule
+from diffkit.validators import is_real
 
 PREDICTIONS = ("eps", "x0", "v")
 
@@ -188,7 +188,7 @@ class EDMDenoiser(nn.Module):
 
     def __init__(self, model: nn.Module, sigma_data: float = 0.5) -> None:
         super().__init__()
-        if isinstance(sigma_data, bool) or not isinstance(sigma_data, numbers.Real) or not (
+        if not is_real(sigma_data) or not (
             math.isfinite(sigma_data) and sigma_data > 0
         ):
             raise ConfigError(f"sigma_data must be a finite number > 0, got {sigma_data!r}")

@@ -49,7 +49,6 @@ conditional half first, as [cond; uncond]):
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -58,6 +57,7 @@ import torch
 from torch import nn
 
 from diffkit.errors import ConfigError, ShapeError, check_choice
+from diffkit.validators import is_real
 
 RESCALE_SPACES = ("v", "eps", "x0")
 
@@ -76,7 +76,7 @@ def check_guidance_scale(scale: Any, *, what: str = "guidance scale", allow_nega
     """
     low = -MAX_GUIDANCE if allow_negative else 0.0
     valid = f"a finite real number in {low:g} … {MAX_GUIDANCE:g} (1 = no guidance, 0 = unconditional)"
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+    if not is_real(scale):
         raise ConfigError(f"{what} must be {valid}, got {scale!r} ({type(scale).__name__})")
     value = float(scale) if abs(scale) <= MAX_GUIDANCE or not isinstance(scale, int) else math.inf  # no OverflowError
     if not math.isfinite(value) or value > MAX_GUIDANCE:
@@ -91,7 +91,7 @@ def check_guidance_scale(scale: Any, *, what: str = "guidance scale", allow_nega
 
 def check_guidance_rescale(rescale: Any, *, what: str = "guidance rescale φ") -> float:
     """φ of guidance rescale as a float: a number in [0, 1] (0 = off; NaN and bools are errors)."""
-    if isinstance(rescale, bool) or not isinstance(rescale, numbers.Real) or not 0 <= rescale <= 1:
+    if not is_real(rescale) or not 0 <= rescale <= 1:
         raise ConfigError(f"{what} must be a number in [0, 1] (0 = off, 0.7 in the paper), got {rescale!r}")
     return float(rescale)
 

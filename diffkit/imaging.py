@@ -32,6 +32,7 @@ from PIL import Image
 
 from diffkit.atomic import make_folder, write_atomic
 from diffkit.errors import ConfigError, NonFiniteError, OutputError, ShapeError, check_choice
+from diffkit.validators import is_integer
 
 ImageBatch = Union[torch.Tensor, np.ndarray]
 """[N, C, H, W] (or one image [C, H, W]), float, values in [−1, 1]."""
@@ -165,7 +166,7 @@ def read_picture(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if not is_integer(value) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 

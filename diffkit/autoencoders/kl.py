@@ -26,7 +26,6 @@ the attention (one fused ``qkv``, see :mod:`diffkit.autoencoders.diffusers_kl`).
 from __future__ import annotations
 
 import inspect
-import numbers
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -39,50 +38,31 @@ from diffkit.backbones.layers import Attention, Downsample2D, ResBlock, Upsample
 from diffkit.configs import ModelConfig
 from diffkit.errors import ConfigError, ShapeError
 from diffkit.samplers.common import randn_like
+from diffkit.validators import (
+    as_tuple,
+    boolean,
+    finite_real,
+    int_at_least,
+    positive_ints,
+    positive_real,
+    probability,
+)
 
 # -- configuration --------------------------------------------------------------------------
 
 
-def _int_at_least(minimum: int):
-    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-            raise ConfigError(f"{attribute.name} must be an integer ≥ {minimum}, got {value!r}")
-
-    return validate
 
 
-def _positive_real(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ConfigError(f"{attribute.name} must be a number > 0, got {value!r}")
 
 
-def _real(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{attribute.name} must be a number, got {value!r}")
 
 
-def _probability(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ConfigError(f"{attribute.name} must be a number in [0, 1), got {value!r}")
 
 
-def _boolean(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{attribute.name} must be True or False, got {value!r}")
 
 
-def _channel_tuple(value: Any) -> Any:
-    """Lists (e.g. from JSON) become tuples, so configs stay hashable and compare equal."""
-    return tuple(value) if isinstance(value, list) else value
 
 
-def _channels(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if (
-        not isinstance(value, tuple)
-        or not value
-        or any(isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 1 for c in value)
-    ):
-        raise ConfigError(f"{attribute.name} must be a non-empty tuple of integers ≥ 1, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -93,31 +73,31 @@ class KLConfig(ModelConfig):
     ``KLConfig.from_preset("kl-f8", latent_channels=16)`` or ``attrs.evolve``.
     """
 
-    in_channels: int = attrs.field(default=3, validator=_int_at_least(1))
+    in_channels: int = attrs.field(default=3, validator=int_at_least(1))
     """Image channels the encoder reads."""
-    out_channels: int = attrs.field(default=3, validator=_int_at_least(1))
+    out_channels: int = attrs.field(default=3, validator=int_at_least(1))
     """Image channels the decoder writes."""
     block_out_channels: tuple[int, ...] = attrs.field(
-        default=(128, 256, 512, 512), converter=_channel_tuple, validator=_channels
+        default=(128, 256, 512, 512), converter=as_tuple, validator=positive_ints
     )
     """Width c_i of each level; L levels downsample by f = 2^(L−1)."""
-    layers_per_block: int = attrs.field(default=2, validator=_int_at_least(1))
+    layers_per_block: int = attrs.field(default=2, validator=int_at_least(1))
     """R: residual blocks per encoder level (the decoder has R + 1 per level)."""
-    latent_channels: int = attrs.field(default=4, validator=_int_at_least(1))
+    latent_channels: int = attrs.field(default=4, validator=int_at_least(1))
     """z, the latent channels."""
-    norm_num_groups: int = attrs.field(default=32, validator=_int_at_least(1))
+    norm_num_groups: int = attrs.field(default=32, validator=int_at_least(1))
     """Groups of every group norm (must divide every c_i)."""
-    double_z: bool = attrs.field(default=True, validator=_boolean)
+    double_z: bool = attrs.field(default=True, validator=boolean)
     """The encoder outputs μ and log σ² (2·z channels); False: μ only, a deterministic posterior."""
-    mid_block_attention: bool = attrs.field(default=True, validator=_boolean)
+    mid_block_attention: bool = attrs.field(default=True, validator=boolean)
     """Self-attention in the mid-blocks (diffusers' ``mid_block_add_attention``)."""
-    use_quant_conv: bool = attrs.field(default=True, validator=_boolean)
+    use_quant_conv: bool = attrs.field(default=True, validator=boolean)
     """The 1×1 ``quant_conv`` after the encoder and ``post_quant_conv`` before the decoder."""
-    scaling_factor: float = attrs.field(default=0.18215, validator=_positive_real)
+    scaling_factor: float = attrs.field(default=0.18215, validator=positive_real)
     """scale in latents = (z − shift)·scale (SD: 0.18215 ≈ 1/std of its training latents)."""
-    shift_factor: float = attrs.field(default=0.0, validator=_real)
+    shift_factor: float = attrs.field(default=0.0, validator=finite_real)
     """shift in latents = (z − shift)·scale (0 for SD; SD3 and FLUX's VAEs use one)."""
-    dropout: float = attrs.field(default=0.0, validator=_probability)
+    dropout: float = attrs.field(default=0.0, validator=probability)
     """Dropout inside the residual blocks (training only)."""
 
     def __attrs_post_init__(self) -> None:

@@ -28,7 +28,6 @@ T·D fewer numbers (294,912 for XL/2).
 from __future__ import annotations
 
 import inspect
-import numbers
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -50,26 +49,15 @@ from diffkit.backbones.embeddings import (
 from diffkit.backbones.layers import AdaLNModulation, Attention, FeedForward, modulate
 from diffkit.configs import ModelConfig
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.validators import boolean, int_at_least, positive_real
 
 # -- configuration --------------------------------------------------------------------------
 
 
-def _int_at_least(minimum: int):
-    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-            raise ConfigError(f"{attribute.name} must be an integer ≥ {minimum}, got {value!r}")
-
-    return validate
 
 
-def _positive_real(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ConfigError(f"{attribute.name} must be a number > 0, got {value!r}")
 
 
-def _boolean(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{attribute.name} must be True or False, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -80,35 +68,35 @@ class DiTConfig(ModelConfig):
     ``attrs.evolve(PRESETS["DiT-B/4"], num_classes=10)`` or ``DiTConfig.from_preset``.
     """
 
-    input_size: int = attrs.field(default=32, validator=_int_at_least(1))
+    input_size: int = attrs.field(default=32, validator=int_at_least(1))
     """Height = width of the input latent (32 for 256 px images through an f8 autoencoder)."""
-    patch_size: int = attrs.field(default=2, validator=_int_at_least(1))
+    patch_size: int = attrs.field(default=2, validator=int_at_least(1))
     """p: each p×p patch becomes one token (T = (input_size/p)² tokens)."""
-    in_channels: int = attrs.field(default=4, validator=_int_at_least(1))
+    in_channels: int = attrs.field(default=4, validator=int_at_least(1))
     """C, the latent channels."""
-    hidden_size: int = attrs.field(default=1152, validator=_int_at_least(4))
+    hidden_size: int = attrs.field(default=1152, validator=int_at_least(4))
     """D, the token width (divisible by 4 and by ``num_heads``)."""
-    depth: int = attrs.field(default=28, validator=_int_at_least(1))
+    depth: int = attrs.field(default=28, validator=int_at_least(1))
     """N, the number of DiT blocks."""
-    num_heads: int = attrs.field(default=16, validator=_int_at_least(1))
+    num_heads: int = attrs.field(default=16, validator=int_at_least(1))
     """Attention heads per block."""
-    mlp_ratio: float = attrs.field(default=4.0, validator=_positive_real)
+    mlp_ratio: float = attrs.field(default=4.0, validator=positive_real)
     """MLP width = int(D · mlp_ratio)."""
-    num_classes: int = attrs.field(default=1000, validator=_int_at_least(0))
+    num_classes: int = attrs.field(default=1000, validator=int_at_least(0))
     """Class labels 0 … num_classes−1, plus the null class ``num_classes``; 0 = unconditional."""
-    vector_dim: int = attrs.field(default=0, validator=_int_at_least(0))
+    vector_dim: int = attrs.field(default=0, validator=int_at_least(0))
     """D_v > 0: a Linear(D_v → D) adds the conditioning record's ``vector`` [B, D_v] to c."""
-    learn_sigma: bool = attrs.field(default=True, validator=_boolean)
+    learn_sigma: bool = attrs.field(default=True, validator=boolean)
     """Output 2C channels (prediction, then learned variance) instead of C."""
-    frequency_embedding_size: int = attrs.field(default=256, validator=_int_at_least(2))
+    frequency_embedding_size: int = attrs.field(default=256, validator=int_at_least(2))
     """Width of the sinusoidal timestep features fed to the timestep MLP."""
     timestep_freq_shift: int = attrs.field(default=0, validator=attrs.validators.in_((0, 1)))
     """0: DiT/ADM timestep frequencies; 1: those of diffusers' DiTTransformer2DModel."""
-    norm_eps: float = attrs.field(default=1e-6, validator=_positive_real)
+    norm_eps: float = attrs.field(default=1e-6, validator=positive_real)
     """ε of the attention-branch and final layer norms."""
-    mlp_norm_eps: float = attrs.field(default=1e-6, validator=_positive_real)
+    mlp_norm_eps: float = attrs.field(default=1e-6, validator=positive_real)
     """ε of the MLP-branch layer norm (diffusers' port uses its ``norm_eps``, 1e-5 by default)."""
-    gradient_checkpointing: bool = attrs.field(default=False, validator=_boolean)
+    gradient_checkpointing: bool = attrs.field(default=False, validator=boolean)
     """Recompute each block's activations in the backward pass (saves memory when training)."""
 
     def __attrs_post_init__(self) -> None:

@@ -74,20 +74,17 @@ from diffkit.backbones.layers import (
     Upsample2D,
 )
 from diffkit.backbones.sharding import unet_units
-from diffkit.backbones.unet import (
-    PyramidGeometry,
-    _boolean,
-    _int_at_least,
-    _int_tuple,
-    _level_indices,
-    _optional_int_at_least,
-    _padding,
-    _positive_ints,
-    _positive_real,
-    _probability,
-    _timesteps,
-)
+from diffkit.backbones.unet import PyramidGeometry, _level_indices, _padding, _timesteps
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.validators import (
+    as_tuple,
+    boolean,
+    int_at_least,
+    optional,
+    positive_ints,
+    positive_real,
+    probability,
+)
 
 # Fixed by LDM / diffusers' Transformer2DModel and BasicTransformerBlock (not configurable there).
 TRANSFORMER_GROUPNORM_EPS = 1e-6
@@ -159,9 +156,9 @@ def _heads(value: Any) -> Any:
 
 def _heads_validator(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if isinstance(value, tuple):
-        _positive_ints(instance, attribute, value)
+        positive_ints(instance, attribute, value)
     else:
-        _int_at_least(1)(instance, attribute, value)
+        int_at_least(1)(instance, attribute, value)
 
 
 @attrs.frozen(kw_only=True)
@@ -172,50 +169,50 @@ class LatentUNetConfig(PyramidGeometry):
     :meth:`from_preset`.
     """
 
-    sample_size: int = attrs.field(default=64, validator=_int_at_least(1))
+    sample_size: int = attrs.field(default=64, validator=int_at_least(1))
     """Nominal latent height = width (SD 1.x: 512 px / 8); any multiple of 2^(levels−1) works."""
-    in_channels: int = attrs.field(default=4, validator=_int_at_least(1))
+    in_channels: int = attrs.field(default=4, validator=int_at_least(1))
     """C_in, the latent channels (4 for SD's KL-f8 autoencoder; any count works), plus the
     channels of a conditioning record's ``concat``, if any."""
-    out_channels: int = attrs.field(default=4, validator=_int_at_least(1))
+    out_channels: int = attrs.field(default=4, validator=int_at_least(1))
     """C_out."""
     block_out_channels: tuple[int, ...] = attrs.field(
-        default=(320, 640, 1280, 1280), converter=_int_tuple, validator=_positive_ints
+        default=(320, 640, 1280, 1280), converter=as_tuple, validator=positive_ints
     )
     """ch_ℓ, the width of each level, finest first (SD: 320 × (1, 2, 4, 4))."""
-    layers_per_block: int = attrs.field(default=2, validator=_int_at_least(1))
+    layers_per_block: int = attrs.field(default=2, validator=int_at_least(1))
     """ResBlocks per level on the way down (the up path has one more per level)."""
     cross_attention_levels: tuple[int, ...] = attrs.field(
-        default=(0, 1, 2), converter=_int_tuple, validator=_level_indices
+        default=(0, 1, 2), converter=as_tuple, validator=_level_indices
     )
     """Levels (0 = finest) whose ResBlocks are followed by a spatial transformer, down and up
     (the middle always has one)."""
     num_heads: int | tuple[int, ...] = attrs.field(default=8, converter=_heads, validator=_heads_validator)
     """Attention heads: one number for every level (SD 1.x: 8) or one per level (SD 2.x:
     (5, 10, 20, 20), i.e. 64-channel heads); the middle uses the last level's."""
-    transformer_depth: int = attrs.field(default=1, validator=_int_at_least(1))
+    transformer_depth: int = attrs.field(default=1, validator=int_at_least(1))
     """Transformer blocks per spatial transformer."""
-    context_dim: int = attrs.field(default=768, validator=_int_at_least(1))
+    context_dim: int = attrs.field(default=768, validator=int_at_least(1))
     """d_ctx, the width of the context tokens (CLIP ViT-L/14: 768; OpenCLIP ViT-H: 1024)."""
-    vector_dim: int = attrs.field(default=0, validator=_int_at_least(0))
+    vector_dim: int = attrs.field(default=0, validator=int_at_least(0))
     """D_v > 0: a Linear(D_v → E) adds the conditioning record's ``vector`` [B, D_v] to the embedding."""
-    use_linear_projection: bool = attrs.field(default=False, validator=_boolean)
+    use_linear_projection: bool = attrs.field(default=False, validator=boolean)
     """proj_in / proj_out: linear layers on the tokens (SD 2.x) or 1×1 convolutions (SD 1.x)."""
-    time_embed_dim: int | None = attrs.field(default=None, validator=_optional_int_at_least(1))
+    time_embed_dim: int | None = attrs.field(default=None, validator=optional(int_at_least(1)))
     """E, the embedding width; ``None``: 4·ch_0."""
-    timestep_cos_first: bool = attrs.field(default=True, validator=_boolean)
+    timestep_cos_first: bool = attrs.field(default=True, validator=boolean)
     """Sinusoidal features [cos, sin] (SD, diffusers' ``flip_sin_to_cos=True``) or [sin, cos]."""
     timestep_freq_shift: int = attrs.field(default=0, validator=_padding)
     """Frequencies 10000^(−i/(half − shift)): 0 for SD."""
-    dropout: float = attrs.field(default=0.0, validator=_probability)
+    dropout: float = attrs.field(default=0.0, validator=probability)
     """Dropout in every ResBlock, before its second convolution."""
     downsample_padding: int = attrs.field(default=1, validator=_padding)
     """Of the stride-2 conv: 1 symmetric (SD); 0 one zero row/column at the bottom/right."""
-    norm_groups: int = attrs.field(default=32, validator=_int_at_least(1))
+    norm_groups: int = attrs.field(default=32, validator=int_at_least(1))
     """GroupNorm groups (every norm, the transformers' included)."""
-    norm_eps: float = attrs.field(default=1e-5, validator=_positive_real)
+    norm_eps: float = attrs.field(default=1e-5, validator=positive_real)
     """GroupNorm ε of the ResBlocks and the output norm (the transformers' is fixed at 1e-6)."""
-    gradient_checkpointing: bool = attrs.field(default=False, validator=_boolean)
+    gradient_checkpointing: bool = attrs.field(default=False, validator=boolean)
     """Recompute each block's activations in the backward pass (saves memory when training)."""
 
     def __attrs_post_init__(self) -> None:

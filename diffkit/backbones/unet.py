@@ -35,7 +35,6 @@ block, the output projection of every attention layer and ``conv_out`` set to ze
 from __future__ import annotations
 
 import inspect
-import numbers
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -59,43 +58,30 @@ from diffkit.backbones.layers import Attention, Downsample2D, ResBlock, Upsample
 from diffkit.backbones.sharding import unet_units
 from diffkit.configs import ModelConfig
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.validators import (
+    as_tuple,
+    boolean,
+    int_at_least,
+    is_integer,
+    optional,
+    positive_ints,
+    positive_real,
+    probability,
+)
 
 RESAMPLE_KINDS = ("conv", "pool", "resnet")
 
 # -- configuration --------------------------------------------------------------------------
 
 
-def _int_at_least(minimum: int):
-    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-            raise ConfigError(f"{attribute.name} must be an integer ≥ {minimum}, got {value!r}")
-
-    return validate
 
 
-def _optional_int_at_least(minimum: int):
-    check = _int_at_least(minimum)
-
-    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value is not None:
-            check(instance, attribute, value)
-
-    return validate
 
 
-def _positive_real(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ConfigError(f"{attribute.name} must be a number > 0, got {value!r}")
 
 
-def _probability(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ConfigError(f"{attribute.name} must be a number in [0, 1), got {value!r}")
 
 
-def _boolean(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{attribute.name} must be True or False, got {value!r}")
 
 
 def _padding(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -103,22 +89,12 @@ def _padding(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ConfigError(f"{attribute.name} must be 0 or 1, got {value!r}")
 
 
-def _int_tuple(value: Any) -> Any:
-    """Lists (e.g. from JSON) become tuples, so that the frozen config stays hashable."""
-    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
-def _positive_ints(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if (
-        not isinstance(value, tuple)
-        or not value
-        or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in value)
-    ):
-        raise ConfigError(f"{attribute.name} must be a non-empty tuple of positive integers, got {value!r}")
 
 
 def _level_indices(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, tuple) or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value):
+    if not isinstance(value, tuple) or not all(is_integer(v) for v in value):
         raise ConfigError(f"{attribute.name} must be a tuple of level indices, got {value!r}")
 
 
@@ -161,48 +137,48 @@ class UNetConfig(PyramidGeometry):
     ``attrs.evolve(PRESETS[...], num_classes=10)`` or :meth:`from_preset`.
     """
 
-    sample_size: int = attrs.field(default=32, validator=_int_at_least(1))
+    sample_size: int = attrs.field(default=32, validator=int_at_least(1))
     """Nominal height = width of the images (the network accepts any H, W divisible by 2^(levels−1))."""
-    in_channels: int = attrs.field(default=3, validator=_int_at_least(1))
+    in_channels: int = attrs.field(default=3, validator=int_at_least(1))
     """C_in, the image channels (plus the channels of a conditioning record's ``concat``, if any)."""
-    out_channels: int = attrs.field(default=3, validator=_int_at_least(1))
+    out_channels: int = attrs.field(default=3, validator=int_at_least(1))
     """C_out (2·C_in for ADM's learned σ: the prediction, then the variance channels)."""
     block_out_channels: tuple[int, ...] = attrs.field(
-        default=(128, 256, 256, 256), converter=_int_tuple, validator=_positive_ints
+        default=(128, 256, 256, 256), converter=as_tuple, validator=positive_ints
     )
     """ch_ℓ, the width of each level, finest first (DDPM: 128 × (1, 2, 2, 2))."""
-    layers_per_block: int = attrs.field(default=2, validator=_int_at_least(1))
+    layers_per_block: int = attrs.field(default=2, validator=int_at_least(1))
     """ResBlocks per level on the way down (the up path has one more per level)."""
-    attention_levels: tuple[int, ...] = attrs.field(default=(1,), converter=_int_tuple, validator=_level_indices)
+    attention_levels: tuple[int, ...] = attrs.field(default=(1,), converter=as_tuple, validator=_level_indices)
     """Levels (0 = finest) whose ResBlocks are followed by self-attention, down and up."""
-    mid_attention: bool = attrs.field(default=True, validator=_boolean)
+    mid_attention: bool = attrs.field(default=True, validator=boolean)
     """Self-attention between the two middle ResBlocks."""
-    attention_head_dim: int | None = attrs.field(default=None, validator=_optional_int_at_least(1))
+    attention_head_dim: int | None = attrs.field(default=None, validator=optional(int_at_least(1)))
     """Channels per attention head; ``None``: one head over all channels (DDPM)."""
-    time_embed_dim: int | None = attrs.field(default=None, validator=_optional_int_at_least(1))
+    time_embed_dim: int | None = attrs.field(default=None, validator=optional(int_at_least(1)))
     """E, the embedding width; ``None``: 4·ch_0."""
-    timestep_cos_first: bool = attrs.field(default=False, validator=_boolean)
+    timestep_cos_first: bool = attrs.field(default=False, validator=boolean)
     """Sinusoidal features [cos, sin] (ADM, diffusers' ``flip_sin_to_cos=True``) or [sin, cos] (DDPM)."""
     timestep_freq_shift: int = attrs.field(default=1, validator=_padding)
     """Frequencies 10000^(−i/(half − shift)): 1 for DDPM, 0 for ADM."""
-    num_classes: int = attrs.field(default=0, validator=_int_at_least(0))
+    num_classes: int = attrs.field(default=0, validator=int_at_least(0))
     """Class labels 0 … num_classes−1 plus the null class ``num_classes``; 0 = unconditional."""
-    vector_dim: int = attrs.field(default=0, validator=_int_at_least(0))
+    vector_dim: int = attrs.field(default=0, validator=int_at_least(0))
     """D_v > 0: a Linear(D_v → E) adds the conditioning record's ``vector`` [B, D_v] to the embedding."""
-    dropout: float = attrs.field(default=0.1, validator=_probability)
+    dropout: float = attrs.field(default=0.1, validator=probability)
     """Dropout in every ResBlock, before its second convolution (DDPM CIFAR-10: 0.1)."""
-    scale_shift: bool = attrs.field(default=False, validator=_boolean)
+    scale_shift: bool = attrs.field(default=False, validator=boolean)
     """ADM's scale-shift norm in the ResBlocks instead of adding the embedding."""
     resample: str = attrs.field(default="conv", validator=attrs.validators.in_(RESAMPLE_KINDS))
     """Down/upsampling: ``"conv"`` (stride-2 conv / nearest + conv), ``"pool"`` (average pool /
     nearest, no weights) or ``"resnet"`` (ResBlocks that resample inside, ADM's resblock_updown)."""
     downsample_padding: int = attrs.field(default=0, validator=_padding)
     """Of the stride-2 conv: 1 symmetric; 0 one zero row/column at the bottom/right (DDPM's TF "SAME")."""
-    norm_groups: int = attrs.field(default=32, validator=_int_at_least(1))
+    norm_groups: int = attrs.field(default=32, validator=int_at_least(1))
     """GroupNorm groups (every norm)."""
-    norm_eps: float = attrs.field(default=1e-6, validator=_positive_real)
+    norm_eps: float = attrs.field(default=1e-6, validator=positive_real)
     """GroupNorm ε (DDPM 1e-6; ADM and diffusers' default 1e-5)."""
-    gradient_checkpointing: bool = attrs.field(default=False, validator=_boolean)
+    gradient_checkpointing: bool = attrs.field(default=False, validator=boolean)
     """Recompute each block's activations in the backward pass (saves memory when training)."""
 
     def __attrs_post_init__(self) -> None:

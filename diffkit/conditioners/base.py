@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import inspect
-import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -21,29 +20,18 @@ from torch import nn
 from diffkit.conditioners.record import Conditioning
 from diffkit.errors import ConfigError, ShapeError
 
+# The field validators conditioner configs use live in diffkit.validators; these names stay
+# importable from here for plugins written against diffkit 0.1 (deprecated, one release).
+from diffkit.validators import int_at_least, positive_real  # noqa: F401
+from diffkit.validators import probability as drop_probability  # noqa: F401
+
 # -- config validators ------------------------------------------------------------------------
 
 
-def int_at_least(minimum: int):
-    """attrs validator: an integer (not a bool) ≥ ``minimum``."""
-
-    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-            raise ConfigError(f"{attribute.name} must be an integer ≥ {minimum}, got {value!r}")
-
-    return validate
 
 
-def drop_probability(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    """attrs validator: a probability in [0, 1) (1 would never show the model a condition)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ConfigError(f"{attribute.name} must be a number in [0, 1), got {value!r}")
 
 
-def positive_real(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    """attrs validator: a finite number > 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < float("inf"):
-        raise ConfigError(f"{attribute.name} must be a finite number > 0, got {value!r}")
 
 
 def config_signature(config_cls: type) -> inspect.Signature:

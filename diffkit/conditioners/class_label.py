@@ -9,23 +9,17 @@ With ``embed_dim`` E > 0 the conditioner also owns such a table and returns its 
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import attrs
 import torch
 from torch import nn
 
-from diffkit.conditioners.base import (
-    Conditioner,
-    check_batch_list,
-    config_signature,
-    drop_probability,
-    int_at_least,
-)
+from diffkit.conditioners.base import Conditioner, check_batch_list, config_signature
 from diffkit.conditioners.record import Conditioning
 from diffkit.configs import ModelConfig
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.validators import int_at_least, is_integer, probability
 
 
 @attrs.frozen(kw_only=True)
@@ -34,7 +28,7 @@ class ClassLabelConfig(ModelConfig):
 
     num_classes: int = attrs.field(validator=int_at_least(1))
     """K: labels 0 … K−1; K itself is the null class."""
-    drop_prob: float = attrs.field(default=0.1, validator=drop_probability)
+    drop_prob: float = attrs.field(default=0.1, validator=probability)
     """p_uncond, the training-time probability of the null class (DiT: 0.1)."""
     embed_dim: int = attrs.field(default=0, validator=int_at_least(0))
     """E > 0: also output ``vector`` from an own table of K + 1 rows of width E; 0: labels only."""
@@ -74,7 +68,7 @@ class ClassLabelConditioner(Conditioner):
         else:
             items = check_batch_list(inputs, "class labels")
             for item in items:
-                if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+                if not is_integer(item):
                     raise ConfigError(f"class labels must be integers, got {item!r}")
             labels = torch.tensor([int(v) for v in items], dtype=torch.long, device=self.module_device())
         if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:

@@ -17,10 +17,11 @@ from typing import Any
 import attrs
 import torch
 
-from diffkit.conditioners.base import Conditioner, config_signature, drop_probability, int_at_least
+from diffkit.conditioners.base import Conditioner, config_signature
 from diffkit.conditioners.record import Conditioning
 from diffkit.configs import ModelConfig
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.validators import int_at_least, is_integer, probability
 
 
 def _size(value: Any) -> Any:
@@ -36,7 +37,7 @@ def _size_validator(instance: Any, attribute: attrs.Attribute, value: Any) -> No
     if (
         not isinstance(value, tuple)
         or len(value) != 2
-        or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in value)
+        or any(not is_integer(v) or v < 1 for v in value)
     ):
         raise ConfigError(f"{attribute.name} must be None, a positive int or a pair (H, W) of them, got {value!r}")
 
@@ -47,7 +48,7 @@ class ConcatConfig(ModelConfig):
 
     channels: int = attrs.field(validator=int_at_least(1))
     """C_c, the channels of the conditioning image."""
-    drop_prob: float = attrs.field(default=0.0, validator=drop_probability)
+    drop_prob: float = attrs.field(default=0.0, validator=probability)
     """p_uncond: training-time probability of the null condition (the zero image)."""
     size: tuple[int, int] | None = attrs.field(default=None, converter=_size, validator=_size_validator)
     """(H, W) of the conditioning image, if fixed: checked on input and used by ``null``."""

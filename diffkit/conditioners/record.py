@@ -30,6 +30,7 @@ import attrs
 import torch
 
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.validators import is_integer
 
 FIELDS: tuple[str, ...] = ("labels", "vector", "context", "mask", "concat")
 
@@ -173,7 +174,7 @@ class Conditioning:
 
     def index(self, i: int) -> Conditioning:
         """Sample ``i`` as a record of batch size 1."""
-        if isinstance(i, bool) or not isinstance(i, int):
+        if not is_integer(i):
             raise ConfigError(f"Conditioning.index takes an int, got {type(i).__name__}; use select() for many")
         return self.select(i)
 

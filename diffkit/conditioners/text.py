@@ -17,18 +17,18 @@ its text is replaced by "" before encoding and its mask set to True.
 from __future__ import annotations
 
 import warnings
-
 from typing import Any
 
 import attrs
 import torch
 
-from diffkit.conditioners.base import Conditioner, check_batch_list, config_signature, drop_probability, int_at_least
+from diffkit.conditioners.base import Conditioner, check_batch_list, config_signature
 from diffkit.conditioners.record import Conditioning
 from diffkit.conditioners.text_encoder import TextEncoder, masked_mean
 from diffkit.conditioners.tokenizer import ByteTokenizer, WordTokenizer
 from diffkit.configs import ModelConfig
 from diffkit.errors import ConfigError
+from diffkit.validators import int_at_least, probability
 
 
 @attrs.frozen(kw_only=True)
@@ -45,7 +45,7 @@ class TextConfig(ModelConfig):
     """L, tokens per text including BOS and EOS (CLIP's 77); longer texts are cut."""
     context_dim: int = attrs.field(default=256, validator=int_at_least(1))
     """d_ctx, the width of ``context`` and ``vector`` (the backbone's ``context_dim``)."""
-    drop_prob: float = attrs.field(default=0.1, validator=drop_probability)
+    drop_prob: float = attrs.field(default=0.1, validator=probability)
     """p_uncond, the training-time probability of the empty-prompt condition."""
     vocabulary: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     """Empty: byte tokens. Otherwise the word vocabulary of a :class:`WordTokenizer`

@@ -8,24 +8,17 @@ projection learns what to do with φ(t). The null condition is the zero vector.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import attrs
 import torch
 
 from diffkit.backbones.embeddings import timestep_embedding
-from diffkit.conditioners.base import (
-    Conditioner,
-    check_batch_list,
-    config_signature,
-    drop_probability,
-    int_at_least,
-    positive_real,
-)
+from diffkit.conditioners.base import Conditioner, check_batch_list, config_signature
 from diffkit.conditioners.record import Conditioning
 from diffkit.configs import ModelConfig
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.validators import int_at_least, is_real, positive_real, probability
 
 
 @attrs.frozen(kw_only=True)
@@ -36,7 +29,7 @@ class TimestepConfig(ModelConfig):
     """D, the width of the features (``vector`` is [B, D])."""
     max_period: float = attrs.field(default=10000.0, validator=positive_real)
     """The longest period of the features (DDPM/ADM: 10000)."""
-    drop_prob: float = attrs.field(default=0.0, validator=drop_probability)
+    drop_prob: float = attrs.field(default=0.0, validator=probability)
     """p_uncond: training-time probability of the null condition (the zero vector)."""
 
 
@@ -61,7 +54,7 @@ class TimestepConditioner(Conditioner):
         else:
             items = check_batch_list(inputs, "timesteps")
             for item in items:
-                if isinstance(item, bool) or not isinstance(item, numbers.Real):
+                if not is_real(item):
                     raise ConfigError(f"timesteps must be real numbers, got {item!r}")
             t = torch.tensor([float(v) for v in items], dtype=torch.float64)
         if t.dtype.is_complex or t.dtype == torch.bool:

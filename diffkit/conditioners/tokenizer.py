@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from diffkit.errors import ConfigError
+from diffkit.validators import is_integer
 
 PAD, BOS, EOS = 256, 257, 258
 VOCAB_SIZE = 259
@@ -31,7 +32,7 @@ class ByteTokenizer:
     pad_id, bos_id, eos_id, vocab_size = PAD, BOS, EOS, VOCAB_SIZE
 
     def __init__(self, max_length: int) -> None:
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        if not is_integer(max_length) or max_length < 2:
             raise ConfigError(f"max_length must be an integer ≥ 2 (BOS and EOS), got {max_length!r}")
         self.max_length = max_length
 

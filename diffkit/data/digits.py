@@ -18,7 +18,6 @@ import functools
 import gzip
 import hashlib
 import io
-import numbers
 from importlib import resources
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from diffkit.errors import ConfigError, DiffkitError, check_choice
+from diffkit.validators import is_integer
 
 DATA_FILE = "digits.csv.gz"
 NATIVE_SIZE = 8  # the images are 8×8
@@ -77,7 +77,7 @@ def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_size(size: object) -> int:
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size <= 0 or size % NATIVE_SIZE:
+    if not is_integer(size) or size <= 0 or size % NATIVE_SIZE:
         raise ConfigError(
             f"digits image size must be a positive multiple of {NATIVE_SIZE} (8 is native; e.g. 16, 32), "
             f"got {size!r}"
@@ -86,7 +86,7 @@ def _check_size(size: object) -> int:
 
 
 def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    if not is_integer(seed) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)
 

@@ -39,6 +39,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from diffkit.errors import ConfigError, DiffkitError
+from diffkit.validators import is_integer
 
 DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
@@ -91,7 +92,7 @@ class ImageFolder(Dataset):
     ) -> None:
         self.root = Path(root)
         where = f"ImageFolder({str(self.root)!r})"
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        if not is_integer(size) or size < 1:
             raise ConfigError(f"{where}: size must be a positive integer (pixels), got {size!r}")
         if channels not in (1, 3) or isinstance(channels, bool):
             raise ConfigError(f"{where}: channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")

@@ -39,6 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from diffkit.errors import ConfigError, check_choice
+from diffkit.validators import is_real
 
 GENERATOR_VERSION = 1
 """Bump when rendering changes, so models trained on the old images (cache keys) miss."""
@@ -159,7 +160,7 @@ def _int_at_least(low: int) -> Any:
 
 def _real_in(low: float, high: float) -> Any:
     def check(_: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
+        if not is_real(value) or not low <= value <= high:
             raise ConfigError(f"{attribute.name} must be a number in [{low}, {high}], got {value!r}")
 
     return check

@@ -18,7 +18,6 @@ and caches its weights (safetensors + JSON) under ``$DIFFKIT_CACHE`` or ``~/.cac
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from typing import Any
 
@@ -39,7 +38,7 @@ from diffkit.data.digits import (
 from diffkit.errors import ConfigError, ShapeError
 from diffkit.metrics.cache import load_or_train, one_cpu_thread
 from diffkit.metrics.frechet import frechet_distance
-from diffkit.metrics.validators import non_negative_int, positive_float, positive_int
+from diffkit.validators import int_at_least, is_integer, positive_real
 
 FEATURE_DIM = 128
 ARCHITECTURE_VERSION = 1  # bump when DigitsClassifier changes: old cached weights then miss
@@ -102,12 +101,12 @@ class DigitsTrainingConfig:
     background (−1).
     """
 
-    seed: int = attrs.field(default=0, validator=non_negative_int)
-    steps: int = attrs.field(default=DEFAULT_STEPS, validator=positive_int)
-    batch_size: int = attrs.field(default=128, validator=positive_int)
-    lr: float = attrs.field(default=2e-3, validator=positive_float)
-    max_shift: int = attrs.field(default=1, validator=non_negative_int)
-    split_seed: int = attrs.field(default=0, validator=non_negative_int)
+    seed: int = attrs.field(default=0, validator=int_at_least(0))
+    steps: int = attrs.field(default=DEFAULT_STEPS, validator=int_at_least(1))
+    batch_size: int = attrs.field(default=128, validator=int_at_least(1))
+    lr: float = attrs.field(default=2e-3, validator=positive_real)
+    max_shift: int = attrs.field(default=1, validator=int_at_least(0))
+    split_seed: int = attrs.field(default=0, validator=int_at_least(0))
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""
@@ -202,7 +201,7 @@ def _device_of(module: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def _batched(fn: Any, images: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     return torch.cat([fn(images[i : i + batch_size].to(device)) for i in range(0, images.shape[0], batch_size)])
 
@@ -258,7 +257,7 @@ def real_baseline_fid(classifier: DigitsClassifier, n: int, seed: int = 0, *, si
     ``numpy.random.default_rng(seed)``, at image side ``size`` (use the samples' size, so both
     go through the same resize).
     """
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 2 <= n <= NUM_IMAGES // 2:
+    if not is_integer(n) or not 2 <= n <= NUM_IMAGES // 2:
         raise ConfigError(
             f"n must be an integer in [2, {NUM_IMAGES // 2}] (two disjoint sets of n digits), got {n!r}"
         )

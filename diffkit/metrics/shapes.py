@@ -29,7 +29,6 @@ caches it (safetensors + JSON) under ``$DIFFKIT_CACHE`` or ``~/.cache/diffkit``.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -52,7 +51,7 @@ from diffkit.data.shapes import (
 )
 from diffkit.errors import ConfigError, ShapeError
 from diffkit.metrics.cache import load_or_train, one_cpu_thread
-from diffkit.metrics.validators import non_negative_float, non_negative_int, positive_float, positive_int
+from diffkit.validators import int_at_least, is_integer, non_negative_real, positive_real
 
 EVAL_SIZE = 32
 """Images are resized to EVAL_SIZE × EVAL_SIZE before anything is measured."""
@@ -161,13 +160,13 @@ class ShapeTrainingConfig:
     of σ ∈ [0, ``max_noise``] (in [−1, 1] units). Adam at ``lr`` with a cosine decay to 0.
     """
 
-    seed: int = attrs.field(default=0, validator=non_negative_int)
-    steps: int = attrs.field(default=DEFAULT_STEPS, validator=positive_int)
-    batch_size: int = attrs.field(default=64, validator=positive_int)
-    lr: float = attrs.field(default=3e-3, validator=positive_float)
-    max_blur: float = attrs.field(default=1.2, validator=non_negative_float)
-    max_noise: float = attrs.field(default=0.08, validator=non_negative_float)
-    color_drift: float = attrs.field(default=40.0, validator=non_negative_float)
+    seed: int = attrs.field(default=0, validator=int_at_least(0))
+    steps: int = attrs.field(default=DEFAULT_STEPS, validator=int_at_least(1))
+    batch_size: int = attrs.field(default=64, validator=int_at_least(1))
+    lr: float = attrs.field(default=3e-3, validator=positive_real)
+    max_blur: float = attrs.field(default=1.2, validator=non_negative_real)
+    max_noise: float = attrs.field(default=0.08, validator=non_negative_real)
+    color_drift: float = attrs.field(default=40.0, validator=non_negative_real)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""
@@ -332,7 +331,7 @@ def measure(images: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def _check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     return int(batch_size)
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from diffkit.errors import ConfigError, DiffkitError, UnknownNameError
+from diffkit.validators import is_integer
 
 SECTIONS = ("data", "pipeline", "backbones", "train", "sample")
 
@@ -101,7 +102,7 @@ def _validate_sample(sample: Mapping[str, Any]) -> None:
 
 
 def _positive_int(key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= 10**7:
+    if not is_integer(value) or not 1 <= value <= 10**7:
         raise ConfigError(f"recipe key {key} must be an integer in [1, 10000000], got {_short(value)}")
 
 
@@ -132,7 +133,7 @@ def _validate_data(data: Mapping[str, Any]) -> None:
             if key != "size":
                 raise UnknownNameError("key in data (digits)", key, ["name", "size"])
         size = settings.get("size", 8)
-        if isinstance(size, bool) or not isinstance(size, int) or not 4 <= size <= 256:
+        if not is_integer(size) or not 4 <= size <= 256:
             raise ConfigError(f"recipe key data.size must be an integer in [4, 256], got {_short(size)}")
     elif name == "shapes":
         from diffkit.data.shapes import ShapesConfig

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 import torch
 
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.validators import check_flag, is_integer, is_real  # noqa: F401 (check_flag, is_integer: re-exported)
 
 Denoiser = Callable[..., torch.Tensor]
 Generator = Union[torch.Generator, Sequence[torch.Generator], None]
@@ -30,10 +30,6 @@ META_SIGMAS = (
     "or as a CPU tensor"
 )
 
-
-def is_integer(value: Any) -> bool:
-    """True for an integer (Python or NumPy) that is not a bool (True is not the number 1 here)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def as_generator(generator: Any, *, what: str = "generator") -> Generator:
@@ -158,7 +154,7 @@ def default_noise_sampler(x: torch.Tensor, generator: Generator) -> NoiseSampler
 
 def check_eta(eta: float) -> float:
     """η must be a finite number ≥ 0."""
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+    if not is_real(eta) or not math.isfinite(eta) or eta < 0:
         raise ConfigError(f"eta must be a finite number ≥ 0 (0 = deterministic), got {eta!r}")
     return float(eta)
 
@@ -170,12 +166,6 @@ def check_s_noise(s_noise: float) -> float:
         raise ConfigError(f"s_noise must be a finite number ≥ 0 (1 = the sampler's own noise), got {s_noise!r}")
     return float(s_noise)
 
-
-def check_flag(name: str, value: Any) -> bool:
-    """A boolean option must be a real ``bool`` (1, "yes" or None are errors, not truthy values)."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 def report(

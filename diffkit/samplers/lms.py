@@ -15,7 +15,6 @@ One denoiser call per step.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import attrs
@@ -33,11 +32,12 @@ from diffkit.samplers.common import (
     sigma_levels,
     to_d,
 )
+from diffkit.validators import is_integer
 
 
 def check_order(order: Any) -> int:
     """The LMS order must be an integer ≥ 1."""
-    if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 1:
+    if not is_integer(order) or order < 1:
         raise ConfigError(f"order must be an integer ≥ 1 (the number of past slopes; 4 is usual), got {order!r}")
     return int(order)
 

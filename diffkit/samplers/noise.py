@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from diffkit.errors import ConfigError
+from diffkit.validators import is_integer
 
 Seed = Union[int, torch.Generator, list[Union[int, torch.Generator]], tuple[Union[int, torch.Generator], ...], None]
 
@@ -56,7 +57,7 @@ def _seed_from(value: int | torch.Generator) -> int:
     if isinstance(value, torch.Generator):
         # one 63-bit integer drawn from the generator: the tree is then fixed by its state
         return int(torch.randint(0, 2**63 - 1, (), generator=value, device=value.device).item())
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_integer(value):
         raise ConfigError(f"a Brownian tree seed must be an int or a torch.Generator, got {value!r}")
     return value & _UINT64
 

@@ -42,13 +42,14 @@ from diffkit.samplers.common import (
     sigma_levels,
 )
 from diffkit.samplers.dpmpp_multistep import advance, phi
+from diffkit.validators import is_integer
 
 ORDERS = (1, 2, 3)
 
 
 def check_order(order: Any) -> int:
     """UniPC's order p (of UniP-p; UniC-p then has order p + 1) must be 1, 2 or 3."""
-    if isinstance(order, bool) or not isinstance(order, int) or order not in ORDERS:
+    if not is_integer(order) or order not in ORDERS:
         raise ConfigError(f"order must be one of 1, 2 or 3, got {order!r}")
     return order
 

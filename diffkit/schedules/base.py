@@ -13,16 +13,15 @@ CPU tensors, so the sampling loop never needs a device→host sync to branch on 
 from __future__ import annotations
 
 import functools
-import numbers
 from typing import Any
 
 import attrs
 import torch
 
 from diffkit.errors import ConfigError
-from diffkit.samplers.common import is_integer
 from diffkit.schedules.betas import rescale_to_zero_terminal_snr
 from diffkit.schedules.spacings import DEFAULT_SPACING, check_timesteps, spacing_grid, spacing_timesteps
+from diffkit.validators import is_integer, is_real
 
 # With zero terminal SNR ᾱ_{T−1} = 0 and σ_{T−1} = ∞. The σ table replaces that one zero by
 # min(2⁻²⁴, ᾱ_{T−2}/2) (σ ≥ 4096, as diffusers does, yet still above σ_{T−2} so the table
@@ -47,7 +46,7 @@ def _train_timesteps(instance: Any, attribute: attrs.Attribute, value: Any) -> N
 
 def unit_interval(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     """attrs validator: a float strictly inside (0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+    if not is_real(value) or not 0 < value < 1:
         raise ConfigError(f"{attribute.name} must be a number in (0, 1), got {value!r}")
 
 

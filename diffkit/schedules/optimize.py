@@ -56,6 +56,7 @@ import torch
 from diffkit.errors import ConfigError, UnknownNameError
 from diffkit.schedules.base import DiscreteSchedule
 from diffkit.schedules.spacings import SIGMA_SPACINGS, SPACINGS, check_sigma_range, user_sigmas
+from diffkit.validators import is_integer
 
 Denoiser = Callable[..., torch.Tensor]
 SamplerFn = Callable[..., torch.Tensor]
@@ -430,7 +431,7 @@ class _CountingDenoiser:
 
 
 def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    if not is_integer(value) or value < minimum:
         raise ConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
     return int(value)
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -48,7 +47,8 @@ import torch
 
 from diffkit import registry
 from diffkit.errors import ConfigError, UnknownNameError
-from diffkit.samplers.common import META_SIGMAS, is_integer, sigma_levels
+from diffkit.samplers.common import META_SIGMAS, sigma_levels
+from diffkit.validators import is_integer, is_real
 
 GridFn = Callable[..., torch.Tensor]
 """``fn(schedule, steps, **options) -> σ`` float64 CPU [steps + 1], strictly decreasing, last 0."""
@@ -88,7 +88,7 @@ def check_sigma_steps(steps: object) -> int:
 
 
 def _positive_finite(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_real(value):
         raise ConfigError(f"{name} must be a positive finite number, got {value!r} ({type(value).__name__})")
     number = float(value)
     if not (math.isfinite(number) and number > 0):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import attrs
 import torch
@@ -11,6 +10,7 @@ import torch
 from diffkit.errors import ConfigError
 from diffkit.schedules import betas
 from diffkit.schedules.base import DiscreteSchedule, unit_interval
+from diffkit.validators import is_real
 
 
 def _ordered_range(instance: "LinearSchedule", attribute: attrs.Attribute, value: float) -> None:
@@ -41,7 +41,7 @@ class ScaledLinearSchedule(DiscreteSchedule):
 
 
 def _nonnegative(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+    if not is_real(value) or not 0 <= value < 1:
         raise ConfigError(f"{attribute.name} must be a number in [0, 1), got {value!r}")
 
 
@@ -57,7 +57,7 @@ class CosineSchedule(DiscreteSchedule):
 
 
 def _finite_real(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    if not is_real(value) or not math.isfinite(value):
         raise ConfigError(f"{attribute.name} must be a finite real number, got {value!r}")
 
 

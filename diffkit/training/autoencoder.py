@@ -32,9 +32,9 @@ import torch
 
 from diffkit.autoencoders.kl import KLAutoencoder
 from diffkit.errors import ConfigError, ShapeError
-from diffkit.training.config import _int_at_least, _number_in, _one_of
 from diffkit.training.data import batch_indices
 from diffkit.training.ema import EMA
+from diffkit.validators import int_at_least, is_integer, one_of, real_in
 
 LOSSES = ("l1", "mse", "l1+mse")
 """Pixel reconstruction losses ρ."""
@@ -67,37 +67,37 @@ SHAPES_AUTOENCODER: dict[str, Any] = {
 def _optional_decay(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is None:
         return
-    _number_in(0, 1, high_open=True)(instance, attribute, value)
+    real_in(0, 1, high_open=True)(instance, attribute, value)
 
 
 @attrs.frozen(kw_only=True)
 class AutoencoderTrainConfig:
     """Settings of :func:`train_autoencoder` (AdamW, linear warm-up then cosine decay)."""
 
-    steps: int = attrs.field(default=1500, validator=_int_at_least(1))
+    steps: int = attrs.field(default=1500, validator=int_at_least(1))
     """Optimizer steps."""
-    batch_size: int = attrs.field(default=16, validator=_int_at_least(1))
+    batch_size: int = attrs.field(default=16, validator=int_at_least(1))
     """Images per step."""
-    lr: float = attrs.field(default=3e-3, validator=_number_in(0, 1))
+    lr: float = attrs.field(default=3e-3, validator=real_in(0, 1))
     """Peak learning rate of AdamW."""
-    min_lr_ratio: float = attrs.field(default=0.05, validator=_number_in(0, 1))
+    min_lr_ratio: float = attrs.field(default=0.05, validator=real_in(0, 1))
     """The cosine decay ends at ``min_lr_ratio``·lr on the last step."""
-    warmup_steps: int = attrs.field(default=50, validator=_int_at_least(0))
+    warmup_steps: int = attrs.field(default=50, validator=int_at_least(0))
     """Linear warm-up from 0 to ``lr``."""
-    weight_decay: float = attrs.field(default=0.0, validator=_number_in(0, 1))
-    kl_weight: float = attrs.field(default=1e-6, validator=_number_in(0, 1))
+    weight_decay: float = attrs.field(default=0.0, validator=real_in(0, 1))
+    kl_weight: float = attrs.field(default=1e-6, validator=real_in(0, 1))
     """β: weight of the per-image KL against the per-image summed reconstruction error (LDM: 1e-6)."""
-    loss: str = attrs.field(default="l1+mse", validator=_one_of(LOSSES))
+    loss: str = attrs.field(default="l1+mse", validator=one_of(LOSSES))
     """ρ, the pixel reconstruction loss (see :data:`LOSSES`)."""
-    grad_clip: float = attrs.field(default=1.0, validator=_number_in(0, math.inf, high_open=True))
+    grad_clip: float = attrs.field(default=1.0, validator=real_in(0))
     """Clip the global gradient norm to this value (0 = off)."""
-    seed: int = attrs.field(default=0, validator=_int_at_least(0))
+    seed: int = attrs.field(default=0, validator=int_at_least(0))
     """Seeds the batch order, the posterior samples and the global RNG (dropout)."""
     ema_decay: float | None = attrs.field(default=None, validator=_optional_decay)
     """Keep an EMA of the weights with this decay and return it (None = no EMA)."""
-    eval_images: int = attrs.field(default=1024, validator=_int_at_least(0))
+    eval_images: int = attrs.field(default=1024, validator=int_at_least(0))
     """The final train PSNR is measured on the first ``eval_images`` images (0 = skip it)."""
-    log_every: int = attrs.field(default=25, validator=_int_at_least(1))
+    log_every: int = attrs.field(default=25, validator=int_at_least(1))
     """Refresh the loss on the progress bar every N steps."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -324,7 +324,7 @@ class _EvalMode:
 
 
 def _batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
     for start in range(0, len(images), batch_size):
         yield images[start : start + batch_size]

@@ -49,6 +49,7 @@ import torch
 from diffkit.atomic import TMP_SUFFIX, fsync_dir
 from diffkit.errors import CheckpointError, DiffkitError
 from diffkit.files import read_json_object, require_regular_file, unpickling_error_detail
+from diffkit.validators import is_integer
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.safetensors"
@@ -282,7 +283,7 @@ def verify_checkpoint(folder: str | os.PathLike[str]) -> dict[str, Any]:
     folder = Path(folder)
     meta = read_json_object(folder / META_FILE, what="checkpoint record")
     step = meta.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or step != checkpoint_step(folder):
+    if not is_integer(step) or step != checkpoint_step(folder):
         raise CheckpointError(f"{folder / META_FILE} records step {step!r}, but the folder is {folder.name}")
     files = meta.get("files")
     if isinstance(files, list) and all(isinstance(name, str) for name in files):  # written before manifests

@@ -3,52 +3,26 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import attrs
 
 from diffkit.errors import ConfigError
 from diffkit.precision import PRECISIONS
+from diffkit.validators import int_at_least, is_real, one_of, real_in
 
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def _int_at_least(minimum: int, *, at_most: int | None = None) -> Callable[[Any, attrs.Attribute, Any], None]:
-    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"{attribute.name} must be an integer ≥ {minimum}, got {value!r}")
-        if at_most is not None and value > at_most:
-            raise ConfigError(f"{attribute.name} must be an integer in [{minimum}, {at_most}], got {value!r}")
-
-    return validate
 
 
-def _number_in(low: float, high: float, *, high_open: bool = False) -> Callable[[Any, attrs.Attribute, Any], None]:
-    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-        ok = ok and low <= value and (value < high if high_open else value <= high)
-        if not ok:
-            bracket = ")" if high_open else "]"
-            raise ConfigError(f"{attribute.name} must be a number in [{low}, {high}{bracket}, got {value!r}")
-
-    return validate
 
 
-def _one_of(valid: tuple[str, ...]) -> Callable[[Any, attrs.Attribute, Any], None]:
-    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        from diffkit.errors import check_choice
-
-        check_choice(attribute.name, value, valid)
-
-    return validate
 
 
 def _betas(value: Any) -> tuple[float, float]:
     """AdamW's (β1, β2): two finite numbers in [0, 1), from a list or tuple."""
-    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
-        not isinstance(b, bool) and isinstance(b, (int, float)) and 0 <= b < 1 for b in value
-    )
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(is_real(b) and 0 <= b < 1 for b in value)
     if not ok:
         raise ConfigError(f"adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {value!r}")
     return (float(value[0]), float(value[1]))
@@ -64,33 +38,33 @@ class TrainConfig:
     model on 1 or 8 GPUs, only faster.
     """
 
-    steps: int = attrs.field(default=2000, validator=_int_at_least(1))
+    steps: int = attrs.field(default=2000, validator=int_at_least(1))
     """Optimizer steps."""
-    batch_size: int = attrs.field(default=128, validator=_int_at_least(1))
+    batch_size: int = attrs.field(default=128, validator=int_at_least(1))
     """Examples per micro-batch, over all ranks together."""
-    accumulation: int = attrs.field(default=1, validator=_int_at_least(1))
+    accumulation: int = attrs.field(default=1, validator=int_at_least(1))
     """Micro-batches whose gradients are summed into one optimizer step."""
-    lr: float = attrs.field(default=1e-3, validator=_number_in(0, 1))
+    lr: float = attrs.field(default=1e-3, validator=real_in(0, 1))
     """Peak learning rate of AdamW."""
-    lr_schedule: str = attrs.field(default="cosine", validator=_one_of(LR_SCHEDULES))
+    lr_schedule: str = attrs.field(default="cosine", validator=one_of(LR_SCHEDULES))
     """After warm-up: constant, or cosine decay to ``min_lr_ratio``·lr at the last step."""
-    min_lr_ratio: float = attrs.field(default=0.1, validator=_number_in(0, 1))
-    warmup_steps: int = attrs.field(default=100, validator=_int_at_least(0))
+    min_lr_ratio: float = attrs.field(default=0.1, validator=real_in(0, 1))
+    warmup_steps: int = attrs.field(default=100, validator=int_at_least(0))
     """Linear warm-up from 0 to ``lr``."""
-    weight_decay: float = attrs.field(default=0.0, validator=_number_in(0, 1))
+    weight_decay: float = attrs.field(default=0.0, validator=real_in(0, 1))
     adam_betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=_betas)
-    grad_clip: float = attrs.field(default=1.0, validator=_number_in(0, math.inf, high_open=True))
+    grad_clip: float = attrs.field(default=1.0, validator=real_in(0))
     """Clip the global gradient norm to this value (0 = off)."""
-    ema_decay: float = attrs.field(default=0.999, validator=_number_in(0, 1, high_open=True))
-    seed: int = attrs.field(default=0, validator=_int_at_least(0, at_most=2**63 - 1))
-    save_every: int = attrs.field(default=500, validator=_int_at_least(0))
+    ema_decay: float = attrs.field(default=0.999, validator=real_in(0, 1, high_open=True))
+    seed: int = attrs.field(default=0, validator=int_at_least(0, at_most=2**63 - 1))
+    save_every: int = attrs.field(default=500, validator=int_at_least(0))
     """Checkpoint every N steps (0 = only at the end)."""
-    keep_last: int = attrs.field(default=2, validator=_int_at_least(1))
+    keep_last: int = attrs.field(default=2, validator=int_at_least(1))
     """Checkpoints kept; older ones are deleted once a newer one is complete."""
-    sample_every: int = attrs.field(default=0, validator=_int_at_least(0))
+    sample_every: int = attrs.field(default=0, validator=int_at_least(0))
     """Call the preview hook (a sample grid) every N steps (0 = only at the end)."""
-    log_every: int = attrs.field(default=25, validator=_int_at_least(1))
-    precision: str = attrs.field(default="auto", validator=_one_of(PRECISIONS))
+    log_every: int = attrs.field(default=25, validator=int_at_least(1))
+    precision: str = attrs.field(default="auto", validator=one_of(PRECISIONS))
     """``auto``: bf16 autocast on CUDA, fp32 on the CPU."""
 
     def to_dict(self) -> dict[str, Any]:

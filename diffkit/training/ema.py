@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from diffkit.errors import ConfigError
+from diffkit.validators import is_real
 
 
 class EMA:
@@ -26,7 +27,7 @@ class EMA:
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999, *, warmup: bool = True) -> None:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+        if not is_real(decay) or not 0 <= decay < 1:
             raise ConfigError(f"EMA decay must be a number in [0, 1), got {decay!r}")
         self.decay = float(decay)
         self.warmup = warmup

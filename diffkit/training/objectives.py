@@ -22,7 +22,6 @@ sampling time, so a network trained here is sampled through that adapter unchang
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -32,21 +31,15 @@ import torch
 from diffkit.denoisers import PREDICTIONS
 from diffkit.errors import ConfigError, ShapeError
 from diffkit.schedules.base import DiscreteSchedule
-from diffkit.training.config import _one_of
 from diffkit.training.vlb import vlb_loss
+from diffkit.validators import finite_real, one_of, positive_real
 
 WEIGHTINGS = ("none", "min_snr")
 TIMESTEP_SAMPLING = ("uniform", "lognormal")
 
 
-def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{attribute.name} must be a finite number > 0, got {value!r}")
 
 
-def _finite(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{attribute.name} must be a finite number, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -64,13 +57,13 @@ class Objective:
         vlb_weight: λ of the hybrid loss for learned-variance networks (improved DDPM: 0.001).
     """
 
-    prediction: str = attrs.field(default="eps", validator=_one_of(PREDICTIONS))
-    weighting: str = attrs.field(default="none", validator=_one_of(WEIGHTINGS))
-    snr_gamma: float = attrs.field(default=5.0, validator=_positive)
-    timesteps: str = attrs.field(default="uniform", validator=_one_of(TIMESTEP_SAMPLING))
-    lognormal_mean: float = attrs.field(default=-1.2, validator=_finite)
-    lognormal_std: float = attrs.field(default=1.2, validator=_positive)
-    vlb_weight: float = attrs.field(default=0.001, validator=_positive)
+    prediction: str = attrs.field(default="eps", validator=one_of(PREDICTIONS))
+    weighting: str = attrs.field(default="none", validator=one_of(WEIGHTINGS))
+    snr_gamma: float = attrs.field(default=5.0, validator=positive_real)
+    timesteps: str = attrs.field(default="uniform", validator=one_of(TIMESTEP_SAMPLING))
+    lognormal_mean: float = attrs.field(default=-1.2, validator=finite_real)
+    lognormal_std: float = attrs.field(default=1.2, validator=positive_real)
+    vlb_weight: float = attrs.field(default=0.001, validator=positive_real)
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

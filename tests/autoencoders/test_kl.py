@@ -111,9 +111,9 @@ def test_presets_are_frozen_values():
         ({"block_out_channels": (8, 10)}, "norm_num_groups 4 must divide"),
         ({"layers_per_block": 0}, "layers_per_block must be an integer ≥ 1"),
         ({"latent_channels": True}, "latent_channels must be an integer"),
-        ({"scaling_factor": 0}, "scaling_factor must be a number > 0"),
+        ({"scaling_factor": 0}, "scaling_factor must be a finite number > 0"),
         ({"double_z": 1}, "double_z must be True or False"),
-        ({"dropout": 1.0}, r"dropout must be a number in \[0, 1\)"),
+        ({"dropout": 1.0}, r"dropout must be a finite number in \[0, 1\)"),
     ],
 )
 def test_bad_configs_are_rejected(fields, words):

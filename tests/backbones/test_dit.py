@@ -121,7 +121,7 @@ def test_presets_are_frozen_values():
         ({"input_size": 9, "patch_size": 2}, "not divisible by patch_size"),
         ({"depth": 0}, "depth must be an integer ≥ 1"),
         ({"depth": True}, "depth must be an integer"),
-        ({"mlp_ratio": 0}, "mlp_ratio must be a number > 0"),
+        ({"mlp_ratio": 0}, "mlp_ratio must be a finite number > 0"),
         ({"learn_sigma": 1}, "learn_sigma must be True or False"),
         ({"num_classes": -1}, "num_classes must be an integer ≥ 0"),
     ],

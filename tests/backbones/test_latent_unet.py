@@ -100,7 +100,7 @@ def test_config_round_trips_through_json_and_presets_are_frozen():
         ({"context_dim": 0}, "context_dim must be an integer ≥ 1"),
         ({"transformer_depth": 1.5}, "transformer_depth must be an integer"),
         ({"use_linear_projection": 1}, "use_linear_projection must be True or False"),
-        ({"dropout": 1.0}, "dropout must be a number in [0, 1)"),
+        ({"dropout": 1.0}, "dropout must be a finite number in [0, 1)"),
     ],
 )
 def test_bad_configs_are_rejected(fields, words):

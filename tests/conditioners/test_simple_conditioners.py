@@ -30,7 +30,7 @@ def test_registry_lists_and_builds_the_four_conditioners():
         diffkit.build("conditioner", "class_label", num_clases=10)
     with pytest.raises(ConfigError, match="num_classes must be an integer ≥ 1"):
         diffkit.build("conditioner", "class_label", num_classes=0)
-    with pytest.raises(ConfigError, match=r"drop_prob must be a number in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"drop_prob must be a finite number in \[0, 1\)"):
         diffkit.build("conditioner", "class_label", num_classes=3, drop_prob=1.0)
 
 

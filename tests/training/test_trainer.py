@@ -144,7 +144,7 @@ def test_learning_rate_warms_up_then_follows_a_cosine_to_the_floor():
     "changes, message",
     [
         ({"steps": 0}, "steps must be an integer ≥ 1"),
-        ({"lr": -1.0}, "lr must be a number"),
+        ({"lr": -1.0}, "lr must be a finite number in \\[0, 1\\]"),
         ({"lr_schedule": "cosin"}, "cosine"),
         ({"ema_decay": 1.0}, "ema_decay"),
         ({"grad_clip": math.nan}, "grad_clip"),

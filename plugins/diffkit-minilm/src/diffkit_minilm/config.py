@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from diffkit.conditioners.base import drop_probability, int_at_least
+from diffkit.validators import int_at_least, probability
 from diffkit.configs import ModelConfig
 from diffkit.errors import ConfigError
 
@@ -46,7 +46,7 @@ class MiniLMConfig(ModelConfig):
 
     max_length: int = attrs.field(default=77, validator=_length)
     """L, tokens per text including [CLS] and [SEP] (CLIP's 77); longer texts are cut."""
-    drop_prob: float = attrs.field(default=0.1, validator=drop_probability)
+    drop_prob: float = attrs.field(default=0.1, validator=probability)
     """p_uncond, the training-time probability of the empty-prompt condition."""
     freeze: bool = attrs.field(default=True, validator=_boolean)
     """Keep the pretrained encoder fixed (not trained, not saved: it comes from the package).
