@@ -52,6 +52,7 @@ from torch import nn
 
 from diffkit import registry
 from diffkit.atomic import TMP_SUFFIX, make_folder, write_atomic
+from diffkit.converters import DIFFUSERS_FORMATS, DiffusersConverter, converter_for
 from diffkit.errors import CheckpointError, ConfigError, DiffkitError, UnknownNameError
 from diffkit.files import read_json_object, require_regular_file, unpickling_error_detail
 from diffkit.state_dicts import check_device, check_dtype, check_tensors, check_weights
@@ -62,33 +63,9 @@ PIPELINE_FILE = "pipeline.json"  # a saved diffkit.Pipeline (diffkit.pipeline)
 WEIGHTS_FILE = "model.safetensors"
 _SAVE_ID_KEY = "diffkit_save_id"  # in the safetensors header's __metadata__
 
-# -- the diffusers converter table ----------------------------------------------------------
-
-
-@attrs.frozen
-class DiffusersFormat:
-    """How one diffusers model class maps to a diffkit component.
-
-    ``converter`` is a module with ``config_from_diffusers(config_dict) -> config`` (an attrs
-    config with ``to_dict``) and ``convert_diffusers_state_dict(state_dict, config) -> dict``
-    (checks every key and shape); the module is built with ``registry.build(kind, name, **config)``.
-    """
-
-    kind: str
-    name: str
-    converter: str
-
-
-# diffusers ``_class_name`` → the diffkit component. Adding an architecture is one row.
-DIFFUSERS_FORMATS: Mapping[str, DiffusersFormat] = {
-    "DiTTransformer2DModel": DiffusersFormat("backbone", "dit", "diffkit.backbones.diffusers_dit"),
-    # Older DiT checkpoints (e.g. facebook/DiT-XL-2-256) are Transformer2DModel with DiT settings;
-    # the DiT converter checks the settings and names any it does not support.
-    "Transformer2DModel": DiffusersFormat("backbone", "dit", "diffkit.backbones.diffusers_dit"),
-    "UNet2DModel": DiffusersFormat("backbone", "unet", "diffkit.backbones.diffusers_unet"),
-    "AutoencoderKL": DiffusersFormat("autoencoder", "kl", "diffkit.autoencoders.diffusers_kl"),
-    "UNet2DConditionModel": DiffusersFormat("backbone", "latent_unet", "diffkit.backbones.diffusers_latent_unet"),
-}
+# diffusers ``_class_name`` → converter: the registry's converters (diffkit.converters). A
+# plugin adds an architecture with the diffkit_register_converters hook.
+DiffusersFormat = DiffusersConverter  # the name of diffkit 0.1 (deprecated, one release)
 
 # diffusers' weight file names, in order of preference (name stem; variant goes before the extension).
 _DIFFUSERS_STEM = "diffusion_pytorch_model"
@@ -596,12 +573,9 @@ def _load_diffusers(folder: Path, *, allow_pickle: bool, variant: str | None, al
         raise CheckpointError(f"{config_file} has no _class_name: not a diffusers model config")
     if not isinstance(class_name, str):
         raise CheckpointError(f"{config_file}: _class_name must be a string, got {short(class_name)}")
-    row = DIFFUSERS_FORMATS.get(class_name)
-    if row is None:
+    converter = converter_for(class_name)
+    if converter is None:
         raise UnknownNameError("diffusers model class (in config.json's _class_name)", class_name, DIFFUSERS_FORMATS)
-    import importlib
-
-    converter = importlib.import_module(row.converter)
     with naming_errors(config_file):
         config = converter.config_from_diffusers(config_dict)
     suffix = f".{variant}" if variant else ""
@@ -609,11 +583,11 @@ def _load_diffusers(folder: Path, *, allow_pickle: bool, variant: str | None, al
     state_dict, _ = _read_weights(folder, names, allow_pickle=allow_pickle)
     check_weights_types(state_dict, what=f"the weights in {folder}", allow_nonfinite=allow_nonfinite)
     with naming_errors(folder):
-        weights = converter.convert_diffusers_state_dict(state_dict, config)
+        weights = converter.convert_state_dict(state_dict, config)
         config_dict = config.to_dict()
     # the values were checked above, before converting; checking them again would only cost time
     return build_with_weights(
-        row.kind, row.name, config_dict, weights, source=config_file,
+        converter.kind, converter.name, config_dict, weights, source=config_file,
         what=f"the converted weights of {folder}", allow_nonfinite=True,
     )
 
@@ -650,8 +624,8 @@ def _pipeline_message(folder: Path) -> str:
             continue
         class_name = value[1]
         if isinstance(class_name, str) and class_name in DIFFUSERS_FORMATS and (folder / key).is_dir():
-            row = DIFFUSERS_FORMATS[class_name]
-            parts.append(f"{key} ({class_name} → {row.kind} {row.name!r})")
+            converter = DIFFUSERS_FORMATS[class_name]
+            parts.append(f"{key} ({class_name} → {converter.kind} {converter.name!r})")
     pipeline = index.get("_class_name")
     pipeline = pipeline if isinstance(pipeline, str) and len(pipeline) <= 80 else "a diffusers pipeline"
     hint = (

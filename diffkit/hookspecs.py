@@ -40,6 +40,10 @@ What each kind of object must be:
     so the conformance kit can feed them the same noise as their reference twin.
 ``backbone`` / ``conditioner`` / ``autoencoder``
     A callable returning an ``nn.Module`` (or conditioner object) from keyword configuration.
+``converter``
+    A :class:`diffkit.converters.DiffusersConverter`: the diffusers ``_class_name`` values it
+    reads, the diffkit component it builds (kind and name), ``config_from_diffusers`` and
+    ``convert_state_dict``; ``diffkit.load_pretrained`` then reads such diffusers folders.
 
 Useful metadata for :meth:`Registrar.add` (all optional):
 
@@ -118,4 +122,13 @@ def diffkit_register_autoencoders(autoencoders: Registrar) -> None:
     """Add autoencoders: ``autoencoders.add("kl", build_kl, options=KLConfig)``.
 
     The module has ``encode_latents(images)`` and ``decode_latents(latents)`` (scaled latent space).
+    """
+
+
+@hookspec
+def diffkit_register_converters(converters: Registrar) -> None:
+    """Add diffusers converters: ``converters.add("dit", DIT_CONVERTER)``.
+
+    The object is a :class:`diffkit.converters.DiffusersConverter`; ``load_pretrained`` uses it
+    for every diffusers model folder whose ``config.json`` names one of its ``diffusers_classes``.
     """

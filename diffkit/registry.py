@@ -36,7 +36,7 @@ from diffkit import hookspecs
 from diffkit.errors import ConfigError, ConflictError, DiffkitError, PluginError, UnknownNameError
 
 ENTRY_POINT_GROUP = "diffkit"
-KINDS: tuple[str, ...] = ("schedule", "spacing", "sampler", "backbone", "conditioner", "autoencoder")
+KINDS: tuple[str, ...] = ("schedule", "spacing", "sampler", "backbone", "conditioner", "autoencoder", "converter")
 
 # Kinds whose entries are functions: ``build`` binds options to them (functools.partial)
 # instead of calling them; the arguments every call passes are not options.

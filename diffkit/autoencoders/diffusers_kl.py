@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from diffkit.autoencoders.kl import KLAutoencoder, KLConfig
+from diffkit.converters import DiffusersConverter
 from diffkit.errors import CheckpointError, ConfigError
 from diffkit.state_dicts import check_state_dict
 
@@ -189,18 +190,7 @@ def kl_from_diffusers(
     ``overrides`` go to :func:`config_from_diffusers`. The result is in float32 on the CPU, in
     eval mode.
     """
-    if state_dict is None:
-        if not hasattr(model_or_config, "state_dict") or not hasattr(model_or_config, "config"):
-            raise TypeError("pass a diffusers model, or a config dict and a state dict")
-        config_dict = {"_class_name": type(model_or_config).__name__, **dict(model_or_config.config)}
-        state_dict = model_or_config.state_dict()
-    else:
-        config_dict = model_or_config
-    config = config_from_diffusers(config_dict, **overrides)
-    weights = convert_diffusers_state_dict(state_dict, config)
-    model = KLAutoencoder(config)
-    model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
-    return model.eval()
+    return CONVERTER(model_or_config, state_dict, **overrides)
 
 
 def load_diffusers_kl(path: str | Path, **overrides: Any) -> KLAutoencoder:
@@ -209,14 +199,22 @@ def load_diffusers_kl(path: str | Path, **overrides: Any) -> KLAutoencoder:
     ``path`` is the VAE folder or a pipeline folder with a ``vae/`` subfolder; the weights are
     read as :func:`diffkit.load_pretrained` reads them.
     """
-    # reads the folder exactly as diffkit.load_pretrained does (safetensors, shards, no pickle)
-    from diffkit.checkpoints import read_diffusers_folder
+    return CONVERTER.load(path, **overrides)
 
-    config_dict, state_dict = read_diffusers_folder(path, "vae")
-    return kl_from_diffusers(config_dict, state_dict, **overrides)
+
+CONVERTER = DiffusersConverter(
+    diffusers_classes=(DIFFUSERS_CLASS,),
+    kind="autoencoder",
+    name="kl",
+    config_from_diffusers=config_from_diffusers,
+    convert_state_dict=convert_diffusers_state_dict,
+    subfolder="vae",
+)
+"""The registered converter (``diffkit.get("converter", "kl")``)."""
 
 
 __all__ = [
+    "CONVERTER",
     "CheckpointError",
     "config_from_diffusers",
     "convert_diffusers_state_dict",

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from diffkit.backbones.latent_unet import LatentUNet, LatentUNetConfig
+from diffkit.converters import DiffusersConverter
 from diffkit.errors import CheckpointError, ConfigError
 from diffkit.state_dicts import check_state_dict
 
@@ -333,9 +334,7 @@ def _describe(config: LatentUNetConfig) -> str:
 
 
 def latent_unet_from_diffusers(
-    model_or_config: Any,
-    state_dict: Mapping[str, torch.Tensor] | None = None,
-    **overrides: Any,
+    model_or_config: Any, state_dict: Mapping[str, torch.Tensor] | None = None, **overrides: Any
 ) -> LatentUNet:
     """A :class:`LatentUNet` holding the weights of a diffusers ``UNet2DConditionModel``.
 
@@ -343,21 +342,7 @@ def latent_unet_from_diffusers(
     ``latent_unet_from_diffusers(config_dict, state_dict)``. ``overrides`` go to
     :func:`config_from_diffusers`. The result is in float32 on the CPU, in eval mode.
     """
-    if state_dict is None:
-        if not hasattr(model_or_config, "state_dict") or not hasattr(model_or_config, "config"):
-            raise TypeError("pass a diffusers model, or a config dict and a state dict")
-        config_dict = {
-            "_class_name": type(model_or_config).__name__,
-            **dict(model_or_config.config),
-        }
-        state_dict = model_or_config.state_dict()
-    else:
-        config_dict = model_or_config
-    config = config_from_diffusers(config_dict, **overrides)
-    weights = convert_diffusers_state_dict(state_dict, config)
-    model = LatentUNet(config)
-    model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
-    return model.eval()
+    return CONVERTER(model_or_config, state_dict, **overrides)
 
 
 def load_diffusers_latent_unet(path: str | Path, **overrides: Any) -> LatentUNet:
@@ -366,14 +351,22 @@ def load_diffusers_latent_unet(path: str | Path, **overrides: Any) -> LatentUNet
     ``path`` is the model folder or a pipeline folder with a ``unet/`` subfolder (a Stable
     Diffusion pipeline).
     """
-    # reads the folder exactly as diffkit.load_pretrained does (safetensors, shards, no pickle)
-    from diffkit.checkpoints import read_diffusers_folder
+    return CONVERTER.load(path, **overrides)
 
-    config_dict, state_dict = read_diffusers_folder(path, "unet")
-    return latent_unet_from_diffusers(config_dict, state_dict, **overrides)
+
+CONVERTER = DiffusersConverter(
+    diffusers_classes=(DIFFUSERS_CLASS,),
+    kind="backbone",
+    name="latent_unet",
+    config_from_diffusers=config_from_diffusers,
+    convert_state_dict=convert_diffusers_state_dict,
+    subfolder="unet",
+)
+"""The registered converter (``diffkit.get("converter", "latent_unet")``)."""
 
 
 __all__ = [
+    "CONVERTER",
     "CheckpointError",
     "config_from_diffusers",
     "convert_diffusers_state_dict",
