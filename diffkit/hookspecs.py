@@ -40,6 +40,9 @@ What each kind of object must be:
     so the conformance kit can feed them the same noise as their reference twin.
 ``backbone`` / ``conditioner`` / ``autoencoder``
     A callable returning an ``nn.Module`` (or conditioner object) from keyword configuration.
+``recipe``
+    A function ``fn() -> dict`` returning a fresh recipe (JSON-ready nested dicts, see
+    :mod:`diffkit.recipes.base`); ``diffkit train --recipe NAME`` then trains it.
 ``converter``
     A :class:`diffkit.converters.DiffusersConverter`: the diffusers ``_class_name`` values it
     reads, the diffkit component it builds (kind and name), ``config_from_diffusers`` and
@@ -131,4 +134,13 @@ def diffkit_register_converters(converters: Registrar) -> None:
 
     The object is a :class:`diffkit.converters.DiffusersConverter`; ``load_pretrained`` uses it
     for every diffusers model folder whose ``config.json`` names one of its ``diffusers_classes``.
+    """
+
+
+@hookspec
+def diffkit_register_recipes(recipes: Registrar) -> None:
+    """Add training recipes: ``recipes.add("my_digits", my_digits_recipe)``.
+
+    The object is a function returning a recipe dict; ``diffkit train --recipe NAME`` and
+    ``diffkit.recipes.get_recipe(NAME)`` find it, and ``KEY=VALUE`` overrides apply to it.
     """

@@ -36,7 +36,9 @@ from diffkit import hookspecs
 from diffkit.errors import ConfigError, ConflictError, DiffkitError, PluginError, UnknownNameError
 
 ENTRY_POINT_GROUP = "diffkit"
-KINDS: tuple[str, ...] = ("schedule", "spacing", "sampler", "backbone", "conditioner", "autoencoder", "converter")
+KINDS: tuple[str, ...] = (
+    "schedule", "spacing", "sampler", "backbone", "conditioner", "autoencoder", "converter", "recipe",
+)
 
 # Kinds whose entries are functions: ``build`` binds options to them (functools.partial)
 # instead of calling them; the arguments every call passes are not options.
@@ -50,13 +52,14 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "diffkit.backbones.builtin",
     "diffkit.autoencoders.builtin",
     "diffkit.conditioners.builtin",
+    "diffkit.recipes.builtin",
 )
 
 ENV_STRICT = "DIFFKIT_STRICT_PLUGINS"
 ENV_NO_AUTOLOAD = "DIFFKIT_DISABLE_PLUGIN_AUTOLOAD"
 ENV_BLOCKED = "DIFFKIT_DISABLE_PLUGINS"
 
-_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_.\-]*$")
+_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_.\-]*")  # the whole name (fullmatch: no trailing newline)
 
 # Metadata a registry entry may carry (see Registrar.add); anything else is a typo.
 METADATA_KEYS: dict[str, str] = {
@@ -144,7 +147,7 @@ class Registrar:
                 ``options=`` (an attrs class), ``order=`` (claimed convergence order),
                 ``paper=`` (a citation). Unknown keys are an error.
         """
-        if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+        if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
             raise ConfigError(
                 f"{self.kind} name {name!r} from {self.origin.describe()} is not valid: use "
                 "lower-case letters, digits, '_', '-' or '.', starting with a letter"

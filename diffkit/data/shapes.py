@@ -487,37 +487,26 @@ def _pairs(combo: tuple[str, str, str]) -> tuple[tuple[int, str, str], ...]:
     return ((0, c, s), (1, c, p), (2, s, p))
 
 
+# Random orders tried for a withheld set that also meets the balance caps; the first is the
+# order diffkit has always used, so a seed whose first order succeeds keeps its combinations.
+BALANCE_ATTEMPTS = 64
+
+
 @functools.lru_cache(maxsize=32)
 def _heldout(seed: int, held_out: int) -> tuple[tuple[str, str, str], ...]:
     combos = all_combinations()
-    # every pair of values (colour–shape, colour–position, shape–position) must keep at least
-    # one training combination, so each held-out prompt only recombines pairs the model saw
-    remaining: dict[tuple[int, str, str], int] = {}
-    for combo in combos:
-        for pair in _pairs(combo):
-            remaining[pair] = remaining.get(pair, 0) + 1
+    # spread the withheld set evenly over the values of each attribute: at most ⌈n / |values|⌉ each
+    caps = [math.ceil(held_out / len(values)) for values in (COLORS, SHAPES, POSITIONS)]
+    for attempt in range(BALANCE_ATTEMPTS):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 2] if attempt == 0 else [seed, 2, attempt]))
+        order = [combos[i] for i in rng.permutation(len(combos))]
+        chosen = _greedy(order, held_out, caps, [])
+        if len(chosen) == held_out:
+            return tuple(sorted(chosen, key=combos.index))
+    # no order met the caps: the first order, its balanced choice completed without them
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
     order = [combos[i] for i in rng.permutation(len(combos))]
-    # first pass: also spread the withheld set evenly over the values of each attribute
-    caps = [math.ceil(held_out / len(values)) for values in (COLORS, SHAPES, POSITIONS)]
-    chosen: list[tuple[str, str, str]] = []
-    for balanced in (True, False):
-        uses: list[dict[str, int]] = [{}, {}, {}]
-        for combo in chosen:
-            for axis, value in enumerate(combo):
-                uses[axis][value] = uses[axis].get(value, 0) + 1
-        for combo in order:
-            if len(chosen) == held_out:
-                break
-            if combo in chosen or any(remaining[pair] <= 1 for pair in _pairs(combo)):
-                continue
-            if balanced and any(uses[a].get(v, 0) >= caps[a] for a, v in enumerate(combo)):
-                continue
-            chosen.append(combo)
-            for pair in _pairs(combo):
-                remaining[pair] -= 1
-            for axis, value in enumerate(combo):
-                uses[axis][value] = uses[axis].get(value, 0) + 1
+    chosen = _greedy(order, held_out, None, _greedy(order, held_out, caps, []))
     if len(chosen) < held_out:
         raise ConfigError(
             f"held_out={held_out} is too many: at most {len(chosen)} of the {len(combos)} (color, shape, position) "
@@ -525,6 +514,39 @@ def _heldout(seed: int, held_out: int) -> tuple[tuple[str, str, str], ...]:
             "keeps a training example"
         )
     return tuple(sorted(chosen, key=combos.index))
+
+
+def _greedy(
+    order: list[tuple[str, str, str]], held_out: int, caps: list[int] | None, chosen: list[tuple[str, str, str]]
+) -> list[tuple[str, str, str]]:
+    """``chosen`` extended in ``order`` up to ``held_out`` combinations, each keeping every pair of
+    values (colour–shape, colour–position, shape–position) in at least one training combination,
+    so a held-out prompt only recombines pairs the model saw; with ``caps``, no value of an
+    attribute is withheld more than its cap."""
+    chosen = list(chosen)
+    remaining: dict[tuple[int, str, str], int] = {}
+    for combo in all_combinations():
+        for pair in _pairs(combo):
+            remaining[pair] = remaining.get(pair, 0) + 1
+    uses: list[dict[str, int]] = [{}, {}, {}]
+    for combo in chosen:
+        for pair in _pairs(combo):
+            remaining[pair] -= 1
+        for axis, value in enumerate(combo):
+            uses[axis][value] = uses[axis].get(value, 0) + 1
+    for combo in order:
+        if len(chosen) == held_out:
+            break
+        if combo in chosen or any(remaining[pair] <= 1 for pair in _pairs(combo)):
+            continue
+        if caps is not None and any(uses[a].get(v, 0) >= caps[a] for a, v in enumerate(combo)):
+            continue
+        chosen.append(combo)
+        for pair in _pairs(combo):
+            remaining[pair] -= 1
+        for axis, value in enumerate(combo):
+            uses[axis][value] = uses[axis].get(value, 0) + 1
+    return chosen
 
 
 def heldout_combinations(config: ShapesConfig) -> list[tuple[str, str, str]]:

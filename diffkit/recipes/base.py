@@ -21,38 +21,54 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from diffkit import registry
 from diffkit.errors import ConfigError, UnknownNameError
 
 RecipeDict = dict[str, Any]
 
-_RECIPES: dict[str, Callable[[], RecipeDict]] = {}
+# Recipes registered with the deprecated decorator (diffkit 0.1); the registry is their home now.
+_DECORATED: dict[str, Callable[[], RecipeDict]] = {}
 
 
 def register_recipe(name: str) -> Callable[[Callable[[], RecipeDict]], Callable[[], RecipeDict]]:
-    """Decorator: make ``fn() -> recipe dict`` available as ``name``."""
+    """Deprecated decorator (diffkit 0.1): register ``fn() -> recipe dict`` as ``name``.
+
+    Recipes are a registry kind now: implement ``diffkit_register_recipes(recipes)`` and call
+    ``recipes.add(name, fn)`` in a plugin, like every other component.
+    """
+    warnings.warn(
+        "register_recipe is deprecated: register recipes with the diffkit_register_recipes hook",
+        DeprecationWarning,
+        stacklevel=2,
+    )
 
     def add(fn: Callable[[], RecipeDict]) -> Callable[[], RecipeDict]:
-        _RECIPES[name] = fn
+        _DECORATED[name] = fn
         return fn
 
     return add
 
 
 def recipe_names() -> list[str]:
-    """The names of the known recipes."""
-    _load_builtin()
-    return sorted(_RECIPES)
+    """The names of the known recipes (built-in and plugins')."""
+    return sorted({*registry.names("recipe"), *_DECORATED})
 
 
 def get_recipe(name: str, overrides: Sequence[str] = (), *, backbone: str | None = None) -> RecipeDict:
     """A fresh copy of recipe ``name`` with ``KEY=VALUE`` overrides and an optional backbone choice."""
-    _load_builtin()
-    if name not in _RECIPES:
-        raise UnknownNameError("recipe", name, sorted(_RECIPES))
-    recipe = copy.deepcopy(_RECIPES[name]())
+    if name in _DECORATED and name not in registry.names("recipe"):
+        make, source = _DECORATED[name], f"recipe {name!r}"
+    else:
+        entry = registry.get_entry("recipe", name)  # unknown names get close matches
+        make, source = entry.obj, f"recipe {name!r} ({entry.origin.describe()})"
+    recipe = make()
+    if not isinstance(recipe, Mapping) or not isinstance(recipe.get("pipeline"), Mapping):
+        raise ConfigError(f"{source} returned {type(recipe).__name__}; a recipe is a dict with a 'pipeline' section")
+    recipe = copy.deepcopy(dict(recipe))
     recipe["name"] = name
     recipe["train"] = _complete_train_section(recipe.get("train", {}))
     if backbone is not None:
@@ -113,7 +129,3 @@ def backbone_spec(recipe: RecipeDict) -> tuple[str, dict[str, Any]]:
     """(registry name, config) of the recipe's chosen backbone."""
     name = recipe["pipeline"]["backbone"]
     return name, dict(recipe["backbones"][name])
-
-
-def _load_builtin() -> None:
-    from diffkit.recipes import digits, shapes  # noqa: F401  (they register themselves)

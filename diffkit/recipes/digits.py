@@ -8,10 +8,9 @@ with UniPC in 20 steps at guidance 2. The ``dit`` choice is a 4-block DiT with p
 
 from __future__ import annotations
 
-from diffkit.recipes.base import RecipeDict, register_recipe
+from diffkit.recipes.base import RecipeDict
 
 
-@register_recipe("digits")
 def digits() -> RecipeDict:
     return {
         "data": {"name": "digits", "size": 8},

@@ -138,6 +138,8 @@ def training_data(
     the run folder.
     """
     data = as_training_data(build_data(recipe))
+    if recipe["pipeline"].get("conditioner") is None and data.cond is not None:
+        data = InMemoryData(data.images)  # an unconditional recipe trains on the images alone
     if "autoencoder" not in recipe:
         return data, None
     from diffkit.recipes.latent import prepare_autoencoder

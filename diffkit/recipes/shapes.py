@@ -18,13 +18,12 @@ MiniLM plugin instead of the text encoder trained from scratch.
 
 from __future__ import annotations
 
-from diffkit.recipes.base import RecipeDict, register_recipe
+from diffkit.recipes.base import RecipeDict
 from diffkit.training.autoencoder import SHAPES_AUTOENCODER
 
 TEXT_WIDTH = 128
 
 
-@register_recipe("shapes")
 def shapes() -> RecipeDict:
     return {
         "data": {"name": "shapes", "image_size": 32, "count": 6000, "heldout_count": 480, "seed": 0, "held_out": 12},

@@ -10,7 +10,7 @@ import attrs
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
@@ -286,6 +286,7 @@ def test_training_keeps_every_value_and_pair(train):
 
 
 @given(seed=st.integers(0, 2**32 - 1), held_out=st.integers(0, 45))
+@example(seed=283191, held_out=23)  # the first random order could not meet the caps: a later one does
 def test_heldout_choice_keeps_every_pair_for_any_seed(seed, held_out):
     config = ShapesConfig(seed=seed, held_out=held_out, count=1)
     withheld = set(heldout_combinations(config))
