@@ -49,12 +49,17 @@ from diffkit.checkpoints import (
     short,
 )
 from diffkit.denoisers import PREDICTIONS, VPDenoiser
-from diffkit.errors import CheckpointError, ConfigError, OutputError, ShapeError, UnknownNameError, check_choice
+from diffkit.conditioners.concat import ConcatConditioner
+from diffkit.errors import (
+    CheckpointError, ConfigError, DiffkitError, OutputError, ShapeError, UnknownNameError, check_choice,
+)
 from diffkit.files import read_json_object
-from diffkit.state_dicts import check_device, check_dtype
-from diffkit.guidance import CFGDenoiser, check_guidance_scale
+from diffkit.guidance import CFGDenoiser, check_guidance_rescale, check_guidance_scale
 from diffkit.precision import BF16Network, bf16_enabled
-from diffkit.samplers.common import Callback, is_integer
+from diffkit.samplers.common import Callback, as_generator, is_integer
+from diffkit.sampling import check_sample_memory, check_samples, named_memory_errors
+from diffkit.sampling import sample as run_sampler
+from diffkit.state_dicts import check_device, check_dtype
 from diffkit.schedules.base import DiscreteSchedule
 from diffkit.training.objectives import Objective, diffusion_loss
 
@@ -209,8 +214,6 @@ class Pipeline(nn.Module):
 
     def _concat_channels(self) -> int:
         """Channels the conditioner concatenates to x before the backbone's first layer (0: none)."""
-        from diffkit.conditioners.concat import ConcatConditioner
-
         if not isinstance(self.conditioner, ConcatConditioner):
             return 0
         readable = getattr(self.backbone, "readable_conditioning", None)
@@ -380,12 +383,6 @@ class Pipeline(nn.Module):
             precision: the backbone's precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on the
                 CPU), ``"fp32"`` or ``"bf16"``; the sampler's arithmetic is fp32/fp64 either way.
         """
-        from diffkit.errors import DiffkitError
-        from diffkit.guidance import check_guidance_rescale, check_guidance_scale
-        from diffkit.samplers.common import as_generator, is_integer
-        from diffkit.sampling import check_sample_memory, check_samples, named_memory_errors
-        from diffkit.sampling import sample as run_sampler
-
         if not is_integer(n) or n < 1:
             raise ConfigError(f"n must be an integer ≥ 1, got {short(n)}")
         steps = self.default_steps if steps is None else steps

@@ -64,12 +64,19 @@ class Conditioner(nn.Module, abc.ABC):
 
     config: Any
 
+    config_class: ClassVar[type | None] = None
+    """The attrs config class the conditioner takes; another object is refused with its name."""
+
     inputs: ClassVar[str | None] = None
     """What a user passes as ``cond``, in words: ``"class labels"``, ``"text"``, ``"images"``,
     ``"timesteps"``; front ends (``diffkit sample``) use it to refuse ``--prompt`` for a
     class-conditioned pipeline before any work. ``None``: not declared (nothing is refused)."""
 
     def __init__(self, config: Any) -> None:
+        if self.config_class is not None and not isinstance(config, self.config_class):
+            raise ConfigError(
+                f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}"
+            )
         super().__init__()
         self.config = config
 

@@ -41,13 +41,12 @@ class ClassLabelConditioner(Conditioner):
     N(0, 0.02²) like DiT's label table; row K is the null class.
     """
 
+    config_class = ClassLabelConfig
     inputs = "class labels"
 
     config: ClassLabelConfig
 
     def __init__(self, config: ClassLabelConfig) -> None:
-        if not isinstance(config, ClassLabelConfig):
-            raise ConfigError(f"ClassLabelConditioner takes a ClassLabelConfig, got {type(config).__name__}")
         super().__init__(config)
         self.embedding: nn.Embedding | None = None
         if config.embed_dim > 0:

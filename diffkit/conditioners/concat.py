@@ -57,13 +57,12 @@ class ConcatConfig(ModelConfig):
 class ConcatConditioner(Conditioner):
     """Images [B, C_c, H, W] (floating point) → ``Conditioning(concat=images)``."""
 
+    config_class = ConcatConfig
     inputs = "images"
 
     config: ConcatConfig
 
     def __init__(self, config: ConcatConfig) -> None:
-        if not isinstance(config, ConcatConfig):
-            raise ConfigError(f"ConcatConditioner takes a ConcatConfig, got {type(config).__name__}")
         super().__init__(config)
 
     def _check(self, images: Any) -> torch.Tensor:

@@ -62,13 +62,12 @@ class TextConditioner(Conditioner):
     Submodules: ``encoder`` (:class:`TextEncoder`); ``tokenizer`` is a plain attribute.
     """
 
+    config_class = TextConfig
     inputs = "text"
 
     config: TextConfig
 
     def __init__(self, config: TextConfig) -> None:
-        if not isinstance(config, TextConfig):
-            raise ConfigError(f"TextConditioner takes a TextConfig, got {type(config).__name__}")
         super().__init__(config)
         self.tokenizer = (
             WordTokenizer(config.max_length, config.vocabulary) if config.vocabulary else ByteTokenizer(config.max_length)

@@ -36,13 +36,12 @@ class TimestepConfig(ModelConfig):
 class TimestepConditioner(Conditioner):
     """t [B] (a real tensor or a sequence of numbers) → ``Conditioning(vector=[B, dim])`` float32."""
 
+    config_class = TimestepConfig
     inputs = "timesteps"
 
     config: TimestepConfig
 
     def __init__(self, config: TimestepConfig) -> None:
-        if not isinstance(config, TimestepConfig):
-            raise ConfigError(f"TimestepConditioner takes a TimestepConfig, got {type(config).__name__}")
         super().__init__(config)
 
     def values_of(self, inputs: Any) -> torch.Tensor:

@@ -113,13 +113,12 @@ class MiniLMConditioner(Conditioner):
     ``encoder`` (only when ``freeze`` is False); ``tokenizer`` is a plain attribute.
     """
 
+    config_class = MiniLMConfig
     inputs = "text"
 
     config: MiniLMConfig
 
     def __init__(self, config: MiniLMConfig) -> None:
-        if not isinstance(config, MiniLMConfig):
-            raise ConfigError(f"MiniLMConditioner takes a MiniLMConfig, got {type(config).__name__}")
         super().__init__(config)
         folder = model_folder()
         self.tokenizer = load_tokenizer(folder, config.max_length)
