@@ -74,7 +74,7 @@ from diffkit.backbones.layers import (
     Upsample2D,
 )
 from diffkit.backbones.sharding import unet_units
-from diffkit.backbones.unet import PyramidGeometry, _level_indices, _padding, _timesteps
+from diffkit.backbones.unet import PyramidGeometry, _level_indices, _padding, _timesteps, build_pyramid
 from diffkit.errors import ConfigError, ShapeError
 from diffkit.validators import (
     as_tuple,
@@ -463,20 +463,7 @@ class LatentUNet(nn.Module):
         self.time_embed = nn.ModuleDict({"linear_1": nn.Linear(chans[0], emb), "linear_2": nn.Linear(emb, emb)})
         self.vector_embed = nn.Linear(config.vector_dim, emb) if config.vector_dim > 0 else None
 
-        # Down path; ``skips`` tracks the channels of every tensor pushed on the skip stack.
-        skips, width = [chans[0]], chans[0]
-        self.down = nn.ModuleList()
-        for level in range(config.num_levels):
-            self.down.append(DownLevel(config, level, width))
-            width = chans[level]
-            skips += [width] * config.layers_per_block + ([width] if level < config.num_levels - 1 else [])
-        self.mid = MidBlock(config)
-        # Up path: level ℓ pops layers_per_block + 1 skips (in reverse order of pushing).
-        self.up = nn.ModuleList()
-        for level in reversed(range(config.num_levels)):
-            popped = [skips.pop() for _ in range(config.layers_per_block + 1)]
-            self.up.append(UpLevel(config, level, width, popped))
-            width = chans[level]
+        self.down, self.mid, self.up = build_pyramid(config, DownLevel, MidBlock, UpLevel)
         self.norm_out = nn.GroupNorm(config.norm_groups, chans[0], eps=config.norm_eps)
         self.conv_out = nn.Conv2d(chans[0], config.out_channels, kernel_size=3, padding=1)
         self.initialize_weights()

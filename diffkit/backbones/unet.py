@@ -35,7 +35,7 @@ block, the output projection of every attention layer and ``conv_out`` set to ze
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -347,6 +347,37 @@ def _attention(cfg: UNetConfig, width: int) -> SpatialSelfAttention:
     return SpatialSelfAttention(width, cfg.attention_head_dim, cfg.norm_groups, cfg.norm_eps)
 
 
+def build_pyramid(
+    config: Any,
+    down_level: Callable[..., nn.Module],
+    mid_block: Callable[..., nn.Module],
+    up_level: Callable[..., nn.Module],
+) -> tuple[nn.ModuleList, nn.Module, nn.ModuleList]:
+    """(down, mid, up) of a UNet with levels ℓ = 0 … L−1 of widths c_ℓ (``block_out_channels``).
+
+    The skip stack: ``conv_in``'s output (c_0), then each down level pushes its
+    ``layers_per_block`` block outputs and, except the last level, its downsampled output.
+    Up level ℓ (built from the deepest up) pops ``layers_per_block`` + 1 of them in reverse
+    order, so ``popped`` gives each up block the channels of the skip it concatenates. Used
+    by the pixel UNet and the latent UNet alike, each with its own level classes:
+    ``down_level(config, ℓ, in_width)``, ``mid_block(config)``, ``up_level(config, ℓ, in_width, popped)``.
+    """
+    chans, per_level = config.block_out_channels, config.layers_per_block
+    skips, width = [chans[0]], chans[0]
+    down = nn.ModuleList()
+    for level in range(config.num_levels):
+        down.append(down_level(config, level, width))
+        width = chans[level]
+        skips += [width] * per_level + ([width] if level < config.num_levels - 1 else [])
+    mid = mid_block(config)
+    up = nn.ModuleList()
+    for level in reversed(range(config.num_levels)):
+        popped = [skips.pop() for _ in range(per_level + 1)]
+        up.append(up_level(config, level, width, popped))
+        width = chans[level]
+    return down, mid, up
+
+
 class UNet(nn.Module):
     """DDPM/ADM UNet built from one :class:`UNetConfig`.
 
@@ -381,20 +412,7 @@ class UNet(nn.Module):
         self.class_embed = LabelEmbedder(config.num_classes, emb) if config.num_classes > 0 else None
         self.vector_embed = nn.Linear(config.vector_dim, emb) if config.vector_dim > 0 else None
 
-        # Down path; ``skips`` tracks the channels of every tensor pushed on the skip stack.
-        skips, width = [chans[0]], chans[0]
-        self.down = nn.ModuleList()
-        for level in range(config.num_levels):
-            self.down.append(DownLevel(config, level, width))
-            width = chans[level]
-            skips += [width] * config.layers_per_block + ([width] if level < config.num_levels - 1 else [])
-        self.mid = MidBlock(config)
-        # Up path: level ℓ pops layers_per_block + 1 skips (in reverse order of pushing).
-        self.up = nn.ModuleList()
-        for level in reversed(range(config.num_levels)):
-            popped = [skips.pop() for _ in range(config.layers_per_block + 1)]
-            self.up.append(UpLevel(config, level, width, popped))
-            width = chans[level]
+        self.down, self.mid, self.up = build_pyramid(config, DownLevel, MidBlock, UpLevel)
         self.norm_out = nn.GroupNorm(config.norm_groups, chans[0], eps=config.norm_eps)
         self.conv_out = nn.Conv2d(chans[0], config.out_channels, kernel_size=3, padding=1)
         self.initialize_weights()
