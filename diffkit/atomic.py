@@ -48,6 +48,7 @@ def write_atomic(files: list[tuple[Path, Callable[[Path], Any]]]) -> None:
             finally:
                 os.close(fd)
         for tmp, path in staged:
+            target = path
             os.replace(tmp, path)  # atomic: readers see the old or the new file
     except BaseException as exc:
         for tmp, _ in staged:

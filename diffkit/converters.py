@@ -86,9 +86,24 @@ class DiffusersConverter:
 
 
 class _ConverterTable(Mapping[str, DiffusersConverter]):
-    """A read-only live view: diffusers ``_class_name`` → the registered converter that reads it."""
+    """A read-only live view: diffusers ``_class_name`` → the registered converter that reads it.
+
+    Built once per registry host (a loaded host's entries never change; ``registry.reset``
+    installs a new host, and the table follows it), so lookups cost a dict access and a
+    conflict is warned about once.
+    """
+
+    def __init__(self) -> None:
+        self._host: registry.PluginHost | None = None
+        self._cached: dict[str, DiffusersConverter] = {}
 
     def _table(self) -> dict[str, DiffusersConverter]:
+        host = registry.default_host()
+        if host is not self._host:
+            self._cached, self._host = self._build(), host
+        return self._cached
+
+    def _build(self) -> dict[str, DiffusersConverter]:
         claims: dict[str, list[registry.Entry]] = {}
         for name in registry.names("converter"):
             entry = registry.get_entry("converter", name)
@@ -105,7 +120,7 @@ class _ConverterTable(Mapping[str, DiffusersConverter]):
                 warnings.warn(
                     f"diffusers class {class_name!r} is claimed by several converters ({others}); {outcome}",
                     registry.PluginWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
         return table
 

@@ -32,32 +32,25 @@ def is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _int_range(minimum: int | None, maximum: int | None) -> str:
-    if minimum is not None and maximum is not None:
-        return f"an integer in [{minimum}, {maximum}]"
-    if minimum is not None:
-        return f"an integer ≥ {minimum}"
-    if maximum is not None:
-        return f"an integer ≤ {maximum}"
-    return "an integer"
+def _range_text(
+    noun: str, low: Any, high: Any, low_open: bool, high_open: bool, show: Callable[[Any], str]
+) -> str:
+    """``"an integer in [1, 10]"``, ``"a finite number > 0"``, …: the valid range in words."""
+    if low is not None and high is not None:
+        return f"{noun} in {'(' if low_open else '['}{show(low)}, {show(high)}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{noun} {'>' if low_open else '≥'} {show(low)}"
+    if high is not None:
+        return f"{noun} {'<' if high_open else '≤'} {show(high)}"
+    return noun
 
 
 def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """``value`` as an ``int`` when it is an integer (not a bool) in [minimum, maximum]."""
     if not is_integer(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ConfigError(f"{name} must be {_int_range(minimum, maximum)}, got {value!r}")
+        valid = _range_text("an integer", minimum, maximum, False, False, str)
+        raise ConfigError(f"{name} must be {valid}, got {value!r}")
     return int(value)
-
-
-def _real_range(low: float | None, high: float | None, low_open: bool, high_open: bool, finite: bool) -> str:
-    number = "a finite number" if finite else "a number"
-    if low is not None and high is not None:
-        return f"{number} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    if low is not None:
-        return f"{number} {'>' if low_open else '≥'} {low:g}"
-    if high is not None:
-        return f"{number} {'<' if high_open else '≤'} {high:g}"
-    return number
 
 
 def check_real(
@@ -81,7 +74,9 @@ def check_real(
     if ok and high is not None:
         ok = value < high if high_open else value <= high
     if not ok:
-        raise ConfigError(f"{name} must be {_real_range(low, high, low_open, high_open, finite)}, got {value!r}")
+        noun = "a finite number" if finite else "a number"
+        valid = _range_text(noun, low, high, low_open, high_open, "{:g}".format)
+        raise ConfigError(f"{name} must be {valid}, got {value!r}")
     return float(value)
 
 

@@ -497,16 +497,17 @@ def _heldout(seed: int, held_out: int) -> tuple[tuple[str, str, str], ...]:
     combos = all_combinations()
     # spread the withheld set evenly over the values of each attribute: at most ⌈n / |values|⌉ each
     caps = [math.ceil(held_out / len(values)) for values in (COLORS, SHAPES, POSITIONS)]
+    first: tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]] | None = None
     for attempt in range(BALANCE_ATTEMPTS):
         rng = np.random.default_rng(np.random.SeedSequence([seed, 2] if attempt == 0 else [seed, 2, attempt]))
         order = [combos[i] for i in rng.permutation(len(combos))]
         chosen = _greedy(order, held_out, caps, [])
         if len(chosen) == held_out:
             return tuple(sorted(chosen, key=combos.index))
+        first = first or (order, chosen)
     # no order met the caps: the first order, its balanced choice completed without them
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
-    order = [combos[i] for i in rng.permutation(len(combos))]
-    chosen = _greedy(order, held_out, None, _greedy(order, held_out, caps, []))
+    order, balanced = first
+    chosen = _greedy(order, held_out, None, balanced)
     if len(chosen) < held_out:
         raise ConfigError(
             f"held_out={held_out} is too many: at most {len(chosen)} of the {len(combos)} (color, shape, position) "

@@ -337,7 +337,11 @@ def _entry(spacing: object) -> registry.Entry:
 
 def spacing_options(spacing: str) -> tuple[str, ...]:
     """The option names ``spacing`` takes (its grid function's keyword-only parameters)."""
-    params = inspect.signature(_entry(spacing).obj).parameters.values()
+    return _keyword_options(_entry(spacing).obj)
+
+
+def _keyword_options(grid: GridFn) -> tuple[str, ...]:
+    params = inspect.signature(grid).parameters.values()
     return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
 
 
@@ -355,7 +359,7 @@ def spacing_timesteps(num_train_timesteps: int, steps: int, spacing: str, option
             f"{spacing!r} is a σ spacing: it places continuous σ, not training timesteps; use "
             f"sigmas_for(steps, {spacing!r}) and sigma_to_t for the fractional timesteps"
         )
-    _check_options(spacing, options)
+    _check_options(spacing, entry, options)
     return formula(num_train_timesteps, steps, **options)
 
 
@@ -366,13 +370,13 @@ def spacing_grid(schedule: Any, steps: int, spacing: str, options: Mapping[str, 
     strictly decreasing, ending at exactly 0; it is returned as float64 on the CPU.
     """
     entry = _entry(spacing)
-    _check_options(spacing, options)
+    _check_options(spacing, entry, options)
     grid = entry.obj(schedule, steps, **options)
     return _checked_grid(grid, steps, spacing, entry)
 
 
-def _check_options(spacing: str, options: Mapping[str, Any]) -> None:
-    valid = spacing_options(spacing)
+def _check_options(spacing: str, entry: registry.Entry, options: Mapping[str, Any]) -> None:
+    valid = _keyword_options(entry.obj)
     for key in options:
         if key not in valid:
             raise _option_error(spacing, key, valid)
