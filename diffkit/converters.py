@@ -107,6 +107,14 @@ class _ConverterTable(Mapping[str, DiffusersConverter]):
         claims: dict[str, list[registry.Entry]] = {}
         for name in registry.names("converter"):
             entry = registry.get_entry("converter", name)
+            if not isinstance(entry.obj, DiffusersConverter):  # a plugin's mistake must not break loading
+                warnings.warn(
+                    f"converter {name!r} of {entry.origin.describe()} is a {type(entry.obj).__name__}, not a "
+                    "diffkit.converters.DiffusersConverter; it is ignored",
+                    registry.PluginWarning,
+                    stacklevel=4,
+                )
+                continue
             for class_name in entry.obj.diffusers_classes:
                 claims.setdefault(class_name, []).append(entry)
         table: dict[str, DiffusersConverter] = {}

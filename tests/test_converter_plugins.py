@@ -128,3 +128,22 @@ def test_a_plugin_converter_refusing_its_weights_is_a_named_error(plugin, tmp_pa
     save_file({key.removeprefix(PREFIX): value for key, value in load_file(weights).items()}, weights)
     with pytest.raises(CheckpointError, match="lacks the 'model.' prefix"):
         load_pretrained(tmp_path)
+
+
+def test_a_plugin_converter_of_the_wrong_type_is_ignored_with_a_warning_naming_it(tmp_path):
+    def not_a_converter(*args, **kwargs):
+        """A function where a DiffusersConverter belongs."""
+
+    def register(converters):
+        converters.add("legacy_unet", LEGACY_CONVERTER)
+        converters.add("broken", not_a_converter)
+
+    module = plugin_module("legacy_mod", diffkit_register_converters=register)
+    registry.reset(host(FakeEntryPoint("legacy", module, dist="diffkit-legacy", version="1.2")))
+    try:
+        with pytest.warns(registry.PluginWarning, match="converter 'broken' of legacy .*is a function, not a"):
+            assert DIFFUSERS_FORMATS[LEGACY] is LEGACY_CONVERTER
+        diffusers_model("UNet2DModel").save_pretrained(tmp_path)
+        assert type(load_pretrained(tmp_path)).__name__ == "UNet"  # built-ins still load
+    finally:
+        registry.reset()
