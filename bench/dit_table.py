@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffkit.backbones.dit import PRESETS, DiT, DiTConfig
+from diffkit.models.backbones.dit import PRESETS, DiT, DiTConfig
 
 # Peebles & Xie 2023 (arXiv:2212.09748), Table 4: (Gflops, params in M) per preset at 256 px.
 # Read from public transcriptions of the table (several independent ones agree); the PDF itself

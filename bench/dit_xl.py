@@ -20,10 +20,10 @@ the same network. Before timing, one fp32 forward of both on the same (x, t, y) 
   autocast, MSE on the ε half of the output, backward, fused AdamW, ``EMAModel.step``.
 
 Both: AdamW lr 1e-4, no weight decay, no clipping, EMA 0.9999 (the paper's settings).
-``--compile`` compiles both networks with :func:`diffkit.accel.compile_module`
+``--compile`` compiles both networks with :func:`diffkit.runtime.accel.compile_module`
 (``nn.Module.compile``; the same mechanism on both sides — diffkit's through
 ``Trainer(compile=True)``). TF32 is enabled for both after the
-agreement check (:func:`diffkit.accel.enable_tf32`).
+agreement check (:func:`diffkit.runtime.accel.enable_tf32`).
 
 ``sample`` — 50 steps of DPM-Solver++(2M) with classifier-free guidance (scale 4.0) from
 N(0, I) latents, images/s (no decoding):
@@ -74,13 +74,13 @@ import torch
 import torch.nn.functional as F
 
 import diffkit
-from diffkit.accel import compile_module, enable_tf32
-from diffkit.precision import autocast
-from diffkit.backbones.diffusers_dit import (
+from diffkit.runtime.accel import compile_module, enable_tf32
+from diffkit.runtime.precision import autocast
+from diffkit.io.diffusers.dit import (
     config_from_diffusers,
     convert_diffusers_state_dict,
 )
-from diffkit.backbones.dit import DiTConfig
+from diffkit.models.backbones.dit import DiTConfig
 from diffkit.training import InMemoryData, TrainConfig, Trainer
 
 NUM_CLASSES = 1000
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="train: steps per timed block; sample: sampler steps")
     parser.add_argument("--repeats", type=int, default=None, help="timed blocks of each library (alternating)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls of each library first")
-    parser.add_argument("--compile", action="store_true", help="compile both networks (diffkit.accel.compile_module)")
+    parser.add_argument("--compile", action="store_true", help="compile both networks (diffkit.runtime.accel.compile_module)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default: detected)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

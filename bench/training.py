@@ -38,8 +38,8 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from diffkit.backbones.diffusers_unet import config_from_diffusers, unet_from_diffusers
-from diffkit.backbones.unet import UNetConfig
+from diffkit.io.diffusers.unet import config_from_diffusers, unet_from_diffusers
+from diffkit.models.backbones.unet import UNetConfig
 from diffkit.pipeline import Pipeline
 from diffkit.recipes import build_data, build_pipeline, get_recipe
 from diffkit.recipes.base import RecipeDict

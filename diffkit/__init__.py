@@ -5,8 +5,10 @@ Importing diffkit loads no plugin; registries fill on the first lookup.
 
 from __future__ import annotations
 
-from diffkit.checkpoints import load_pretrained, save_pretrained
-from diffkit.denoisers import EDMDenoiser, VPDenoiser
+from diffkit.io.components import save_pretrained
+
+from diffkit.io.pretrained import load_pretrained
+from diffkit.sampling.denoisers import EDMDenoiser, VPDenoiser
 from diffkit.errors import (
     CheckpointError,
     ConfigError,
@@ -16,11 +18,11 @@ from diffkit.errors import (
     ShapeError,
     UnknownNameError,
 )
-from diffkit.guidance import CFGDenoiser
+from diffkit.sampling.guidance import CFGDenoiser
 from diffkit.hookspecs import hookimpl
 from diffkit.pipeline import Pipeline
 from diffkit.registry import KINDS, build, get, get_entry, names
-from diffkit.sampling import sample
+from diffkit.sampling.draw import sample
 
 __version__ = "0.1.0"
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from diffkit.cli import main
+from diffkit.cli.commands import main
 
 sys.exit(main())

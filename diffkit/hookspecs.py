@@ -44,7 +44,7 @@ What each kind of object must be:
     A function ``fn() -> dict`` returning a fresh recipe (JSON-ready nested dicts, see
     :mod:`diffkit.recipes.base`); ``diffkit train --recipe NAME`` then trains it.
 ``converter``
-    A :class:`diffkit.converters.DiffusersConverter`: the diffusers ``_class_name`` values it
+    A :class:`diffkit.io.converters.DiffusersConverter`: the diffusers ``_class_name`` values it
     reads, the diffkit component it builds (kind and name), ``config_from_diffusers`` and
     ``convert_state_dict``; ``diffkit.load_pretrained`` then reads such diffusers folders.
 
@@ -114,7 +114,7 @@ def diffkit_register_backbones(backbones: Registrar) -> None:
 def diffkit_register_conditioners(conditioners: Registrar) -> None:
     """Add conditioners: ``conditioners.add("class_label", build_class_label, options=ClassLabelConfig)``.
 
-    The built module follows :class:`diffkit.conditioners.Conditioner`:
+    The built module follows :class:`diffkit.models.conditioners.Conditioner`:
     ``forward(inputs, *, force_drop=None, generator=None) -> Conditioning``, ``null(batch_size)``,
     ``batch_size_of(inputs)``, and a ``config`` attribute.
     """
@@ -132,7 +132,7 @@ def diffkit_register_autoencoders(autoencoders: Registrar) -> None:
 def diffkit_register_converters(converters: Registrar) -> None:
     """Add diffusers converters: ``converters.add("dit", DIT_CONVERTER)``.
 
-    The object is a :class:`diffkit.converters.DiffusersConverter`; ``load_pretrained`` uses it
+    The object is a :class:`diffkit.io.converters.DiffusersConverter`; ``load_pretrained`` uses it
     for every diffusers model folder whose ``config.json`` names one of its ``diffusers_classes``.
     """
 

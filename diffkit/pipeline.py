@@ -17,7 +17,7 @@ entry, config and plugin, plus one component folder each); :func:`diffkit.load_p
 reads it back, and names the plugin to install when a component's entry is missing.
 
 Sampling works in the backbone's space: x ~ N(0, σ_max²) of ``sample_shape`` per image,
-integrated by the sampler through the parameterization adapter (:mod:`diffkit.denoisers`),
+integrated by the sampler through the parameterization adapter (:mod:`diffkit.sampling.denoisers`),
 with classifier-free guidance (:class:`diffkit.CFGDenoiser`) batching [cond; uncond] in
 one forward; latents are decoded by the autoencoder when there is one.
 """
@@ -37,31 +37,25 @@ import torch
 from torch import nn
 
 from diffkit import registry
-from diffkit.atomic import fsync_dir, make_folder, write_atomic
-from diffkit.checkpoints import (
-    PIPELINE_FILE,
-    check_numbers,
-    check_record,
-    entry_for_config,
-    load_component,
-    naming_errors,
-    save_pretrained,
-    short,
-)
-from diffkit.denoisers import PREDICTIONS, VPDenoiser
-from diffkit.conditioners.concat import ConcatConditioner
+from diffkit.io.atomic import fsync_dir, make_folder, write_atomic
+from diffkit.io.components import entry_for_config, load_component, save_pretrained
+from diffkit.io.records import check_numbers, check_record, naming_errors, short
+from diffkit.sampling.denoisers import PREDICTIONS, VPDenoiser
+from diffkit.models.conditioners.concat import ConcatConditioner
 from diffkit.errors import (
     CheckpointError, ConfigError, DiffkitError, OutputError, ShapeError, UnknownNameError, check_choice,
 )
-from diffkit.files import read_json_object
-from diffkit.guidance import CFGDenoiser, check_guidance_rescale, check_guidance_scale
-from diffkit.precision import BF16Network, bf16_enabled
+from diffkit.io.files import read_json_object
+from diffkit.sampling.guidance import CFGDenoiser, check_guidance_rescale, check_guidance_scale
+from diffkit.runtime.precision import BF16Network, bf16_enabled
 from diffkit.samplers.common import Callback, as_generator, is_integer
-from diffkit.sampling import check_sample_memory, check_samples, named_memory_errors
-from diffkit.sampling import sample as run_sampler
-from diffkit.state_dicts import check_device, check_dtype
+from diffkit.sampling.draw import check_sample_memory, check_samples, named_memory_errors
+from diffkit.sampling.draw import sample as run_sampler
+from diffkit.io.state_dicts import check_device, check_dtype
 from diffkit.schedules.base import DiscreteSchedule
 from diffkit.training.objectives import Objective, diffusion_loss
+
+PIPELINE_FILE = "pipeline.json"  # what makes a folder a saved pipeline
 
 PIPELINE_FORMAT_VERSION = 1
 ComponentSpec = Any  # a registry name, a (name, config) pair, or an object
@@ -118,7 +112,7 @@ class Pipeline(nn.Module):
         schedule: the training noise schedule (kind ``"schedule"``; default ``"linear"``).
         sampler: the default sampler name (kind ``"sampler"``) and ``sampler_options``.
         conditioner: turns user inputs (labels, prompts, images) into the backbone's
-            :class:`~diffkit.conditioners.Conditioning` (kind ``"conditioner"``); None for an
+            :class:`~diffkit.models.conditioners.Conditioning` (kind ``"conditioner"``); None for an
             unconditional model.
         autoencoder: maps images to the latents the backbone works on (kind ``"autoencoder"``);
             None for pixel-space models. It is frozen: not trained by :meth:`loss`.
@@ -131,7 +125,7 @@ class Pipeline(nn.Module):
             given, and checked against it when the backbone declares these.
         default_steps: sampler steps when :meth:`sample` is given none (1 … 10000).
         default_guidance: the recommended classifier-free guidance scale (0 … 1000, 1 = none; see
-            :func:`diffkit.guidance.check_guidance_scale`), saved with the pipeline so that the
+            :func:`diffkit.sampling.guidance.check_guidance_scale`), saved with the pipeline so that the
             scale it was judged at travels with it.
     """
 
@@ -327,10 +321,10 @@ class Pipeline(nn.Module):
     # -- sampling --------------------------------------------------------------------------
 
     def denoiser(self, *, precision: str = "fp32") -> VPDenoiser:
-        """The σ-form denoiser D(x, σ, cond) of the backbone (see :mod:`diffkit.denoisers`).
+        """The σ-form denoiser D(x, σ, cond) of the backbone (see :mod:`diffkit.sampling.denoisers`).
 
         ``precision``: ``"auto"``/``"bf16"`` run the backbone under bf16 autocast on CUDA
-        (:mod:`diffkit.precision`); the denoiser's own arithmetic stays in float32/64.
+        (:mod:`diffkit.runtime.precision`); the denoiser's own arithmetic stays in float32/64.
         """
         device = self._backbone_device() or torch.device("cpu")
         network = BF16Network(self.backbone) if bf16_enabled(precision, device) else self.backbone
@@ -371,7 +365,7 @@ class Pipeline(nn.Module):
                 condition (a negative prompt).
             steps: sampler steps (default ``default_steps``).
             guidance: classifier-free guidance scale w, finite, 0 ≤ w ≤ 1000
-                (:data:`diffkit.guidance.MAX_GUIDANCE`; 1 = none, 0 = unconditional). Larger
+                (:data:`diffkit.sampling.guidance.MAX_GUIDANCE`; 1 = none, 0 = unconditional). Larger
                 scales overflow into NaN samples and are an error.
             guidance_rescale: φ ∈ [0, 1] of Lin et al. 2024 (0 = off).
             generator: a seed (an integer in 0 … 2**64 − 1; negative seeds are refused), a

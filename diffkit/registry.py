@@ -49,10 +49,11 @@ FUNCTION_ARGUMENTS: Mapping[str, frozenset[str]] = MappingProxyType({
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "diffkit.schedules.builtin",
     "diffkit.samplers.builtin",
-    "diffkit.backbones.builtin",
-    "diffkit.autoencoders.builtin",
-    "diffkit.conditioners.builtin",
-    "diffkit.recipes.builtin",
+    "diffkit.models.backbones.builtin",
+    "diffkit.models.autoencoders.builtin",
+    "diffkit.models.conditioners.builtin",
+    "diffkit.io.diffusers.builtin",
+    "diffkit.demos.builtin",
 )
 
 ENV_STRICT = "DIFFKIT_STRICT_PLUGINS"

@@ -1,4 +1,4 @@
-"""diffkit.accel on the CPU: TF32 flags, compile_module (fast backends, fallbacks), channels-last."""
+"""diffkit.runtime.accel on the CPU: TF32 flags, compile_module (fast backends, fallbacks), channels-last."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import diffkit
-from diffkit.accel import (
+from diffkit.runtime.accel import (
     CompileFallbackWarning,
     as_channels_last,
     compile_module,

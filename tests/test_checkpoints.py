@@ -12,8 +12,10 @@ import pytest
 import torch
 
 import diffkit
-from diffkit import checkpoints
-from diffkit.checkpoints import load_pretrained, save_pretrained
+from diffkit.io import components
+from diffkit.io.converters import DIFFUSERS_FORMATS
+from diffkit.io.components import save_pretrained
+from diffkit.io.pretrained import load_pretrained
 from diffkit.errors import CheckpointError, ConfigError, UnknownNameError
 
 # The converters' own tests' tiny configs (tests/backbones/test_dit.py, test_unet.py, tests/autoencoders/test_kl.py).
@@ -80,7 +82,7 @@ def test_round_trip_gives_identical_outputs(name, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["diffkit.json", "model.safetensors"]
     record = json.loads((tmp_path / "diffkit.json").read_text())
     assert record["kind"] == TINY[name][0] and record["name"] == name
-    assert record["format_version"] == checkpoints.FORMAT_VERSION
+    assert record["format_version"] == components.FORMAT_VERSION
     assert record["config"] == json.loads(json.dumps(model.config.to_dict()))
     assert record["origin"]["distribution"] == "diffkit"
     loaded = load_pretrained(tmp_path)
@@ -145,7 +147,7 @@ def test_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch)
         path.write_bytes(b"\x00" * 100)  # part of a file, then the disk fills up
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoints, "_save_safetensors", half_written)
+    monkeypatch.setattr(components, "_save_safetensors", half_written)
     with pytest.raises(OSError, match="No space left"):
         save_pretrained(tiny("dit", seed=5), tmp_path)
     monkeypatch.undo()
@@ -262,7 +264,7 @@ def test_diffusers_folders_load_and_match(class_name, tmp_path):
     theirs.save_pretrained(tmp_path)
     assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
     ours = load_pretrained(tmp_path)
-    assert checkpoints.DIFFUSERS_FORMATS[class_name].name == CLASSES[class_name]
+    assert DIFFUSERS_FORMATS[class_name].name == CLASSES[class_name]
     assert type(ours).__name__ == {"dit": "DiT", "unet": "UNet", "kl": "KLAutoencoder"}[CLASSES[class_name]]
     for got, expected in zip(outputs(ours), diffusers_outputs(theirs)):
         assert expected.abs().max() > 0.1
@@ -389,8 +391,8 @@ def test_diffusers_weight_variant(tmp_path):
 def test_unet2dcondition_model_once_its_converter_is_listed(tmp_path):
     """Activates when DIFFUSERS_FORMATS gets its UNet2DConditionModel row (outputs are compared
     with diffusers in the converter's own tests; here: the folder loads and round-trips)."""
-    if "UNet2DConditionModel" not in checkpoints.DIFFUSERS_FORMATS:
-        pytest.skip("no UNet2DConditionModel converter listed in diffkit.checkpoints.DIFFUSERS_FORMATS yet")
+    if "UNet2DConditionModel" not in DIFFUSERS_FORMATS:
+        pytest.skip("no UNet2DConditionModel converter listed in diffkit.io.DIFFUSERS_FORMATS yet")
     diffusers = pytest.importorskip("diffusers")
     theirs = diffusers.UNet2DConditionModel(
         sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from diffkit.cli import main
+from diffkit.cli.commands import main
 
 
 def fake_distribution(root: Path, dist: str, module: str, source: str) -> None:

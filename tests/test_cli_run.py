@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffkit.cli import main
+from diffkit.cli.commands import main
 from diffkit.errors import ConfigError, UnknownNameError
 from diffkit.recipes import apply_overrides, get_recipe, recipe_names
 

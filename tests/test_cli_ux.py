@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import diffkit
-from diffkit.cli import main
+from diffkit.cli.commands import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,10 +14,10 @@ from safetensors.torch import load_file, save_file
 
 import diffkit
 from diffkit import registry
-from diffkit.backbones import diffusers_unet
-from diffkit.checkpoints import load_pretrained
-from diffkit.cli import main
-from diffkit.converters import DIFFUSERS_FORMATS, DiffusersConverter, converter_for
+from diffkit.io.diffusers import unet as diffusers_unet
+from diffkit.io.pretrained import load_pretrained
+from diffkit.cli.commands import main
+from diffkit.io.converters import DIFFUSERS_FORMATS, DiffusersConverter, converter_for
 from diffkit.errors import CheckpointError, UnknownNameError
 from tests.test_checkpoints import diffusers_model, diffusers_outputs, outputs
 from tests.test_plugins import FakeEntryPoint, host, plugin_module
@@ -26,7 +26,7 @@ LEGACY = "LegacyUNet2DModel"
 PREFIX = "model."
 
 
-def legacy_config(config: Mapping, **overrides) -> diffkit.backbones.UNetConfig:
+def legacy_config(config: Mapping, **overrides) -> diffkit.models.backbones.UNetConfig:
     """A made-up older format: UNet2DModel's config under another class name."""
     return diffusers_unet.config_from_diffusers({**config, "_class_name": "UNet2DModel"}, **overrides)
 

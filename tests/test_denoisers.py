@@ -157,7 +157,7 @@ def exact_edm_network(sigma_data):
 
     def network(x_in, c_noise, cond=None):
         sigma = torch.exp(4 * c_noise).reshape(-1, *([1] * (x_in.ndim - 1)))
-        c_skip, c_out, c_in, _ = diffkit.denoisers.edm_preconditioning(sigma, sigma_data)
+        c_skip, c_out, c_in, _ = diffkit.sampling.denoisers.edm_preconditioning(sigma, sigma_data)
         y = x_in / c_in
         return (denoiser_torch(y, sigma.reshape(-1)) - c_skip * y) / c_out
 
@@ -166,7 +166,7 @@ def exact_edm_network(sigma_data):
 
 @given(sigma=st.floats(2e-3, 80.0), sigma_data=st.floats(0.1, 2.0), seed=st.integers(0, 1000))
 def test_edm_with_the_exact_network_is_the_exact_denoiser(sigma, sigma_data, seed):
-    denoiser = diffkit.denoisers.EDMDenoiser(exact_edm_network(sigma_data), sigma_data=sigma_data)
+    denoiser = diffkit.sampling.denoisers.EDMDenoiser(exact_edm_network(sigma_data), sigma_data=sigma_data)
     sigmas = torch.full((3,), sigma, dtype=torch.float64)
     y = torch.randn(3, 2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * (1 + sigma)
     torch.testing.assert_close(denoiser(y, sigmas), denoiser_torch(y, sigmas), rtol=1e-9, atol=1e-9)
@@ -176,7 +176,7 @@ def test_edm_with_the_exact_network_is_the_exact_denoiser(sigma, sigma_data, see
 def test_edm_coefficients_match_the_reference_and_table_1(sigma, sigma_data):
     from diffkit_reference.parameterizations import edm_loss_weight, edm_preconditioning
 
-    ours = diffkit.denoisers.edm_preconditioning(torch.tensor([sigma], dtype=torch.float64), sigma_data)
+    ours = diffkit.sampling.denoisers.edm_preconditioning(torch.tensor([sigma], dtype=torch.float64), sigma_data)
     theirs = edm_preconditioning(np.array([sigma]), sigma_data)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a.numpy(), b, rtol=1e-13, atol=1e-300)
@@ -216,7 +216,7 @@ def test_edm_calls_the_network_with_scaled_input_and_log_sigma():
         seen.append((x_in, c_noise, cond))
         return torch.zeros_like(x_in)
 
-    denoiser = diffkit.denoisers.EDMDenoiser(network, sigma_data=0.5)
+    denoiser = diffkit.sampling.denoisers.EDMDenoiser(network, sigma_data=0.5)
     y, sigma = torch.full((2, 3), 2.0, dtype=torch.float64), torch.tensor([0.5, 80.0], dtype=torch.float64)
     out = denoiser(y, sigma)
     torch.testing.assert_close(seen[0][0], y / (sigma**2 + 0.25).sqrt().reshape(-1, 1))
@@ -230,14 +230,14 @@ def test_edm_calls_the_network_with_scaled_input_and_log_sigma():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_edm_half_precision_keeps_dtype_without_nan(dtype):
-    denoiser = diffkit.denoisers.EDMDenoiser(exact_edm_network(0.5))
+    denoiser = diffkit.sampling.denoisers.EDMDenoiser(exact_edm_network(0.5))
     y = (torch.randn(4, 3, generator=torch.Generator().manual_seed(0)) * 80).to(dtype)
     out = denoiser(y, torch.tensor([80.0, 10.0, 0.1, 0.002], dtype=dtype))
     assert out.dtype == dtype and torch.isfinite(out).all()
 
 
 def test_edm_bad_config_and_shapes_are_clear_errors():
-    EDM = diffkit.denoisers.EDMDenoiser
+    EDM = diffkit.sampling.denoisers.EDMDenoiser
     for bad in (0.0, -1.0, math.inf, True, "0.5"):
         with pytest.raises(ConfigError, match="sigma_data"):
             EDM(lambda x, c: x, sigma_data=bad)

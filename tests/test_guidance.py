@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import diffkit
 from diffkit.errors import ConfigError, ShapeError, UnknownNameError
-from diffkit.guidance import CFGDenoiser, batch_conditions
+from diffkit.sampling.guidance import CFGDenoiser, batch_conditions
 from diffkit_reference.parameterizations import guided_x0
 from tests.analytic_models import ExactVPModel, denoiser_torch
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from diffkit.errors import ConfigError, ShapeError, UnknownNameError
-from diffkit.imaging import make_grid, save_gif, save_png
+from diffkit.io.imaging import make_grid, save_gif, save_png
 
 
 def constant_batch(n: int, c: int, h: int, w: int) -> torch.Tensor:

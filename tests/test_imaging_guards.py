@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffkit.errors import ConfigError, NonFiniteError, OutputError, ShapeError
-from diffkit.imaging import check_output, make_grid, read_picture, save_gif, save_png
+from diffkit.io.imaging import check_output, make_grid, read_picture, save_gif, save_png
 
 OUTSIDE = torch.tensor([-3.2, -1.0001, -1.0, 1.0, 1.27, 3.9])  # sampler overshoot, as seen in the demo
 

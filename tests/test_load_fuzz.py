@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from diffkit.checkpoints import load_pretrained
+from diffkit.io.pretrained import load_pretrained
 from diffkit.errors import DiffkitError, NonFiniteError
 from diffkit.pipeline import Pipeline
 from tests.test_load_safety import snapshot, time_bound, tiny_pipeline

@@ -23,8 +23,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import diffkit
-from diffkit import checkpoints
-from diffkit.checkpoints import load_pretrained, save_pretrained
+from diffkit.io import components, pretrained, weights
+from diffkit.io.components import save_pretrained
+from diffkit.io.pretrained import load_pretrained
 from diffkit.errors import (
     CheckpointError,
     ConfigError,
@@ -33,7 +34,7 @@ from diffkit.errors import (
     NonFiniteWeightsError,
 )
 from diffkit.pipeline import Pipeline, load_pipeline
-from diffkit.state_dicts import available_devices, check_tensors
+from diffkit.io.state_dicts import available_devices, check_tensors
 from tests.timeouts import time_bound
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -301,7 +302,7 @@ def test_integer_buffers_the_model_declares_are_loaded():
     norm = torch.nn.BatchNorm1d(4)  # num_batches_tracked: an int64 buffer
     state = {k: v.clone() for k, v in norm.state_dict().items()}
     state["num_batches_tracked"] = torch.tensor(7)
-    checkpoints.load_state_dict_checked(norm, state, what="the weights")
+    weights.load_state_dict_checked(norm, state, what="the weights")
     assert int(norm.num_batches_tracked) == 7
     with pytest.raises(CheckpointError, match="num_batches_tracked: float32, where the model keeps integers"):
         check_tensors({**state, "num_batches_tracked": torch.tensor(7.0)}, norm, what="the weights")
@@ -317,7 +318,8 @@ def no_reading(monkeypatch):
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a file was read before the arguments were checked")
 
-    monkeypatch.setattr(checkpoints, "read_json_object", refuse)
+    for module in (pretrained, components, weights):
+        monkeypatch.setattr(module, "read_json_object", refuse)
     monkeypatch.setattr("diffkit.pipeline.read_json_object", refuse)
 
 

@@ -17,7 +17,7 @@ import torch
 
 import diffkit
 from diffkit.errors import ConfigError, UnknownNameError
-from diffkit.schedules.optimize import (
+from diffkit.sampling.optimize import (
     DEFAULT_STARTS,
     GOLDEN_EVALUATIONS,
     MIN_GAP_FRACTION,

@@ -237,12 +237,12 @@ def fail_on_second_component(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Make ``save_pretrained`` raise on its second call (a pipeline's second component).
 
     Returns the list of component folders it was called for. Both the function in
-    :mod:`diffkit.checkpoints` and the name :mod:`diffkit.pipeline` imported are patched.
+    :mod:`diffkit.io.components` and the name :mod:`diffkit.pipeline` imported are patched.
     """
-    import diffkit.checkpoints
+    import diffkit.io.components
     import diffkit.pipeline
 
-    original = diffkit.checkpoints.save_pretrained
+    original = diffkit.io.components.save_pretrained
     calls: list[str] = []
 
     def failing(module: torch.nn.Module, folder: Any, **kwargs: Any) -> Path:
@@ -251,7 +251,7 @@ def fail_on_second_component(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             raise OSError("disk full (simulated)")
         return original(module, folder, **kwargs)
 
-    monkeypatch.setattr(diffkit.checkpoints, "save_pretrained", failing)
+    monkeypatch.setattr(diffkit.io.components, "save_pretrained", failing)
     if hasattr(diffkit.pipeline, "save_pretrained"):
         monkeypatch.setattr(diffkit.pipeline, "save_pretrained", failing)
     return calls

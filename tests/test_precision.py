@@ -7,7 +7,7 @@ import torch
 
 from diffkit.errors import ConfigError, UnknownNameError
 from diffkit.pipeline import Pipeline
-from diffkit.precision import BF16Network, autocast, bf16_enabled
+from diffkit.runtime.precision import BF16Network, autocast, bf16_enabled
 
 
 def test_auto_is_bf16_on_cuda_and_fp32_on_the_cpu():

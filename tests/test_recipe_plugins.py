@@ -9,7 +9,7 @@ import pytest
 
 import diffkit
 from diffkit import registry
-from diffkit.cli import main
+from diffkit.cli.commands import main
 from diffkit.errors import ConfigError, UnknownNameError
 from diffkit.recipes import get_recipe, recipe_names
 from diffkit.recipes.base import register_recipe
@@ -49,7 +49,7 @@ def plugin():
 def test_the_built_in_recipes_are_registered_through_the_hook():
     for name in ("digits", "shapes"):
         entry = diffkit.get_entry("recipe", name)
-        assert entry.origin.builtin and entry.origin.plugin == "diffkit.recipes.builtin"
+        assert entry.origin.builtin and entry.origin.plugin == "diffkit.demos.builtin"
     assert {"digits", "shapes"} <= set(recipe_names())
 
 

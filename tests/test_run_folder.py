@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffkit.cli import main
+from diffkit.cli.commands import main
 from diffkit.errors import CheckpointError, NonFiniteError, RunFolderError, RunInUseError
 from diffkit.recipes import get_recipe, train_recipe
 from diffkit.recipes.run_folder import recipe_sha256

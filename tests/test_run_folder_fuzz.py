@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from diffkit.cli import main
+from diffkit.cli.commands import main
 from diffkit.errors import DiffkitError
 from diffkit.recipes import train_recipe
 from tests.test_run_folder import _unfinished_run

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffkit import load_pretrained
-from diffkit.cli import main
+from diffkit.cli.commands import main
 
 TINY = [
     "data.count=48", "data.heldout_count=24", "autoencoder.train.steps=3", "autoencoder.train.batch_size=8",

@@ -11,7 +11,7 @@ import torch
 
 import diffkit
 from diffkit import registry
-from diffkit.cli import main
+from diffkit.cli.commands import main
 from diffkit.errors import ConfigError, UnknownNameError
 from diffkit.schedules import SPACINGS, places_timesteps, spacing_options
 from diffkit.testing import SpacingContract, check_spacing

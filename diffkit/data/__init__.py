@@ -1,37 +1,16 @@
-"""Data sets: the embedded handwritten digits and the generated captioned shapes (no download),
-and image folders."""
+"""Deprecated (diffkit 0.1): the data sets moved to :mod:`diffkit.demos.digits`,
+:mod:`diffkit.demos.shapes` and :mod:`diffkit.io.image_folder`."""
 
-from diffkit.data.digits import DigitsDataset, load_digits
-from diffkit.data.folder import ImageFolder
-from diffkit.data.shapes import (
-    COLORS,
-    POSITIONS,
-    SHAPES,
-    SIZES,
-    ShapesConfig,
-    ShapesDataset,
-    ShapeSpec,
-    caption,
-    heldout_combinations,
-    heldout_prompts,
-    parse_prompt,
-    render,
+from diffkit.moved import moved_names
+
+_SHAPES = ("COLORS", "POSITIONS", "SHAPES", "SIZES", "ShapesConfig", "ShapesDataset", "ShapeSpec", "caption")
+_SHAPES += ("heldout_combinations", "heldout_prompts", "parse_prompt", "render")
+__getattr__ = moved_names(
+    __name__,
+    {
+        "DigitsDataset": "diffkit.demos.digits",
+        "load_digits": "diffkit.demos.digits",
+        "ImageFolder": "diffkit.io.image_folder",
+        **dict.fromkeys(_SHAPES, "diffkit.demos.shapes"),
+    },
 )
-
-__all__ = [
-    "COLORS",
-    "POSITIONS",
-    "SHAPES",
-    "SIZES",
-    "DigitsDataset",
-    "ImageFolder",
-    "ShapeSpec",
-    "ShapesConfig",
-    "ShapesDataset",
-    "caption",
-    "heldout_combinations",
-    "heldout_prompts",
-    "load_digits",
-    "parse_prompt",
-    "render",
-]

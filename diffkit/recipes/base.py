@@ -27,6 +27,7 @@ from typing import Any
 
 from diffkit import registry
 from diffkit.errors import ConfigError, UnknownNameError
+from diffkit.training.config import TrainConfig
 
 RecipeDict = dict[str, Any]
 
@@ -85,7 +86,6 @@ def _complete_train_section(train: Mapping[str, Any]) -> dict[str, Any]:
     So any training setting can be overridden (``train.accumulation=4``) and ``recipe.json``
     records the whole configuration a run used.
     """
-    from diffkit.training.config import TrainConfig
 
     defaults = TrainConfig().to_dict()
     unknown = sorted(set(train) - set(defaults))

@@ -20,11 +20,13 @@ from typing import Any
 import torch
 
 from diffkit import registry
-from diffkit.atomic import write_atomic
-from diffkit.checkpoints import load_pretrained, save_pretrained
+from diffkit.io.atomic import write_atomic
+from diffkit.io.components import save_pretrained
+from diffkit.io.pretrained import load_pretrained
 from diffkit.errors import RunFolderError
-from diffkit.files import read_json_object
+from diffkit.io.files import read_json_object
 from diffkit.recipes.base import RecipeDict
+from diffkit.training.autoencoder import AutoencoderTrainConfig, latent_scaling_factor, reconstruction_psnr, train_autoencoder, with_scaling_factor
 
 AUTOENCODER_DIR = "autoencoder"
 AUTOENCODER_REPORT = "autoencoder.json"
@@ -34,13 +36,6 @@ def prepare_autoencoder(
     recipe: RecipeDict, images: torch.Tensor, out: Path, *, heldout: torch.Tensor | None = None, progress: bool = True
 ) -> tuple[Any, dict[str, Any]]:
     """The recipe's trained, latent-scaled autoencoder and its report (PSNR, seconds, scale)."""
-    from diffkit.training.autoencoder import (
-        AutoencoderTrainConfig,
-        latent_scaling_factor,
-        reconstruction_psnr,
-        train_autoencoder,
-        with_scaling_factor,
-    )
 
     folder, report_path = out / AUTOENCODER_DIR, out / AUTOENCODER_REPORT
     if (folder / "diffkit.json").is_file() and report_path.exists():

@@ -29,10 +29,12 @@ import torch
 
 from diffkit.distributed.collectives import barrier, broadcast_from_main
 from diffkit.distributed.context import DistributedContext, check_divisible
-from diffkit.errors import ConfigError, DiffkitError, RunFolderError, UnknownNameError
-from diffkit.imaging import read_picture, save_gif, save_png
+from diffkit.errors import ConfigError, DiffkitError, RunFolderError
+from diffkit.io.imaging import read_picture, save_gif, save_png
 from diffkit.pipeline import Pipeline
-from diffkit.recipes.base import RecipeDict, backbone_spec
+from diffkit.recipes.base import RecipeDict
+from diffkit.recipes.build import build_data, build_pipeline, grid_rows, preview_conditions
+from diffkit.recipes.latent import prepare_autoencoder
 from diffkit.recipes.run_folder import (
     RECIPE_FILE,
     RunRecord,
@@ -45,82 +47,12 @@ from diffkit.recipes.validate import validate_recipe
 from diffkit.training import InMemoryData, TrainConfig, Trainer, TrainResult, as_training_data
 from diffkit.training.checkpoints import CHECKPOINT_DIR, list_checkpoints
 from diffkit.training.run_lock import run_lock
+from diffkit.training.autoencoder import encode_dataset
 from diffkit.training.trainer import check_batch_memory, default_device
+from diffkit.demos.shapes.data import ShapesConfig, ShapesDataset
+from diffkit.io.pretrained import load_pretrained
 
 __all__ = ["RECIPE_FILE", "build_data", "build_pipeline", "grid_rows", "preview_conditions", "train_recipe", "write_pictures"]
-
-DATA_SOURCES = ("digits", "folder", "shapes")
-
-
-def build_pipeline(recipe: RecipeDict, *, autoencoder: Any = None, captions: Any = None) -> Pipeline:
-    """The untrained :class:`~diffkit.Pipeline` a recipe describes (with a trained autoencoder).
-
-    A conditioner option ``"vocabulary": "captions"`` becomes the word vocabulary of the
-    training ``captions`` (:func:`~diffkit.conditioners.tokenizer.build_vocabulary`).
-    """
-    spec = dict(recipe["pipeline"])
-    spec["backbone"] = backbone_spec(recipe)
-    if autoencoder is not None:
-        spec["autoencoder"] = autoencoder
-    for key in ("schedule", "conditioner", "autoencoder"):
-        value = spec.get(key)
-        if isinstance(value, list):  # JSON has no tuples: ["name", {config}]
-            spec[key] = (value[0], dict(value[1]))
-    conditioner = spec.get("conditioner")
-    if isinstance(conditioner, tuple) and conditioner[1].get("vocabulary") == "captions":
-        if captions is None or isinstance(captions, torch.Tensor) or not all(isinstance(c, str) for c in captions):
-            raise ConfigError('conditioner vocabulary "captions" needs training data with text captions')
-        from diffkit.conditioners.tokenizer import build_vocabulary
-
-        conditioner[1]["vocabulary"] = list(build_vocabulary(captions))
-    return Pipeline(**spec)
-
-
-def build_data(recipe: RecipeDict) -> Any:
-    """The training data set a recipe names (``digits`` or an image ``folder``)."""
-    data = dict(recipe["data"])
-    name = data.pop("name")
-    if name == "digits":
-        from diffkit.data import DigitsDataset
-
-        return DigitsDataset(size=data.get("size", 8))
-    if name == "folder":
-        from diffkit.data import ImageFolder
-
-        root = data.get("root")
-        if not root:
-            raise ConfigError("data.name=folder needs data.root=PATH (a folder of images)")
-        return ImageFolder(root, data["size"], flip=bool(data.get("flip", False)), channels=data.get("channels", 3))
-    if name == "shapes":
-        from diffkit.data.shapes import ShapesConfig, ShapesDataset
-
-        return ShapesDataset(ShapesConfig(**data), split="train")  # held-out combinations excluded
-    raise UnknownNameError("data source", name, DATA_SOURCES)
-
-
-def preview_conditions(pipeline: Pipeline, n: int, recipe: RecipeDict) -> Any:
-    """Conditioning inputs for a preview grid of ``n``: each class in turn, or the recipe's prompts."""
-    conditioner = pipeline.conditioner
-    if conditioner is None:
-        return None
-    num_classes = getattr(conditioner.config, "num_classes", None)
-    if num_classes is not None:
-        return torch.arange(n) % num_classes
-    prompts = recipe["sample"].get("prompts")
-    if not prompts and recipe["data"]["name"] == "shapes":  # the held-out combinations
-        from diffkit.data.shapes import ShapesConfig, heldout_prompts
-
-        config = ShapesConfig(**{k: v for k, v in recipe["data"].items() if k != "name"})
-        prompts = [text for text, _ in heldout_prompts(config, n_per_combination=1)]
-    if prompts:
-        return [prompts[i % len(prompts)] for i in range(n)]
-    raise ConfigError("this recipe's conditioner needs sample.prompts for its preview grids")
-
-
-def grid_rows(pipeline: Pipeline, n: int) -> int:
-    """Images per grid row: one row per cycle of the classes, else a square."""
-    num_classes = getattr(getattr(pipeline.conditioner, "config", None), "num_classes", None)
-    return num_classes or max(1, round(n**0.5))
 
 
 def _grid_scale(pipeline: Pipeline) -> int:
@@ -142,9 +74,6 @@ def training_data(
         data = InMemoryData(data.images)  # an unconditional recipe trains on the images alone
     if "autoencoder" not in recipe:
         return data, None
-    from diffkit.recipes.latent import prepare_autoencoder
-    from diffkit.training.autoencoder import encode_dataset
-
     main = context is None or context.is_main
     heldout = _heldout_images(recipe)
     if main:
@@ -160,8 +89,6 @@ def _heldout_images(recipe: RecipeDict) -> torch.Tensor | None:
     data = dict(recipe["data"])
     if data.pop("name") != "shapes":
         return None
-    from diffkit.data.shapes import ShapesConfig, ShapesDataset
-
     return ShapesDataset(ShapesConfig(**data), split="heldout").images
 
 
@@ -245,8 +172,6 @@ def _claim(out: Path, recipe: RecipeDict, mode: str, *, main: bool, held: contex
 
 def _completed_run(out: Path, record: RunRecord, *, main: bool) -> tuple[Pipeline | None, TrainResult]:
     """A resumed run that is already complete: nothing is trained or rewritten."""
-    from diffkit.checkpoints import load_pretrained
-
     if main:
         print(
             f"the run in {out} is already complete at step {record.finished_step} (train.steps={record.steps}); "

@@ -43,11 +43,12 @@ from typing import Any
 
 import attrs
 
-from diffkit.atomic import write_atomic
+from diffkit.io.atomic import write_atomic
 from diffkit.errors import RunFolderError
-from diffkit.files import read_json_object
+from diffkit.io.files import read_json_object
 from diffkit.training.checkpoints import CHECKPOINT_DIR
 from diffkit.training.run_lock import LOCK_FILE
+from diffkit import __version__
 
 RUN_FILE = "run.json"
 RECIPE_FILE = "recipe.json"
@@ -218,7 +219,6 @@ def _resume(out: Path, recipe: Mapping[str, Any]) -> RunRecord:
 
 
 def _start(out: Path, recipe: Mapping[str, Any]) -> RunRecord:
-    from diffkit import __version__
 
     record = RunRecord(
         run_id=uuid.uuid4().hex, recipe=str(recipe.get("name", "?")), recipe_sha256=recipe_sha256(recipe),

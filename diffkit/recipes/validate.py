@@ -29,7 +29,12 @@ from typing import Any
 
 import torch
 
+from diffkit import registry
+from diffkit.demos.shapes.data import ShapesConfig
 from diffkit.errors import ConfigError, DiffkitError, UnknownNameError
+from diffkit.recipes.build import DATA_SOURCES, build_pipeline, preview_conditions
+from diffkit.training.autoencoder import AutoencoderTrainConfig
+from diffkit.training.config import TrainConfig
 from diffkit.validators import is_integer
 
 SECTIONS = ("data", "pipeline", "backbones", "train", "sample")
@@ -59,12 +64,8 @@ def validate_recipe(recipe: Any) -> Any:
 
 
 def _validate_train(recipe: Mapping[str, Any]) -> None:
-    from diffkit.training.config import TrainConfig
-
     _build_config(TrainConfig, recipe["train"], "train")
     if "autoencoder" in recipe:
-        from diffkit.training.autoencoder import AutoencoderTrainConfig
-
         section = recipe["autoencoder"]
         for key in ("config", "train"):
             if not isinstance(section.get(key), Mapping):
@@ -122,8 +123,6 @@ def _prompts(key: str, value: Any) -> None:
 
 
 def _validate_data(data: Mapping[str, Any]) -> None:
-    from diffkit.recipes.run import DATA_SOURCES
-
     name = data.get("name")
     if not isinstance(name, str):
         raise ConfigError(f"recipe key data.name must be one of {', '.join(DATA_SOURCES)}, got {_short(name)}")
@@ -136,8 +135,6 @@ def _validate_data(data: Mapping[str, Any]) -> None:
         if not is_integer(size) or not 4 <= size <= 256:
             raise ConfigError(f"recipe key data.size must be an integer in [4, 256], got {_short(size)}")
     elif name == "shapes":
-        from diffkit.data.shapes import ShapesConfig
-
         _build_config(ShapesConfig, settings, "data")
     elif name == "folder":
         root = settings.get("root")
@@ -149,8 +146,6 @@ def _validate_data(data: Mapping[str, Any]) -> None:
 
 def _validate_components(recipe: Mapping[str, Any]) -> Any:
     """Build the pipeline the recipe describes with its networks on the meta device."""
-    from diffkit.recipes.run import build_pipeline, preview_conditions
-
     pipeline_section = recipe["pipeline"]
     choice = pipeline_section.get("backbone")
     if not isinstance(choice, str) or choice not in recipe["backbones"]:
@@ -177,8 +172,6 @@ def _validate_components(recipe: Mapping[str, Any]) -> Any:
         with torch.device("meta"):
             pipeline = build_pipeline(probe)
             if "autoencoder" in recipe:
-                from diffkit import registry
-
                 registry.build("autoencoder", "kl", **recipe["autoencoder"]["config"])
             preview_conditions(pipeline, 1, recipe)
         return pipeline
@@ -189,8 +182,6 @@ def _validate_components(recipe: Mapping[str, Any]) -> Any:
 
 
 def _build_schedule(spec: Any) -> Any:
-    from diffkit import registry
-
     if isinstance(spec, str):
         return registry.build("schedule", spec)
     if isinstance(spec, tuple):

@@ -1,13 +1,7 @@
 """Noise schedules: ᾱ_t tables and the spacings that turn N steps into a σ sequence."""
 
+from diffkit.moved import moved_names
 from diffkit.schedules.base import ALPHA_BAR_FLOOR, DiscreteSchedule
-from diffkit.schedules.optimize import (
-    ReferenceWarning,
-    SigmaOptimization,
-    optimize_sigmas,
-    optimize_sigmas_report,
-    reference_endpoint,
-)
 from diffkit.schedules.spacings import (
     DEFAULT_SPACING,
     SIGMA_SPACINGS,
@@ -31,17 +25,21 @@ __all__ = [
     "DEFAULT_SPACING",
     "DiscreteSchedule",
     "LinearSchedule",
-    "ReferenceWarning",
     "ScaledLinearSchedule",
     "SIGMA_SPACINGS",
     "SPACINGS",
     "Schedule",
-    "SigmaOptimization",
     "SigmoidSchedule",
     "TIMESTEP_SPACINGS",
-    "optimize_sigmas",
     "places_timesteps",
-    "optimize_sigmas_report",
-    "reference_endpoint",
     "spacing_options",
 ]
+
+# diffkit 0.1 exported the σ-grid calibration from here; it lives in diffkit.sampling now
+__getattr__ = moved_names(
+    __name__,
+    dict.fromkeys(
+        ("ReferenceWarning", "SigmaOptimization", "optimize_sigmas", "optimize_sigmas_report", "reference_endpoint"),
+        "diffkit.sampling.optimize",
+    ),
+)

@@ -22,7 +22,8 @@ from diffkit.testing.denoisers import (
 )
 from diffkit.testing.grids import karras_sigmas
 from diffkit.testing.report import CheckResult, skipped, verdict
-from diffkit.testing.subject import SamplerSubject, accepts_keyword
+from diffkit.samplers.probe import accepts_keyword
+from diffkit.testing.subject import SamplerSubject
 
 PARITY_RTOL = 1e-6  # max |torch − numpy| / max |numpy|, both float64
 BATCH = 8

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -11,19 +10,9 @@ import torch
 
 from diffkit import registry
 from diffkit.errors import ConfigError
-from diffkit.testing.denoisers import RecordingDenoiser, isotropic_gaussian
-from diffkit.testing.grids import karras_sigmas
+from diffkit.samplers.probe import accepts_keyword, is_stochastic
 
 SamplerFn = Callable[..., torch.Tensor]
-
-
-def accepts_keyword(fn: Callable[..., Any], keyword: str) -> bool:
-    """Whether ``fn`` takes ``keyword`` (by name or through ``**kwargs``)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # no introspectable signature: assume it does
-        return True
-    return keyword in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 class SamplerSubject:
@@ -66,20 +55,9 @@ class SamplerSubject:
 
     @functools.cached_property
     def stochastic(self) -> bool:
-        """True when two runs with different generators give different results.
-
-        Needs no metadata: runs the sampler twice (10 steps, float64, shape [2, 3, 4, 4]) with
-        generators seeded 11 and 12. A sampler that draws from torch's global RNG also comes
-        out stochastic here (and then fails the reproducibility check). Raises whatever the
-        sampler raises.
-        """
-        x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80.0
-        sigmas = karras_sigmas(10, 0.05, 80.0)
-        runs = []
-        for seed in (11, 12):
-            denoiser = RecordingDenoiser(isotropic_gaussian())
-            runs.append(self(denoiser, x.clone(), sigmas, generator=torch.Generator().manual_seed(seed)))
-        return not torch.equal(runs[0], runs[1])
+        """True when two runs with different generators give different results
+        (:func:`diffkit.samplers.probe.is_stochastic`, with this subject's options)."""
+        return is_stochastic(self.fn, **self.options)
 
     @property
     def kind(self) -> str:

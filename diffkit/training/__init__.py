@@ -1,7 +1,6 @@
 """Training: objectives (ε/x0/v, Min-SNR-γ, hybrid L_vlb), EMA, checkpoints, the trainer, the KL autoencoder."""
 
 from diffkit.training.autoencoder import (
-    SHAPES_AUTOENCODER,
     AutoencoderResult,
     AutoencoderTrainConfig,
     encode_dataset,
@@ -19,7 +18,6 @@ from diffkit.training.trainer import TrainConfig, Trainer, TrainResult
 
 __all__ = [
     "EMA",
-    "SHAPES_AUTOENCODER",
     "AutoencoderResult",
     "AutoencoderTrainConfig",
     "InMemoryData",

@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 import torch
 
-from diffkit.autoencoders.kl import KLAutoencoder
+from diffkit.models.autoencoders.kl import KLAutoencoder
 from diffkit.errors import ConfigError, ShapeError
 from diffkit.training.data import batch_indices
 from diffkit.training.ema import EMA
@@ -38,30 +38,6 @@ from diffkit.validators import int_at_least, is_integer, one_of, real_in
 
 LOSSES = ("l1", "mse", "l1+mse")
 """Pixel reconstruction losses ρ."""
-
-# A KLConfig for 32×32 RGB images at f = 4 (32×32×3 → 8×8×4, 12× fewer numbers): 3 levels of
-# widths 16-32-64 (narrow at full resolution, where the convolutions cost the most), one residual
-# block per encoder level (two per decoder level), no attention (at 8×8 the convolutions already
-# see the whole latent). 648,375 parameters, 86.4 M multiply-adds per 32×32 image forward.
-# With the AutoencoderTrainConfig defaults (1500 steps of 16 images) it reached 32.2 dB PSNR on
-# the held-out shapes images (ShapesConfig(image_size=32, count=6000, seed=0)) in 226 s on one
-# busy CPU core (1200 steps: 28.6 dB); the posterior ends nearly deterministic (mean log σ² ≈ −11).
-# The scaling factor is a placeholder: after training, set it with
-# ``with_scaling_factor(ae, latent_scaling_factor(ae, images))`` (0.346 in that run).
-SHAPES_AUTOENCODER: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "block_out_channels": [16, 32, 64],
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "norm_num_groups": 16,
-    "double_z": True,
-    "mid_block_attention": False,
-    "use_quant_conv": True,
-    "scaling_factor": 1.0,
-    "shift_factor": 0.0,
-    "dropout": 0.0,
-}
 
 
 def _optional_decay(instance: Any, attribute: attrs.Attribute, value: Any) -> None:

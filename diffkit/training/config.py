@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from diffkit.errors import ConfigError
-from diffkit.precision import PRECISIONS
+from diffkit.runtime.precision import PRECISIONS
 from diffkit.validators import int_at_least, is_real, one_of, real_in
 
 LR_SCHEDULES = ("constant", "cosine")

@@ -63,9 +63,9 @@ def as_training_data(dataset: Any) -> InMemoryData:
     """An :class:`InMemoryData` from a data set.
 
     Accepts an :class:`InMemoryData`; an object with an ``images`` tensor and ``labels`` (a
-    tensor) or ``captions`` (a list of strings), such as :class:`~diffkit.data.DigitsDataset`;
+    tensor) or ``captions`` (a list of strings), such as :class:`~diffkit.demos.digits.DigitsDataset`;
     or any indexable data set whose items are an image or an (image, conditioning input) pair,
-    e.g. :class:`~diffkit.data.ImageFolder` (read once).
+    e.g. :class:`~diffkit.io.image_folder.ImageFolder` (read once).
     """
     if isinstance(dataset, InMemoryData):
         return dataset

@@ -16,7 +16,7 @@ Min-SNR-γ (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weightin
 A network with a learned variance (2C output channels) trains with the hybrid loss of
 Nichol & Dhariwal 2021 (§3.1): L_simple + λ·L_vlb, λ = 0.001 (:mod:`diffkit.training.vlb`).
 
-These are the same equations the VP adapter :class:`diffkit.denoisers.VPDenoiser` inverts at
+These are the same equations the VP adapter :class:`diffkit.sampling.denoisers.VPDenoiser` inverts at
 sampling time, so a network trained here is sampled through that adapter unchanged.
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 import torch
 
-from diffkit.denoisers import PREDICTIONS
+from diffkit.sampling.denoisers import PREDICTIONS
 from diffkit.errors import ConfigError, ShapeError
 from diffkit.schedules.base import DiscreteSchedule
 from diffkit.training.vlb import vlb_loss

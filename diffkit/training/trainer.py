@@ -45,7 +45,7 @@ from diffkit.distributed.context import DistributedContext, check_divisible
 from diffkit.distributed.faults import die, fault_step
 from diffkit.distributed.parallel import DataParallel
 from diffkit.errors import CheckpointError, ConfigError, NonFiniteError
-from diffkit.precision import autocast
+from diffkit.runtime.precision import autocast
 from diffkit.training.checkpoints import (
     CHECKPOINT_DIR,
     SHARDED_DIR,
@@ -68,6 +68,10 @@ from diffkit.training.data import (
 from diffkit.training.ema import EMA
 from diffkit.training.rng import step_seed
 from diffkit.training.run_lock import run_lock
+from diffkit.distributed.sharded_state import gather_full_state, load_sharded, save_sharded
+from diffkit.io.weights import load_state_dict_checked
+from diffkit.runtime.accel import compile_module, use_channels_last
+from diffkit.sampling.draw import available_memory
 
 __all__ = ["LR_SCHEDULES", "PRECISIONS", "PreviewHook", "TrainConfig", "TrainResult", "Trainer", "check_batch_memory"]
 
@@ -159,7 +163,6 @@ class Trainer:
         # FSDP splits the EMA too; rank 0 keeps an unsharded CPU copy to gather it into
         self._export = copy.deepcopy(self.ema.module).cpu() if fsdp and self.context.is_main else None
         if compile:
-            from diffkit.accel import compile_module
 
             compile_module(self.pipeline.backbone)
         self.parallel = DataParallel(self.pipeline, self.context, fsdp=fsdp)
@@ -240,7 +243,6 @@ class Trainer:
         return folder
 
     def _save_sharded(self) -> Path | None:
-        from diffkit.distributed.sharded_state import save_sharded
 
         assert self.checkpoint_dir is not None
         staging = stage_checkpoint(self.checkpoint_dir, self.step) if self.context.is_main else None
@@ -292,12 +294,10 @@ class Trainer:
                 f"(this run is {'sharded' if self.parallel.sharded else 'not sharded'})"
             )
         if sharded:
-            from diffkit.distributed.sharded_state import load_sharded
 
             load_sharded(loaded["sharded"], model=self.parallel.forward_module, ema=self.ema.module,
                          optimizer=self.optimizer)
         else:
-            from diffkit.checkpoints import load_state_dict_checked
 
             what = f"the checkpoint {folder}"
             load_state_dict_checked(self.pipeline, loaded["model"], what=what)
@@ -402,7 +402,6 @@ class Trainer:
         """
         if not self.parallel.sharded:
             return self.ema.module
-        from diffkit.distributed.sharded_state import gather_full_state
 
         full = gather_full_state(self.ema.module, main=self.context.is_main)
         if full is None:
@@ -495,7 +494,6 @@ def check_batch_memory(
 ) -> None:
     """Refuse a micro-batch whose inputs alone cannot fit in ``device``'s memory (a floor:
     activations come on top); nothing is checked where the free memory cannot be told."""
-    from diffkit.sampling import available_memory
 
     needed = rank_batch * math.prod(example_shape) * torch.empty((), dtype=dtype, device="meta").element_size()
     available = available_memory(device)
@@ -511,7 +509,6 @@ def _prefer_channels_last(pipeline: Any, device: torch.device) -> bool:
     """On CUDA, convolutional backbones run channels-last (tensor-core friendly NHWC)."""
     if device.type != "cuda":
         return False
-    from diffkit.accel import use_channels_last
 
     return use_channels_last(pipeline.backbone)
 

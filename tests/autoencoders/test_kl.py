@@ -10,16 +10,13 @@ import pytest
 import torch
 
 import diffkit
-from diffkit.autoencoders import (
+from diffkit.models.autoencoders import (
     KL_PRESETS,
     DiagonalGaussian,
     KLAutoencoder,
     KLConfig,
-    config_from_diffusers,
-    convert_diffusers_state_dict,
-    kl_from_diffusers,
-    load_diffusers_kl,
 )
+from diffkit.io.diffusers.kl import config_from_diffusers, convert_diffusers_state_dict, kl_from_diffusers, load_diffusers_kl
 from diffkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError
 
 TINY = KLConfig(block_out_channels=(8, 16, 16), layers_per_block=1, latent_channels=3, norm_num_groups=4)

@@ -13,17 +13,14 @@ import torch
 import torch.nn.functional as F
 
 import diffkit
-from diffkit.backbones import (
+from diffkit.errors import CheckpointError
+from diffkit.io.diffusers.dit import config_from_diffusers, convert_diffusers_state_dict, dit_from_diffusers, load_diffusers_dit
+from diffkit.models.backbones import (
     DIT_PRESETS,
     Attention,
-    CheckpointError,
     DiT,
     DiTConfig,
     FeedForward,
-    config_from_diffusers,
-    convert_diffusers_state_dict,
-    dit_from_diffusers,
-    load_diffusers_dit,
     sincos_position_embedding_2d,
     timestep_embedding,
 )

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 import diffkit
-from diffkit.backbones.diffusers_latent_unet import (
+from diffkit.io.diffusers.latent_unet import (
     config_from_diffusers,
     convert_diffusers_state_dict,
     latent_unet_from_diffusers,
     load_diffusers_latent_unet,
 )
-from diffkit.backbones.latent_unet import (
+from diffkit.models.backbones.latent_unet import (
     PRESETS,
     LatentUNet,
     LatentUNetConfig,

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 import diffkit
-from diffkit.backbones.diffusers_unet import (
+from diffkit.io.diffusers.unet import (
     config_from_diffusers,
     convert_diffusers_state_dict,
     load_diffusers_unet,
     unet_from_diffusers,
 )
-from diffkit.backbones.layers import Downsample2D, ResBlock, Upsample2D
-from diffkit.backbones.unet import PRESETS, UNet, UNetConfig
+from diffkit.models.backbones.layers import Downsample2D, ResBlock, Upsample2D
+from diffkit.models.backbones.unet import PRESETS, UNet, UNetConfig
 from diffkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError
 
 # A tiny class-conditional UNet: 3 levels, attention at levels 1 and 2 and in the middle.
@@ -506,7 +506,7 @@ def test_config_conversion_rejects_what_the_unet_does_not_have(change, words):
 def test_nearest_upsample_matches_interpolate_in_both_layouts():
     import torch.nn.functional as F
 
-    from diffkit.backbones.layers import nearest_upsample_2x
+    from diffkit.models.backbones.layers import nearest_upsample_2x
 
     x = torch.randn(2, 3, 5, 7)
     for tensor in (x, x.to(memory_format=torch.channels_last)):

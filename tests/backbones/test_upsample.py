@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from diffkit.backbones.layers import nearest_upsample_2x
+from diffkit.models.backbones.layers import nearest_upsample_2x
 
 
 def test_values_and_gradients_equal_torch_nearest_interpolation():

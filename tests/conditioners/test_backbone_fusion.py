@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import diffkit
-from diffkit.backbones.dit import DiT, DiTConfig
-from diffkit.backbones.embeddings import class_labels
-from diffkit.backbones.latent_unet import PRESETS as LATENT_PRESETS
-from diffkit.backbones.latent_unet import LatentUNet, cross_attention_context
-from diffkit.backbones.unet import UNet, UNetConfig
-from diffkit.conditioners import Conditioning, TextConfig
+from diffkit.models.backbones.dit import DiT, DiTConfig
+from diffkit.models.backbones.embeddings import class_labels
+from diffkit.models.backbones.latent_unet import PRESETS as LATENT_PRESETS
+from diffkit.models.backbones.latent_unet import LatentUNet, cross_attention_context
+from diffkit.models.backbones.unet import UNet, UNetConfig
+from diffkit.models.conditioners import Conditioning, TextConfig
 from diffkit.errors import ConfigError, ShapeError
 
 UNET = UNetConfig(

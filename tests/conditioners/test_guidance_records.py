@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import diffkit
-from diffkit.backbones.unet import UNet, UNetConfig
-from diffkit.conditioners import Conditioning
+from diffkit.models.backbones.unet import UNet, UNetConfig
+from diffkit.models.conditioners import Conditioning
 from diffkit.errors import ConfigError
-from diffkit.guidance import CFGDenoiser, batch_conditions
+from diffkit.sampling.guidance import CFGDenoiser, batch_conditions
 
 
 class RecordingDenoiser(torch.nn.Module):

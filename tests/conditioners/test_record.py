@@ -6,7 +6,7 @@ import attrs
 import pytest
 import torch
 
-from diffkit.conditioners import FIELDS, Conditioning
+from diffkit.models.conditioners import FIELDS, Conditioning
 from diffkit.errors import ConfigError, ShapeError
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import diffkit
-from diffkit.conditioners import (
+from diffkit.models.conditioners import (
     ClassLabelConditioner,
     ClassLabelConfig,
     ConcatConditioner,

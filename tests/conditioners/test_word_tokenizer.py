@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import diffkit
-from diffkit.conditioners.tokenizer import WORD_BOS, WORD_EOS, WORD_PAD, WORD_UNK, WordTokenizer, build_vocabulary
+from diffkit.models.conditioners.tokenizer import WORD_BOS, WORD_EOS, WORD_PAD, WORD_UNK, WordTokenizer, build_vocabulary
 from diffkit.errors import ConfigError
 
 CAPTIONS = ["a red circle on the left", "small blue square at the top", "The green triangle, right side"]

@@ -13,14 +13,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from diffkit.data import DigitsDataset, load_digits
-from diffkit.data.digits import digits_file_sha256, digits_split_indices
+from diffkit.demos.digits import DigitsDataset, load_digits
+from diffkit.demos.digits.data import digits_file_sha256, digits_split_indices
 from diffkit.errors import ConfigError, UnknownNameError
 
 
 def _rows_with_csv_module() -> list[list[int]]:
     """The data file read independently of the library (stdlib gzip + csv, no numpy)."""
-    raw = resources.files("diffkit.data").joinpath("digits.csv.gz").read_bytes()
+    raw = resources.files("diffkit.demos.digits").joinpath("digits.csv.gz").read_bytes()
     text = io.StringIO(gzip.decompress(raw).decode("ascii"))
     return [[int(v) for v in row] for row in csv.reader(text) if row]
 

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from diffkit.data import ImageFolder
-from diffkit.data.folder import ImageSkippedWarning
+from diffkit.io.image_folder import ImageFolder
+from diffkit.io.image_folder import ImageSkippedWarning
 from diffkit.errors import ConfigError
 
 STEP = 2 / 255  # one 8-bit level on the [−1, 1] scale

@@ -14,7 +14,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from diffkit.data import (
+from diffkit.demos.shapes import (
     COLORS,
     POSITIONS,
     SHAPES,
@@ -28,7 +28,7 @@ from diffkit.data import (
     parse_prompt,
     render,
 )
-from diffkit.data import shapes as shapes_module
+from diffkit.demos.shapes import data as shapes_module
 from diffkit.errors import ConfigError, UnknownNameError
 
 ALL_SPECS = [

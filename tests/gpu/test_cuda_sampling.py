@@ -18,7 +18,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import diffkit
-from diffkit.accel import compile_module
+from diffkit.runtime.accel import compile_module
 
 SAMPLERS = ("ddim", "euler", "dpmpp_2m", "unipc", "heun")
 GUIDANCE = 3.0

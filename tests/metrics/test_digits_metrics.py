@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffkit.data import DigitsDataset, load_digits
+from diffkit.demos.digits import DigitsDataset, load_digits
 from diffkit.errors import ConfigError, ShapeError
-from diffkit.metrics import (
+from diffkit.demos.digits import (
     DigitsClassifier,
     DigitsTrainingConfig,
     class_accuracy,
@@ -21,8 +21,8 @@ from diffkit.metrics import (
     real_baseline_fid,
     train_digits_classifier,
 )
-from diffkit.metrics import cache as cache_module
-from diffkit.metrics import digits as digits_module
+from diffkit.demos import judge_cache as cache_module
+from diffkit.demos.digits import judge as digits_module
 
 QUICK_STEPS = 5  # for cache-mechanics tests, where the accuracy does not matter
 

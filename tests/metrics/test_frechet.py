@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from diffkit.errors import ShapeError
-from diffkit.metrics import frechet_distance, frechet_distance_from_stats, gaussian_stats
+from diffkit.demos.frechet import frechet_distance, frechet_distance_from_stats, gaussian_stats
 
 
 def _scipy_fid(a: np.ndarray, b: np.ndarray) -> float:

@@ -13,24 +13,16 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from diffkit.data import (
-    COLORS,
-    POSITIONS,
-    SHAPES,
-    ShapesConfig,
-    ShapesDataset,
-    ShapeSpec,
-    render,
-)
+from diffkit.demos.shapes import COLORS, POSITIONS, SHAPES, ShapesConfig, ShapesDataset, ShapeSpec, render
 from diffkit.errors import ConfigError, ShapeError
-from diffkit.metrics import (
+from diffkit.demos.shapes import (
     ShapeClassifier,
     ShapesEvaluator,
     ShapeTrainingConfig,
     load_or_train_shape_classifier,
     train_shape_classifier,
 )
-from diffkit.metrics import shapes as shapes_metrics
+from diffkit.demos.shapes import judge as shapes_metrics
 
 QUICK_STEPS = 3  # for cache-mechanics tests, where the accuracy does not matter
 

@@ -142,7 +142,7 @@ named errors.
 `case(...)` call per case) and `test_reliability.py`, which runs every case under pytest (each
 must be a named error or a correct success; it is part of the suite, marked `slow`). Each case
 runs in a worker process that imports torch once and runs the cases one by one in-process
-(`diffkit.cli.main(argv)`, or a Python API call), each in a fresh folder that is its working
+(`diffkit.cli.commands.main(argv)`, or a Python API call), each in a fresh folder that is its working
 directory, with a copy of one shared tiny trained run (`diffkit train --recipe digits --steps 4`,
 checkpoints at steps 2 and 4). The worker runs under a 4 GiB address-space limit, so an absurd
 allocation fails inside it instead of waking the OOM killer; as root it drops the capabilities

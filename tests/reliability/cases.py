@@ -4,7 +4,7 @@ Conventions: each case runs in its own empty folder, which is also the working d
 paths are relative (``R`` a run folder, ``P`` a pipeline folder, ``s.png`` an output).
 ``ctx.run_copy()`` copies the shared tiny run (``diffkit train --recipe digits --steps 4``,
 checkpoints at steps 2 and 4, finished) to ``R``; ``ctx.pipe_copy()`` its pipeline to ``P``.
-A command given as a list runs in-process as ``diffkit.cli.main(argv)``.
+A command given as a list runs in-process as ``diffkit.cli.commands.main(argv)``.
 
 Nothing here imports torch at module level: the parent process only needs the names.
 """

@@ -69,7 +69,7 @@ class Case:
         name: unique, short, ``[a-z0-9_.-]``.
         category: one of :data:`CATEGORIES` (the rows of the tally).
         what: the bad input, in a few words (shown in the report).
-        action: a ``diffkit`` argument list (run in-process as ``diffkit.cli.main(argv)``), or a
+        action: a ``diffkit`` argument list (run in-process as ``diffkit.cli.commands.main(argv)``), or a
             function ``action(ctx)``; a function may return a :class:`CliResult` (then it is
             judged like a command) or any value (handed to ``verify``).
         expect: ``"error"`` (a named DiffkitError), ``"ok"`` (success that ``verify`` accepts),
@@ -158,10 +158,10 @@ class Ctx:
 
 
 def run_cli(argv: Sequence[str]) -> CliResult:
-    """``diffkit.cli.main(argv)`` in this process, its output captured; argparse exits are caught."""
+    """``diffkit.cli.commands.main(argv)`` in this process, its output captured; argparse exits are caught."""
     import warnings
 
-    from diffkit.cli import main
+    from diffkit.cli.commands import main
 
     out, err = io.StringIO(), io.StringIO()
     code: int | None = None
@@ -284,7 +284,7 @@ def cli_error_message(result: CliResult) -> tuple[str | None, str | None]:
     ``diffkit train: error: …`` counts too) followed by nothing but indented continuation lines.
     """
     if result.escaped is not None:
-        return None, "escaped diffkit.cli.main: " + summarize_traceback(result.escaped)
+        return None, "escaped diffkit.cli.commands.main: " + summarize_traceback(result.escaped)
     if "Traceback (most recent call last)" in result.stderr:
         return None, f"exit {result.code} with a traceback on stderr: " + summarize_traceback(result.stderr)
     if result.code != 2:

@@ -8,10 +8,10 @@ import attrs
 import pytest
 import torch
 
-from diffkit.autoencoders.kl import KLAutoencoder, KLConfig
+from diffkit.models.autoencoders.kl import KLAutoencoder, KLConfig
 from diffkit.errors import ConfigError, ShapeError, UnknownNameError
+from diffkit.demos.shapes.recipe import SHAPES_AUTOENCODER
 from diffkit.training import (
-    SHAPES_AUTOENCODER,
     AutoencoderTrainConfig,
     encode_dataset,
     latent_scaling_factor,

@@ -134,7 +134,7 @@ def test_sampling_reads_are_per_call_not_per_step(sampler):
 
     def reads_for(steps: int) -> list[str]:
         # the σ grid is a float64 host table by design (docs/design.md, Numerics): its setup is exempt
-        with HostReads([], host_side=(*HOST_SIDE, "sampling.py:sigma_grid")) as reads:
+        with HostReads([], host_side=(*HOST_SIDE, "draw.py:sigma_grid")) as reads:
             pipeline.sample(4, cond=labels, steps=steps, guidance=3.0, sampler=sampler, generator=0)
         return reads.seen
 

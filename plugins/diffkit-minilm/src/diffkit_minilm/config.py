@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from diffkit.validators import int_at_least, probability
-from diffkit.configs import ModelConfig
+from diffkit.models.configs import ModelConfig
 from diffkit.errors import ConfigError
 
 HIDDEN_SIZE = 384

@@ -1,0 +1,14 @@
+"""Registers the built-in recipes through the same hook a third-party plugin uses."""
+
+from __future__ import annotations
+
+from diffkit.hookspecs import hookimpl
+from diffkit.demos.digits.recipe import digits
+from diffkit.demos.shapes.recipe import shapes
+from diffkit.registry import Registrar
+
+
+@hookimpl
+def diffkit_register_recipes(recipes: Registrar) -> None:
+    recipes.add("digits", digits, summary="class-conditional UNet on the embedded 8×8 handwritten digits (the main demo)")
+    recipes.add("shapes", shapes, summary="latent text-to-image: KL autoencoder + DiT on captioned coloured shapes")

@@ -1,0 +1,2 @@
+"""One converter per diffusers architecture, each a registered ``converter``
+(:class:`~diffkit.io.converters.DiffusersConverter`)."""

@@ -1,0 +1,376 @@
+"""Load diffusers-format ``UNet2DConditionModel`` checkpoints (Stable Diffusion 1.x / 2.x UNets)
+into :class:`~diffkit.models.backbones.latent_unet.LatentUNet`.
+
+Three steps, each usable alone (the same shape as :mod:`diffkit.io.diffusers.unet`):
+
+* :func:`config_from_diffusers` — a diffusers ``config.json`` dict → :class:`LatentUNetConfig`;
+* :func:`convert_diffusers_state_dict` — diffusers weights → diffkit weights, after checking
+  every key and shape (one :class:`CheckpointError` lists all missing, unexpected and
+  mis-shaped keys, in diffusers' names);
+* :func:`latent_unet_from_diffusers` / :func:`load_diffusers_latent_unet` — a ready
+  :class:`LatentUNet` from a diffusers model object, a config and weights, or a saved folder.
+
+How the layouts differ (everything else keeps diffusers' names, level for level):
+
+* ``down_blocks.ℓ`` / ``up_blocks.i`` / ``mid_block`` are ``down.ℓ`` / ``up.i`` / ``mid``;
+  ``downsamplers.0`` / ``upsamplers.0`` are ``downsample`` / ``upsample``;
+  ``mid_block.attentions.0`` is ``mid.attention``; ``time_embedding`` is ``time_embed``,
+  ``conv_norm_out`` is ``norm_out``.
+* Transformer blocks: self-attention's ``attn1.to_q/to_k/to_v`` are one fused ``attn1.qkv``
+  (stacked q, k, v); cross-attention's ``attn2.to_q`` is ``attn2.q`` and ``to_k``/``to_v``
+  one fused ``attn2.kv``; ``to_out.0`` is ``proj``; the GEGLU feed-forward's ``ff.net.0.proj``
+  / ``ff.net.2`` are ``ff.fc1`` / ``ff.fc2`` (same value-then-gate order).
+
+Supported: ``CrossAttnDownBlock2D`` / ``DownBlock2D`` and ``CrossAttnUpBlock2D`` /
+``UpBlock2D`` mirrored between the paths, ``UNetMidBlock2DCrossAttn``, one head count or one
+per level, ``use_linear_projection`` either way, one ``transformer_layers_per_block`` for every
+level, ``upcast_attention`` (it only changes fp16 arithmetic). Everything else — class / added
+(SDXL) embeddings, ``encoder_hid_proj``, dual or only-cross attention, other time embeddings
+or activations, scale-shift ResBlocks, other kernels, attention types or norms — is a
+:class:`~diffkit.errors.ConfigError` naming the feature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffkit.models.backbones.latent_unet import LatentUNet, LatentUNetConfig
+from diffkit.io.converters import DiffusersConverter
+from diffkit.errors import CheckpointError, ConfigError
+from diffkit.io.state_dicts import check_state_dict
+
+DIFFUSERS_CLASS = "UNet2DConditionModel"
+
+# diffusers' UNet2DConditionModel defaults (0.2x–0.4x) for keys a config may leave out.
+_DEFAULTS: dict[str, Any] = {
+    "sample_size": None,
+    "in_channels": 4,
+    "out_channels": 4,
+    "center_input_sample": False,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "down_block_types": (
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ),
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "up_block_types": (
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ),
+    "only_cross_attention": False,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1,
+    "dropout": 0.0,
+    "act_fn": "silu",
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "cross_attention_dim": 1280,
+    "transformer_layers_per_block": 1,
+    "reverse_transformer_layers_per_block": None,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "attention_head_dim": 8,
+    "num_attention_heads": None,
+    "dual_cross_attention": False,
+    "use_linear_projection": False,
+    "class_embed_type": None,
+    "addition_embed_type": None,
+    "addition_time_embed_dim": None,
+    "num_class_embeds": None,
+    "upcast_attention": False,
+    "resnet_time_scale_shift": "default",
+    "resnet_skip_time_act": False,
+    "resnet_out_scale_factor": 1.0,
+    "time_embedding_type": "positional",
+    "time_embedding_dim": None,
+    "time_embedding_act_fn": None,
+    "timestep_post_act": None,
+    "time_cond_proj_dim": None,
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "projection_class_embeddings_input_dim": None,
+    "attention_type": "default",
+    "class_embeddings_concat": False,
+    "mid_block_only_cross_attention": None,
+    "cross_attention_norm": None,
+    "addition_embed_type_num_heads": 64,
+}
+# Settings LatentUNet needs; another value is a feature it does not have (the key names it).
+_REQUIRED: dict[str, Any] = {
+    "center_input_sample": False,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "only_cross_attention": False,
+    "mid_block_scale_factor": 1,
+    "act_fn": "silu",
+    "reverse_transformer_layers_per_block": None,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "dual_cross_attention": False,
+    "class_embed_type": None,
+    "addition_embed_type": None,
+    "addition_time_embed_dim": None,
+    "num_class_embeds": None,
+    "resnet_time_scale_shift": "default",
+    "resnet_skip_time_act": False,
+    "resnet_out_scale_factor": 1.0,
+    "time_embedding_type": "positional",
+    "time_embedding_act_fn": None,
+    "timestep_post_act": None,
+    "time_cond_proj_dim": None,
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "projection_class_embeddings_input_dim": None,
+    "attention_type": "default",
+    "class_embeddings_concat": False,
+    "mid_block_only_cross_attention": None,
+    "cross_attention_norm": None,
+}
+# Keys that do not change the fp32 network: upcast_attention only upcasts fp16 attention
+# scores; addition_embed_type_num_heads only matters with an addition embedding (refused).
+_IGNORED = ("upcast_attention", "addition_embed_type_num_heads")
+
+_DOWN_BLOCKS = {
+    "DownBlock2D": False,
+    "CrossAttnDownBlock2D": True,
+}  # block type → has transformers
+_UP_BLOCKS = {"UpBlock2D": False, "CrossAttnUpBlock2D": True}
+
+
+def _uniform(name: str, value: Any, levels: int, wrong: list[str]) -> Any:
+    """One value for a per-level setting (an int, or a list whose entries are all equal)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != levels:
+            wrong.append(f"{name} has {len(value)} entries for {levels} levels")
+            return None
+        if len(set(map(str, value))) != 1:
+            wrong.append(f"{name}={list(value)} (different values per level are not supported)")
+            return None
+        return value[0]
+    return value
+
+
+def config_from_diffusers(config: Mapping[str, Any], **overrides: Any) -> LatentUNetConfig:
+    """The :class:`LatentUNetConfig` of a diffusers ``UNet2DConditionModel`` config dict.
+
+    Accepts ``model.config`` or the parsed ``config.json`` (keys starting with ``_`` are
+    metadata). ``overrides`` change fields of the result (e.g. ``gradient_checkpointing=True``).
+    Unknown keys and features the latent UNet does not have are :class:`ConfigError` s that
+    name them.
+    """
+    config = dict(config)
+    class_name = config.get("_class_name", DIFFUSERS_CLASS)
+    if class_name != DIFFUSERS_CLASS:
+        raise ConfigError(f"not a diffusers UNet2DConditionModel config: _class_name is {class_name!r}")
+    settings = {
+        **_DEFAULTS,
+        **{k: v for k, v in config.items() if not k.startswith("_")},
+    }
+    unknown = sorted(set(settings) - set(_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown keys in the diffusers UNet2DConditionModel config: {', '.join(unknown)}")
+    wrong = [
+        f"{key}={settings[key]!r} (diffkit's latent UNet needs {value!r})"
+        for key, value in _REQUIRED.items()
+        if settings[key] != value and not (isinstance(value, bool) and _all_equal(settings[key], value))
+    ]
+    channels = tuple(settings["block_out_channels"])
+    levels = len(channels)
+    down_types, up_types = (
+        tuple(settings["down_block_types"]),
+        tuple(settings["up_block_types"]),
+    )
+    if len(down_types) != levels or len(up_types) != levels:
+        wrong.append(f"{len(down_types)} down and {len(up_types)} up block types for {levels} levels")
+    bad = [t for t in down_types if t not in _DOWN_BLOCKS] + [t for t in up_types if t not in _UP_BLOCKS]
+    if bad:
+        wrong.append(f"block types {sorted(set(bad))} (supported: {sorted(_DOWN_BLOCKS) + sorted(_UP_BLOCKS)})")
+    if wrong:
+        raise ConfigError("this diffusers config is not a latent UNet that diffkit can load: " + "; ".join(wrong))
+
+    down_attn = [_DOWN_BLOCKS[t] for t in down_types]
+    up_attn = [_UP_BLOCKS[t] for t in reversed(up_types)]  # reindexed by level
+    if down_attn != up_attn:
+        wrong.append(f"transformers at down levels {_where(down_attn)} but at up levels {_where(up_attn)}")
+    layers = _uniform("layers_per_block", settings["layers_per_block"], levels, wrong)
+    depth = _uniform(
+        "transformer_layers_per_block",
+        settings["transformer_layers_per_block"],
+        levels,
+        wrong,
+    )
+    context_dim = _uniform("cross_attention_dim", settings["cross_attention_dim"], levels, wrong)
+    # diffusers' naming quirk: without num_attention_heads, attention_head_dim is the head count.
+    heads = settings["num_attention_heads"] or settings["attention_head_dim"]
+    if isinstance(heads, (list, tuple)):
+        heads = tuple(heads)
+        if len(heads) != levels:
+            wrong.append(f"{len(heads)} attention head counts for {levels} levels")
+    if settings["norm_num_groups"] is None:
+        wrong.append("norm_num_groups=None")
+    if wrong:
+        raise ConfigError("this diffusers config is not a latent UNet that diffkit can load: " + "; ".join(wrong))
+
+    sample_size = settings["sample_size"]
+    if isinstance(sample_size, (list, tuple)):
+        if len(set(sample_size)) != 1:
+            raise ConfigError(f"non-square sample_size {tuple(sample_size)}: pass sample_size=… as an override")
+        sample_size = sample_size[0]
+    if sample_size is None:
+        sample_size = max(64, 2 ** (levels - 1))
+    fields = {
+        "sample_size": sample_size,
+        "in_channels": settings["in_channels"],
+        "out_channels": settings["out_channels"],
+        "block_out_channels": channels,
+        "layers_per_block": layers,
+        "cross_attention_levels": tuple(_where(down_attn)),
+        "num_heads": heads,
+        "transformer_depth": depth,
+        "context_dim": context_dim,
+        "use_linear_projection": bool(settings["use_linear_projection"]),
+        "time_embed_dim": settings["time_embedding_dim"],
+        "timestep_cos_first": bool(settings["flip_sin_to_cos"]),
+        "timestep_freq_shift": int(settings["freq_shift"]),
+        "dropout": float(settings["dropout"]),
+        "downsample_padding": settings["downsample_padding"],
+        "norm_groups": settings["norm_num_groups"],
+        "norm_eps": float(settings["norm_eps"]),
+    }
+    return LatentUNetConfig.from_dict({**fields, **overrides})
+
+
+def _all_equal(value: Any, expected: bool) -> bool:
+    """A per-level boolean list (e.g. only_cross_attention=[False] * 4) that is ``expected`` everywhere."""
+    return isinstance(value, (list, tuple)) and all(v == expected for v in value)
+
+
+def _where(flags: list[bool]) -> list[int]:
+    return [i for i, f in enumerate(flags) if f]
+
+
+# -- weights --------------------------------------------------------------------------------
+
+# diffkit key fragment → diffusers key fragment, applied in this order.
+_RENAMES = (
+    ("time_embed.", "time_embedding."),
+    ("norm_out.", "conv_norm_out."),
+    ("mid.attention.", "mid_block.attentions.0."),
+    ("mid.", "mid_block."),
+    (".downsample.", ".downsamplers.0."),
+    (".upsample.", ".upsamplers.0."),
+    (".proj.", ".to_out.0."),
+    (".ff.fc1.", ".ff.net.0.proj."),
+    (".ff.fc2.", ".ff.net.2."),
+)
+
+
+def _sources(key: str) -> tuple[str, ...]:
+    """The diffusers key(s) of a diffkit key; several are stacked along dim 0 (fused projections)."""
+    for ours, theirs in (("down.", "down_blocks."), ("up.", "up_blocks.")):
+        if key.startswith(ours):
+            key = theirs + key[len(ours) :]
+    for ours, theirs in _RENAMES:
+        key = key.replace(ours, theirs)
+    for fused, names in (
+        (".attn1.qkv.", "qkv"),
+        (".attn2.kv.", "kv"),
+        (".attn2.q.", "q"),
+    ):
+        if fused in key:
+            head, kind = key.split(fused)
+            return tuple(f"{head}{fused[:7]}to_{n}.{kind}" for n in names)
+    return (key,)
+
+
+def _our_shapes(config: LatentUNetConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        return {k: tuple(v.shape) for k, v in LatentUNet(config).state_dict().items()}
+
+
+def expected_diffusers_shapes(config: LatentUNetConfig) -> dict[str, tuple[int, ...]]:
+    """Every key of a diffusers ``UNet2DConditionModel`` state dict for ``config``, with its shape."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, (first, *rest) in _our_shapes(config).items():
+        sources = _sources(key)
+        for source in sources:
+            shapes[source] = (first // len(sources), *rest)
+    return shapes
+
+
+def convert_diffusers_state_dict(
+    state_dict: Mapping[str, torch.Tensor], config: LatentUNetConfig
+) -> dict[str, torch.Tensor]:
+    """diffusers ``UNet2DConditionModel`` weights → :class:`LatentUNet` weights for ``config``.
+
+    Raises :class:`CheckpointError` listing every missing, unexpected and mis-shaped key
+    (diffusers names).
+    """
+    expected = expected_diffusers_shapes(config)
+    check_state_dict(state_dict, expected, what=f"the diffusers UNet2DConditionModel weights do not fit {_describe(config)}")
+    weights: dict[str, torch.Tensor] = {}
+    for key in _our_shapes(config):
+        sources = _sources(key)
+        weights[key] = torch.cat([state_dict[s] for s in sources]) if len(sources) > 1 else state_dict[sources[0]]
+    return weights
+
+
+def _describe(config: LatentUNetConfig) -> str:
+    return (
+        f"LatentUNet(block_out_channels={config.block_out_channels}, layers_per_block={config.layers_per_block}, "
+        f"cross_attention_levels={config.cross_attention_levels}, context_dim={config.context_dim}, "
+        f"in_channels={config.in_channels}, out_channels={config.out_channels})"
+    )
+
+
+def latent_unet_from_diffusers(
+    model_or_config: Any, state_dict: Mapping[str, torch.Tensor] | None = None, **overrides: Any
+) -> LatentUNet:
+    """A :class:`LatentUNet` holding the weights of a diffusers ``UNet2DConditionModel``.
+
+    Either ``latent_unet_from_diffusers(diffusers_model)`` or
+    ``latent_unet_from_diffusers(config_dict, state_dict)``. ``overrides`` go to
+    :func:`config_from_diffusers`. The result is in float32 on the CPU, in eval mode.
+    """
+    return CONVERTER(model_or_config, state_dict, **overrides)
+
+
+def load_diffusers_latent_unet(path: str | Path, **overrides: Any) -> LatentUNet:
+    """A :class:`LatentUNet` from a saved diffusers model folder (``config.json`` + safetensors).
+
+    ``path`` is the model folder or a pipeline folder with a ``unet/`` subfolder (a Stable
+    Diffusion pipeline).
+    """
+    return CONVERTER.load(path, **overrides)
+
+
+CONVERTER = DiffusersConverter(
+    diffusers_classes=(DIFFUSERS_CLASS,),
+    kind="backbone",
+    name="latent_unet",
+    config_from_diffusers=config_from_diffusers,
+    convert_state_dict=convert_diffusers_state_dict,
+    subfolder="unet",
+)
+"""The registered converter (``diffkit.get("converter", "latent_unet")``)."""
+
+
+__all__ = [
+    "CONVERTER",
+    "CheckpointError",
+    "config_from_diffusers",
+    "convert_diffusers_state_dict",
+    "expected_diffusers_shapes",
+    "latent_unet_from_diffusers",
+    "load_diffusers_latent_unet",
+]

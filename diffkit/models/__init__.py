@@ -1,0 +1,1 @@
+"""The networks: backbones, conditioners and autoencoders, and the config mixin they share."""

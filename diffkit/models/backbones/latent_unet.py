@@ -1,0 +1,585 @@
+"""The latent-diffusion UNet with cross-attention (Rombach et al. 2022, "High-Resolution Image
+Synthesis with Latent Diffusion Models", §3.3 and App. E) — Stable Diffusion's denoiser.
+
+The pixel UNet of :mod:`diffkit.models.backbones.unet` (DDPM ResBlocks, skip stack, resampling) with
+its self-attention layers replaced by *spatial transformers*, so that the network can attend
+to a conditioning sequence (a text encoder's token features, say) τ(y) = context [B, M, d_ctx]:
+
+1. ``conv_in``: 3×3 convolution, C_in latent channels → ch_0 (any C_in: 4 for SD's KL-f8), on
+   x — or on [x, c] (channels) when the conditioning record carries ``concat`` c (LDM's
+   inpainting / super-resolution models), so that C_in counts both;
+2. embedding e [B, E]: sinusoidal features of t (width ch_0, [cos, sin], shift 0) → Linear,
+   SiLU, Linear (E = 4·ch_0), plus W·v + b for a conditioning vector v [B, D_v] (a pooled text
+   embedding, say) when ``vector_dim`` = D_v > 0;
+3. down path: at level ℓ, ``layers_per_block`` ResBlocks (taking e), each followed by a spatial
+   transformer when ℓ ∈ ``cross_attention_levels``, then (all but the last level) a 3×3
+   stride-2 convolution; every intermediate output, from ``conv_in``'s on, is pushed on the
+   skip stack;
+4. middle: ResBlock, spatial transformer, ResBlock;
+5. up path (levels in reverse): ``layers_per_block + 1`` ResBlocks on [h, skip], each followed
+   by a spatial transformer where the mirrored down level has one, then nearest ×2 + conv;
+6. GroupNorm, SiLU, 3×3 convolution → C_out.
+
+A spatial transformer (LDM's ``SpatialTransformer``, diffusers' ``Transformer2DModel``) on
+x [B, C, H, W], with C = H_heads·d:
+
+    h = proj_in(GN(x))                   1×1 conv (SD 1.x) or linear on tokens (SD 2.x)
+    tokens [B, N = H·W, C], then ``transformer_depth`` blocks, each (pre-norm, residual):
+        h = h + SelfAttn(LN1(h))
+        h = h + CrossAttn(LN2(h), context, mask)    Q from h, K and V from the context
+        h = h + GEGLU-FF(LN3(h))                    inner width 4·C (Shazeer 2020)
+    out = x + proj_out(h)  (back to [B, C, H, W])
+
+Conditioning (:func:`cross_attention_context`): ``cond`` is None, a context tensor
+[B, M, d_ctx], or a record (:class:`~diffkit.models.conditioners.Conditioning`) with ``context`` and
+an optional boolean ``mask`` [B, M] (True = keep the token), and optionally ``vector`` and
+``concat``. **Without a context the cross-attention sub-layers are skipped**
+(their residual branch adds nothing; the rest of the network runs unchanged), and a sample
+whose mask keeps no token is treated the same way. This is *not* Stable Diffusion's
+"unconditional" input for classifier-free guidance — that is the text encoder's encoding of
+the empty prompt, a real context the conditioner supplies. diffusers has no counterpart:
+its ``UNet2DConditionModel`` requires ``encoder_hidden_states``.
+
+Initialisation: PyTorch's defaults, with the last convolution of every ResBlock, every
+transformer's ``proj_out`` and ``conv_out`` zeroed (LDM's ``zero_module``), so the network
+starts at output 0. The module names follow diffusers' ``UNet2DConditionModel``;
+:mod:`diffkit.io.diffusers.latent_unet` converts its weights.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from diffkit.models.backbones.embeddings import (
+    add_vector_embedding,
+    check_conditioning,
+    concat_conditioning,
+    input_in_weight_dtype,
+    timestep_embedding,
+)
+from diffkit.models.backbones.layers import (
+    Attention,
+    Downsample2D,
+    FeedForward,
+    ResBlock,
+    Upsample2D,
+)
+from diffkit.models.backbones.sharding import unet_units
+from diffkit.models.backbones.unet import PyramidGeometry, _level_indices, _padding, _timesteps, build_pyramid
+from diffkit.errors import ConfigError, ShapeError
+from diffkit.validators import (
+    as_tuple,
+    boolean,
+    int_at_least,
+    optional,
+    positive_ints,
+    positive_real,
+    probability,
+)
+
+# Fixed by LDM / diffusers' Transformer2DModel and BasicTransformerBlock (not configurable there).
+TRANSFORMER_GROUPNORM_EPS = 1e-6
+TRANSFORMER_LAYERNORM_EPS = 1e-5
+FF_MULT = 4
+
+# -- conditioning ---------------------------------------------------------------------------
+
+
+def cross_attention_context(
+    cond: Any, batch_size: int, context_dim: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The (context [B, M, d_ctx] or None, mask bool [B, M] or None) a latent UNet reads from ``cond``.
+
+    The rule:
+
+    * ``None`` — no context: the cross-attention layers are skipped;
+    * a floating-point tensor [B, M, d_ctx] — the context, every token kept;
+    * a :class:`~diffkit.models.conditioners.Conditioning` record (or any object with a ``context``
+      attribute and optionally ``mask``), or a mapping with a ``"context"`` entry (and
+      optionally ``"mask"``) — that context (None: no context) and that mask: bool [B, M],
+      True = attend to the token, None = keep every token.
+
+    Anything else raises a ``TypeError``; wrong shapes or dtypes raise
+    :class:`~diffkit.errors.ShapeError`.
+    """
+    if cond is None:
+        return None, None
+    if isinstance(cond, torch.Tensor):
+        context, mask = cond, None
+    elif isinstance(cond, Mapping):
+        if "context" not in cond:
+            raise TypeError(f"a conditioning mapping must have a 'context' entry; it has {sorted(cond)}")
+        context, mask = cond["context"], cond.get("mask")
+    elif hasattr(cond, "context"):
+        context, mask = cond.context, getattr(cond, "mask", None)
+    else:
+        raise TypeError(
+            "cond must be None, a context tensor [B, M, d_ctx], or a record with 'context' "
+            f"(and optionally 'mask'); got {type(cond).__name__}"
+        )
+    if context is None:
+        if mask is not None:
+            raise ShapeError("a mask was given without a context")
+        return None, None
+    if not isinstance(context, torch.Tensor) or not context.dtype.is_floating_point:
+        raise ShapeError(f"the context must be a floating-point tensor, got {getattr(context, 'dtype', type(context))}")
+    if context.ndim != 3 or context.shape[0] != batch_size or context.shape[2] != context_dim:
+        raise ShapeError(
+            f"the context must have shape [B={batch_size}, M, d_ctx={context_dim}], got {tuple(context.shape)}"
+        )
+    if mask is not None and (
+        not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != context.shape[:2]
+    ):
+        raise ShapeError(
+            f"the context mask must be a bool tensor [B, M] = {tuple(context.shape[:2])}, "
+            f"got {getattr(mask, 'dtype', type(mask))} {tuple(getattr(mask, 'shape', ()))}"
+        )
+    return context, mask
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def _heads(value: Any) -> Any:
+    """An int stays an int (every level); a list becomes a tuple (one entry per level)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _heads_validator(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, tuple):
+        positive_ints(instance, attribute, value)
+    else:
+        int_at_least(1)(instance, attribute, value)
+
+
+@attrs.frozen(kw_only=True)
+class LatentUNetConfig(PyramidGeometry):
+    """Configuration of :class:`LatentUNet`; the defaults are Stable Diffusion 1.x's UNet (860 M).
+
+    ``PRESETS["sd15"]`` etc. are values of this class; change one with ``attrs.evolve`` or
+    :meth:`from_preset`.
+    """
+
+    sample_size: int = attrs.field(default=64, validator=int_at_least(1))
+    """Nominal latent height = width (SD 1.x: 512 px / 8); any multiple of 2^(levels−1) works."""
+    in_channels: int = attrs.field(default=4, validator=int_at_least(1))
+    """C_in, the latent channels (4 for SD's KL-f8 autoencoder; any count works), plus the
+    channels of a conditioning record's ``concat``, if any."""
+    out_channels: int = attrs.field(default=4, validator=int_at_least(1))
+    """C_out."""
+    block_out_channels: tuple[int, ...] = attrs.field(
+        default=(320, 640, 1280, 1280), converter=as_tuple, validator=positive_ints
+    )
+    """ch_ℓ, the width of each level, finest first (SD: 320 × (1, 2, 4, 4))."""
+    layers_per_block: int = attrs.field(default=2, validator=int_at_least(1))
+    """ResBlocks per level on the way down (the up path has one more per level)."""
+    cross_attention_levels: tuple[int, ...] = attrs.field(
+        default=(0, 1, 2), converter=as_tuple, validator=_level_indices
+    )
+    """Levels (0 = finest) whose ResBlocks are followed by a spatial transformer, down and up
+    (the middle always has one)."""
+    num_heads: int | tuple[int, ...] = attrs.field(default=8, converter=_heads, validator=_heads_validator)
+    """Attention heads: one number for every level (SD 1.x: 8) or one per level (SD 2.x:
+    (5, 10, 20, 20), i.e. 64-channel heads); the middle uses the last level's."""
+    transformer_depth: int = attrs.field(default=1, validator=int_at_least(1))
+    """Transformer blocks per spatial transformer."""
+    context_dim: int = attrs.field(default=768, validator=int_at_least(1))
+    """d_ctx, the width of the context tokens (CLIP ViT-L/14: 768; OpenCLIP ViT-H: 1024)."""
+    vector_dim: int = attrs.field(default=0, validator=int_at_least(0))
+    """D_v > 0: a Linear(D_v → E) adds the conditioning record's ``vector`` [B, D_v] to the embedding."""
+    use_linear_projection: bool = attrs.field(default=False, validator=boolean)
+    """proj_in / proj_out: linear layers on the tokens (SD 2.x) or 1×1 convolutions (SD 1.x)."""
+    time_embed_dim: int | None = attrs.field(default=None, validator=optional(int_at_least(1)))
+    """E, the embedding width; ``None``: 4·ch_0."""
+    timestep_cos_first: bool = attrs.field(default=True, validator=boolean)
+    """Sinusoidal features [cos, sin] (SD, diffusers' ``flip_sin_to_cos=True``) or [sin, cos]."""
+    timestep_freq_shift: int = attrs.field(default=0, validator=_padding)
+    """Frequencies 10000^(−i/(half − shift)): 0 for SD."""
+    dropout: float = attrs.field(default=0.0, validator=probability)
+    """Dropout in every ResBlock, before its second convolution."""
+    downsample_padding: int = attrs.field(default=1, validator=_padding)
+    """Of the stride-2 conv: 1 symmetric (SD); 0 one zero row/column at the bottom/right."""
+    norm_groups: int = attrs.field(default=32, validator=int_at_least(1))
+    """GroupNorm groups (every norm, the transformers' included)."""
+    norm_eps: float = attrs.field(default=1e-5, validator=positive_real)
+    """GroupNorm ε of the ResBlocks and the output norm (the transformers' is fixed at 1e-6)."""
+    gradient_checkpointing: bool = attrs.field(default=False, validator=boolean)
+    """Recompute each block's activations in the backward pass (saves memory when training)."""
+
+    def __attrs_post_init__(self) -> None:
+        levels = len(self.block_out_channels)
+        for level in self.cross_attention_levels:
+            if not 0 <= level < levels:
+                raise ConfigError(
+                    f"cross-attention level {level} is out of range for {levels} levels (0 … {levels - 1})"
+                )
+        if isinstance(self.num_heads, tuple) and len(self.num_heads) != levels:
+            raise ConfigError(f"num_heads has {len(self.num_heads)} entries for {levels} levels")
+        for level, width in enumerate(self.block_out_channels):
+            if width % self.norm_groups:
+                raise ConfigError(
+                    f"every block_out_channels entry must be divisible by norm_groups={self.norm_groups}; got {width}"
+                )
+            attends = level in self.cross_attention_levels or level == levels - 1
+            if attends and width % self.heads(level):
+                raise ConfigError(
+                    f"width {width} of level {level} is not divisible by its {self.heads(level)} attention heads"
+                )
+        self.check_sample_size()
+
+    def heads(self, level: int) -> int:
+        """The number of attention heads at ``level`` (−1 or the last level: the middle)."""
+        return self.num_heads[level] if isinstance(self.num_heads, tuple) else self.num_heads
+
+    PRESET_NOUN: ClassVar[str] = "latent UNet preset"
+
+    @classmethod
+    def presets(cls) -> Mapping[str, LatentUNetConfig]:
+        """The named presets (:data:`PRESETS`)."""
+        return PRESETS
+
+
+PRESETS: Mapping[str, LatentUNetConfig] = MappingProxyType(
+    {
+        # Stable Diffusion 1.x (runwayml/stable-diffusion-v1-5's unet): 64×64×4 latents,
+        # 320·(1, 2, 4, 4), transformers at the three finest levels, 8 heads, CLIP-L context 768.
+        "sd15": LatentUNetConfig(),
+        # Stable Diffusion 2.x (stabilityai/stable-diffusion-2-1's unet): 96×96 latents, 64-channel
+        # heads, linear proj_in/proj_out, OpenCLIP-H context 1024.
+        "sd21": LatentUNetConfig(
+            sample_size=96,
+            num_heads=(5, 10, 20, 20),
+            context_dim=1024,
+            use_linear_projection=True,
+        ),
+        # A tiny model for the shapes demo and tests: 3 levels, 2 heads, 32-wide context.
+        "tiny": LatentUNetConfig(
+            sample_size=16,
+            block_out_channels=(32, 64, 64),
+            layers_per_block=1,
+            cross_attention_levels=(1, 2),
+            num_heads=2,
+            context_dim=32,
+            norm_groups=8,
+        ),
+    }
+)
+
+
+# -- the network ----------------------------------------------------------------------------
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention, cross-attention, GEGLU feed-forward; pre-LayerNorm, residual (LDM's
+    ``BasicTransformerBlock``). Tokens [B, N, C], context [B, M, d_ctx], mask bool [B, M].
+
+    Submodules: ``norm1``, ``attn1`` (fused ``qkv``, no bias), ``norm2``, ``attn2`` (``q`` from
+    the tokens, ``kv`` from the context, no bias), ``norm3``, ``ff`` (GEGLU, inner 4·C).
+    """
+
+    def __init__(self, dim: int, heads: int, context_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=TRANSFORMER_LAYERNORM_EPS)
+        self.attn1 = Attention(dim, heads, qkv_bias=False)
+        self.norm2 = nn.LayerNorm(dim, eps=TRANSFORMER_LAYERNORM_EPS)
+        self.attn2 = Attention(dim, heads, context_dim=context_dim, qkv_bias=False)
+        self.norm3 = nn.LayerNorm(dim, eps=TRANSFORMER_LAYERNORM_EPS)
+        self.ff = FeedForward(dim, FF_MULT * dim, activation="geglu")
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = h + self.attn1(self.norm1(h))  # (B, N, C)
+        if context is not None and mask is None:
+            h = h + self.attn2(self.norm2(h), context)  # Q from h, K and V from the context
+        elif context is not None:
+            # A sample whose mask keeps no token gets no cross-attention (as with no context): it
+            # attends to every token only so that SDPA has a softmax, and its branch is zeroed.
+            # Done for every batch, without a data-dependent branch (no device→host sync).
+            keeps = mask.any(dim=1)  # (B,): does the sample keep any token?
+            out = self.attn2(self.norm2(h), context, mask | ~keeps[:, None])  # (B, N, C)
+            h = h + out * keeps[:, None, None].to(out.dtype)
+        return h + self.ff(self.norm3(h))  # (B, N, C)
+
+
+class SpatialTransformer(nn.Module):
+    """x + proj_out(transformer blocks(proj_in(GN(x)))) over the H·W positions of x [B, C, H, W]
+    (LDM's ``SpatialTransformer``, diffusers' ``Transformer2DModel``).
+
+    Submodules: ``norm`` (GroupNorm, ε = 1e-6), ``proj_in`` / ``proj_out`` (1×1 convolutions or,
+    with ``linear``, linear layers on the tokens), ``transformer_blocks``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        heads: int,
+        depth: int,
+        context_dim: int,
+        groups: int,
+        linear: bool,
+    ) -> None:
+        super().__init__()
+        self.linear = linear
+        self.norm = nn.GroupNorm(groups, channels, eps=TRANSFORMER_GROUPNORM_EPS)
+        proj = (lambda: nn.Linear(channels, channels)) if linear else (lambda: nn.Conv2d(channels, channels, 1))
+        self.proj_in = proj()
+        self.transformer_blocks = nn.ModuleList(TransformerBlock(channels, heads, context_dim) for _ in range(depth))
+        self.proj_out = proj()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        b, c, height, width = x.shape
+        h = self.norm(x)  # (B, C, H, W)
+        if not self.linear:
+            h = self.proj_in(h)
+        # Tokens in row-major order; a view when x is channels-last.
+        h = h.permute(0, 2, 3, 1).reshape(b, height * width, c)  # (B, N, C)
+        if self.linear:
+            h = self.proj_in(h)
+        for block in self.transformer_blocks:
+            h = block(h, context, mask)  # (B, N, C)
+        if self.linear:
+            h = self.proj_out(h)
+        h = h.reshape(b, height, width, c).permute(0, 3, 1, 2)  # (B, C, H, W)
+        if not self.linear:
+            h = self.proj_out(h)
+        return x + h
+
+
+class DownLevel(nn.Module):
+    """One level of the down path: ResBlocks (+ a spatial transformer after each), then an optional downsample."""
+
+    def __init__(self, cfg: LatentUNetConfig, level: int, in_channels: int) -> None:
+        super().__init__()
+        width = cfg.block_out_channels[level]
+        self.resnets = nn.ModuleList(
+            _resblock(cfg, in_channels if i == 0 else width, width) for i in range(cfg.layers_per_block)
+        )
+        count = cfg.layers_per_block if level in cfg.cross_attention_levels else 0
+        self.attentions = nn.ModuleList(_transformer(cfg, level) for _ in range(count))
+        self.downsample = (
+            Downsample2D(width, True, padding=cfg.downsample_padding) if level < cfg.num_levels - 1 else None
+        )
+
+
+class UpLevel(nn.Module):
+    """One level of the up path: ResBlocks on [h, skip] (+ a spatial transformer after each), then an optional upsample."""
+
+    def __init__(
+        self,
+        cfg: LatentUNetConfig,
+        level: int,
+        in_channels: int,
+        skip_channels: list[int],
+    ) -> None:
+        super().__init__()
+        width = cfg.block_out_channels[level]
+        self.resnets = nn.ModuleList(
+            _resblock(cfg, (in_channels if i == 0 else width) + skip, width) for i, skip in enumerate(skip_channels)
+        )
+        count = len(skip_channels) if level in cfg.cross_attention_levels else 0
+        self.attentions = nn.ModuleList(_transformer(cfg, level) for _ in range(count))
+        self.upsample = Upsample2D(width, True) if level > 0 else None
+
+
+class MidBlock(nn.Module):
+    """ResBlock, spatial transformer, ResBlock at the coarsest level."""
+
+    def __init__(self, cfg: LatentUNetConfig) -> None:
+        super().__init__()
+        width = cfg.block_out_channels[-1]
+        self.resnets = nn.ModuleList([_resblock(cfg, width, width), _resblock(cfg, width, width)])
+        self.attention = _transformer(cfg, cfg.num_levels - 1)
+
+
+def _resblock(cfg: LatentUNetConfig, cin: int, cout: int) -> ResBlock:
+    return ResBlock(
+        cin,
+        cout,
+        temb_channels=cfg.embed_dim,
+        groups=cfg.norm_groups,
+        eps=cfg.norm_eps,
+        dropout=cfg.dropout,
+    )
+
+
+def _transformer(cfg: LatentUNetConfig, level: int) -> SpatialTransformer:
+    return SpatialTransformer(
+        cfg.block_out_channels[level],
+        cfg.heads(level),
+        cfg.transformer_depth,
+        cfg.context_dim,
+        cfg.norm_groups,
+        cfg.use_linear_projection,
+    )
+
+
+class LatentUNet(nn.Module):
+    """The latent-diffusion UNet with cross-attention built from one :class:`LatentUNetConfig`.
+
+    ``forward(x, t, cond=None)``: x [B, C_in, H, W] (latents) with H, W multiples of
+    2^(levels−1); t [B] the timestep in the model's units (SD: 0 … 999; fractional allowed; a
+    scalar is broadcast); cond the conditioning (see :func:`cross_attention_context`: None,
+    a context [B, M, d_ctx], or a :class:`~diffkit.models.conditioners.Conditioning` record with
+    ``context`` and ``mask``, ``vector`` (read with ``vector_dim`` > 0) and ``concat`` (x's
+    channels plus these make ``in_channels``)). Returns [B, C_out, H, W]. A floating-point x of
+    any dtype is cast to the weights' dtype on entry and the output returned in x's dtype
+    (:func:`~diffkit.models.backbones.embeddings.input_in_weight_dtype`); a non-float x is an error.
+
+    Submodules: ``conv_in``, ``time_embed`` (``linear_1``, ``linear_2``), ``vector_embed``
+    (with ``vector_dim`` > 0), ``down[ℓ]`` /
+    ``up[i]`` (``up[i]`` is level L−1−i) with ``resnets``, ``attentions`` (spatial transformers)
+    and ``downsample`` / ``upsample``, ``mid`` (``resnets``, ``attention``), ``norm_out``,
+    ``conv_out``. ``gradient_checkpointing`` (initialised from the config) may be switched on
+    the module.
+    """
+
+    def __init__(self, config: LatentUNetConfig | None = None) -> None:
+        super().__init__()
+        config = LatentUNetConfig() if config is None else config
+        if not isinstance(config, LatentUNetConfig):
+            raise ConfigError(f"LatentUNet takes a LatentUNetConfig, got {type(config).__name__}")
+        self.config = config
+        self.gradient_checkpointing = config.gradient_checkpointing
+        chans, emb = config.block_out_channels, config.embed_dim
+        self.conv_in = nn.Conv2d(config.in_channels, chans[0], kernel_size=3, padding=1)
+        self.time_embed = nn.ModuleDict({"linear_1": nn.Linear(chans[0], emb), "linear_2": nn.Linear(emb, emb)})
+        self.vector_embed = nn.Linear(config.vector_dim, emb) if config.vector_dim > 0 else None
+
+        self.down, self.mid, self.up = build_pyramid(config, DownLevel, MidBlock, UpLevel)
+        self.norm_out = nn.GroupNorm(config.norm_groups, chans[0], eps=config.norm_eps)
+        self.conv_out = nn.Conv2d(chans[0], config.out_channels, kernel_size=3, padding=1)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """LDM: zero the last layer of every residual branch (ResBlock conv2, transformer
+        proj_out) and the output convolution."""
+        for module in self.modules():
+            if isinstance(module, ResBlock):
+                zeroed = module.conv2
+            elif isinstance(module, SpatialTransformer):
+                zeroed = module.proj_out
+            else:
+                continue
+            nn.init.zeros_(zeroed.weight)
+            nn.init.zeros_(zeroed.bias)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def readable_conditioning(self) -> set[str]:
+        """The conditioning record fields this model reads."""
+        return {"context", "concat"} | ({"vector"} if self.vector_embed is not None else set())
+
+    def embed(self, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """The time embedding e [B, E] of timesteps t [B] (+ the projected ``vector`` of ``cond``)."""
+        cfg = self.config
+        ch0 = cfg.block_out_channels[0]
+        freq = timestep_embedding(t, ch0, freq_shift=cfg.timestep_freq_shift)  # (B, ch_0) float32, [cos, sin]
+        if not cfg.timestep_cos_first:
+            half = ch0 // 2
+            freq = torch.cat([freq[:, half : 2 * half], freq[:, :half], freq[:, 2 * half :]], dim=1)  # [sin, cos]
+        linear_1, linear_2 = self.time_embed["linear_1"], self.time_embed["linear_2"]
+        e = linear_2(F.silu(linear_1(freq.to(linear_1.weight.dtype))))  # (B, E)
+        return add_vector_embedding(e, cond, self.vector_embed)  # (B, E)
+
+    def sharding_units(self) -> list[nn.Module]:
+        """The blocks FSDP shards one by one (:mod:`diffkit.models.backbones.sharding`)."""
+        return unet_units(self)
+
+    def _run(self, module: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
+        """module(*args), recomputed in the backward pass under gradient checkpointing."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
+        cfg = self.config
+        x, x_dtype = input_in_weight_dtype(x, self.conv_in.weight, model="LatentUNet")  # in the weights' dtype
+        x = concat_conditioning(x, cond, cfg.in_channels, model="LatentUNet")  # (B, C_in, H, W): [x, concat]
+        if x.shape[2] % cfg.downsample_factor or x.shape[3] % cfg.downsample_factor:
+            raise ShapeError(
+                f"LatentUNet input height and width must be multiples of {cfg.downsample_factor}, "
+                f"got {tuple(x.shape[2:])}"
+            )
+        context, mask = cross_attention_context(cond, x.shape[0], cfg.context_dim)  # (B, M, d_ctx), (B, M)
+        check_conditioning(cond, self.readable_conditioning(), model="LatentUNet", tensor_field="context")
+        if context is not None:
+            context = context.to(device=x.device, dtype=self.conv_in.weight.dtype)
+            mask = None if mask is None else mask.to(x.device)
+        e = self.embed(_timesteps(t, x.shape[0], x.device), cond)  # (B, E)
+
+        h = self.conv_in(x)  # (B, ch_0, H, W)
+        skips = [h]
+        for level in self.down:  # level ℓ: (B, ch_ℓ, H/2^ℓ, W/2^ℓ)
+            for i, resnet in enumerate(level.resnets):
+                h = self._run(resnet, h, e)
+                if len(level.attentions):
+                    h = self._run(level.attentions[i], h, context, mask)
+                skips.append(h)
+            if level.downsample is not None:
+                h = level.downsample(h)
+                skips.append(h)  # (B, ch_ℓ, H/2^(ℓ+1), W/2^(ℓ+1))
+
+        h = self._run(self.mid.resnets[0], h, e)  # (B, ch_{L−1}, H/2^(L−1), W/2^(L−1))
+        h = self._run(self.mid.attention, h, context, mask)
+        h = self._run(self.mid.resnets[1], h, e)
+
+        for level in self.up:  # level ℓ = L−1−i
+            for i, resnet in enumerate(level.resnets):
+                h = self._run(resnet, torch.cat([h, skips.pop()], dim=1), e)  # (B, ch_ℓ, ·, ·)
+                if len(level.attentions):
+                    h = self._run(level.attentions[i], h, context, mask)
+            if level.upsample is not None:
+                h = level.upsample(h)
+        out = self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
+        return out if x_dtype == self.conv_in.weight.dtype else out.to(x_dtype)
+
+
+# -- registry entry -------------------------------------------------------------------------
+
+
+def build_latent_unet(*, preset: str | None = None, **config: Any) -> LatentUNet:
+    """LatentUNet (Rombach et al. 2022): the latent-diffusion UNet with cross-attention.
+
+    ``build_latent_unet(preset="sd15", in_channels=16)`` starts from a preset and changes
+    fields; without ``preset`` the fields are :class:`LatentUNetConfig`'s (defaults: SD 1.x).
+    """
+    cfg = LatentUNetConfig.from_preset(preset, **config) if preset is not None else LatentUNetConfig.from_dict(config)
+    return LatentUNet(cfg)
+
+
+# An explicit signature so that `diffkit.build("backbone", "latent_unet", ...)` can name the valid options.
+build_latent_unet.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None)]
+    + [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
+        for f in attrs.fields(LatentUNetConfig)
+    ]
+)
+
+__all__ = [
+    "PRESETS",
+    "LatentUNet",
+    "LatentUNetConfig",
+    "SpatialTransformer",
+    "TransformerBlock",
+    "build_latent_unet",
+    "cross_attention_context",
+]

@@ -1,0 +1,1 @@
+"""How a network runs on the hardware: mixed precision, TF32, ``torch.compile``, channels-last."""

@@ -1,0 +1,28 @@
+"""Sampling: :func:`sample` (noise, σ grid, sampler), the denoisers that turn a network into
+D(x, σ) (:class:`VPDenoiser`, :class:`EDMDenoiser`), classifier-free guidance
+(:class:`CFGDenoiser`) and the calibration of few-step σ grids (:func:`optimize_sigmas`)."""
+
+from diffkit.sampling.denoisers import PREDICTIONS, EDMDenoiser, VPDenoiser
+from diffkit.sampling.draw import DEFAULT_SAMPLER, sample
+from diffkit.sampling.guidance import CFGDenoiser
+from diffkit.sampling.optimize import (
+    ReferenceWarning,
+    SigmaOptimization,
+    optimize_sigmas,
+    optimize_sigmas_report,
+    reference_endpoint,
+)
+
+__all__ = [
+    "CFGDenoiser",
+    "DEFAULT_SAMPLER",
+    "EDMDenoiser",
+    "PREDICTIONS",
+    "ReferenceWarning",
+    "SigmaOptimization",
+    "VPDenoiser",
+    "optimize_sigmas",
+    "optimize_sigmas_report",
+    "reference_endpoint",
+    "sample",
+]
