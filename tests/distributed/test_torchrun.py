@@ -216,7 +216,7 @@ def test_a_batch_the_world_size_does_not_divide_is_refused_before_training(tmp_p
 def test_a_latent_text_recipe_trains_sharded_on_two_processes(tmp_path):
     """shapes: rank 0 trains the autoencoder, rank 1 waits and reuses it; the cross-attention
     UNet and the text encoder are trained with FSDP over the two ranks."""
-    from tests.test_shapes_recipe import TINY
+    from tests.demos.shapes.test_recipe import TINY
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "diffkit", "train", "--recipe", "shapes", "--backbone", "latent_unet", "--steps", "2",

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from diffkit.cli.commands import main
 from diffkit.errors import DiffkitError
 from diffkit.recipes import train_recipe
-from tests.test_run_folder import _unfinished_run
+from tests.recipes.test_run_folder import _unfinished_run
 from tests.timeouts import time_bound
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.skipif(not hasattr(signal, "SIGALRM"), reason="alarm")]

@@ -76,7 +76,7 @@ def test_bad_input_shapes_are_shape_errors(shape):
 
 
 def test_held_out_accuracy(classifier, test_split):
-    # the test split was never seen in training (tests/data checks it is disjoint from train)
+    # the test split was never seen in training (tests/demos/digits/test_data.py checks it is disjoint from train)
     assert not classifier.training
     assert class_accuracy(classifier, test_split.images, test_split.labels) >= 0.95
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from diffkit.io.pretrained import load_pretrained
 from diffkit.errors import DiffkitError, NonFiniteError
 from diffkit.pipeline import Pipeline
-from tests.test_load_safety import snapshot, time_bound, tiny_pipeline
+from tests.io.test_load_safety import snapshot, time_bound, tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,7 +19,7 @@ from diffkit.io.pretrained import load_pretrained
 from diffkit.cli.commands import main
 from diffkit.io.converters import DIFFUSERS_FORMATS, DiffusersConverter, converter_for
 from diffkit.errors import CheckpointError, UnknownNameError
-from tests.test_checkpoints import diffusers_model, diffusers_outputs, outputs
+from tests.io.test_pretrained import diffusers_model, diffusers_outputs, outputs
 from tests.test_plugins import FakeEntryPoint, host, plugin_module
 
 LEGACY = "LegacyUNet2DModel"

@@ -18,7 +18,7 @@ from diffkit.io.components import save_pretrained
 from diffkit.io.pretrained import load_pretrained
 from diffkit.errors import CheckpointError, ConfigError, UnknownNameError
 
-# The converters' own tests' tiny configs (tests/backbones/test_dit.py, test_unet.py, tests/autoencoders/test_kl.py).
+# The converters' own tests' tiny configs (tests/models/backbones/test_dit.py, test_unet.py, tests/models/autoencoders/test_kl.py).
 TINY = {
     "dit": ("backbone", {"input_size": 8, "patch_size": 2, "hidden_size": 32, "depth": 2, "num_heads": 4, "num_classes": 10}),
     "unet": (

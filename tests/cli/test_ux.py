@@ -13,7 +13,7 @@ import pytest
 import diffkit
 from diffkit.cli.commands import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_version_is_printed_and_matches_the_package_metadata(capsys):
