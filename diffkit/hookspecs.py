@@ -94,9 +94,11 @@ def diffkit_register_spacings(spacings: Registrar) -> None:
 
 @hookspec
 def diffkit_register_samplers(samplers: Registrar) -> None:
-    """Add samplers: ``samplers.add("ddim", ddim, reference=ddim_numpy, options=DDIMOptions)``.
+    """Add samplers: ``samplers.add("ddim", ddim, reference=ddim_numpy, check=check_eta)``.
 
-    The object is a function with the sampler contract described in this module's docstring.
+    The object is a function with the sampler contract described in this module's docstring;
+    its keyword options and their defaults are its signature's. ``check`` (optional) validates
+    option values when the sampler is chosen: it is called with the options it names.
     """
 
 

@@ -66,6 +66,7 @@ _NAME_PATTERN = re.compile(r"[a-z][a-z0-9_.\-]*")  # the whole name (fullmatch: 
 METADATA_KEYS: dict[str, str] = {
     "reference": "a float64 numpy twin with the same contract (used by `diffkit check`)",
     "options": "an attrs class documenting the keyword options / configuration",
+    "check": "a function validating a sampler's or spacing's options: check(**options) raises on a bad value",
     "order": "the convergence order a sampler claims (the conformance kit then requires it)",
     "paper": "the citation of the method, e.g. 'Song et al. 2021'",
     "timesteps": "for a spacing placed at training timesteps: fn(T, steps, **options) -> int64 timesteps [steps]",
@@ -442,19 +443,34 @@ def build(kind: str, name: str, **config: Any) -> Any:
 
 
 def _check_option_values(entry: Entry, options: Mapping[str, Any]) -> None:
-    """Run the validators of a sampler's registered ``options`` class on the values given, so a
-    bad value (``eta=-1``) is refused when the sampler is chosen, not at its first step."""
-    fields = getattr(entry.options, "__attrs_attrs__", None)
-    if fields is None:
-        return
-    known = {field.name for field in fields}
-    given = {key: value for key, value in options.items() if key in known}
+    """Validate a sampler's or spacing's option values when it is chosen, not at its first step.
+
+    With ``check=`` registered, ``check`` is called with the options it names: the values given,
+    the function's own defaults for the rest (the signature states each default once). With an
+    attrs ``options=`` class instead, its validators run on the values given.
+    """
+    check = entry.metadata.get("check")
     try:
-        entry.options(**given)
+        if check is not None:
+            values = {**_keyword_defaults(entry.obj), **options}
+            wanted = inspect.signature(check).parameters
+            check(**{key: value for key, value in values.items() if key in wanted})
+        elif hasattr(entry.options, "__attrs_attrs__"):
+            known = {field.name for field in entry.options.__attrs_attrs__}
+            entry.options(**{key: value for key, value in options.items() if key in known})
     except DiffkitError as error:
         raise ConfigError(f"{entry.kind} {entry.name!r}: {error}") from error
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{entry.kind} {entry.name!r}: an option has the wrong type or value ({error})") from error
+
+
+def _keyword_defaults(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword parameters of ``fn`` that have defaults, with them."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
 def _check_keywords(entry: Entry, config: Mapping[str, Any]) -> None:

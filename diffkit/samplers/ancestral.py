@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import attrs
 import torch
 
 from diffkit.samplers.common import (
@@ -38,29 +37,16 @@ from diffkit.samplers.common import (
 )
 
 
-@attrs.frozen(kw_only=True)
-class AncestralOptions:
-    """Options of :func:`euler_ancestral` and :func:`dpmpp_2s_ancestral`."""
-
-    eta: float = attrs.field(default=1.0, validator=lambda _i, _a, v: check_eta(v))
-    """η ≥ 0 of σ_up (DDIM eq. 16): 0 is the deterministic ODE solver, 1 is DDPM-like noise."""
-
-    s_noise: float = attrs.field(default=1.0, validator=lambda _i, _a, v: check_s_noise(v))
-    """Multiplies the added noise σ_up·z (not σ_down): < 1 leaves the result a little less noisy."""
+def check_ancestral(eta: float, s_noise: float) -> tuple[float, float]:
+    """The options of :func:`euler_ancestral` and :func:`dpmpp_2s_ancestral`: η and s_noise, finite ≥ 0."""
+    return check_eta(eta), check_s_noise(s_noise)
 
 
 @float32_state
 def euler_ancestral(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    cond: Any = None,
-    generator: Generator = None,
-    callback: Callback | None = None,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-    noise_sampler: NoiseSampler | None = None,
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+    cond: Any = None, generator: Generator = None, callback: Callback | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
 ) -> torch.Tensor:
     """Ancestral sampling with Euler steps (k-diffusion ``sample_euler_ancestral``).
 
@@ -68,15 +54,13 @@ def euler_ancestral(
     With η = 0 this is Euler (= DDIM η = 0); with η = 1 it equals DDIM η = 1 when s_noise = 1.
 
     Args:
-        denoiser: ``denoiser(x, sigma[B], cond) -> x0 estimate``.
-        x: the starting point in σ form, ``noise * sigmas[0]``, shape [B, ...].
-        sigmas: decreasing σ levels ending at 0 (any device; read once as float64).
-        eta: η ≥ 0 of σ_up.
-        s_noise: multiplier of the added noise.
+        eta: η ≥ 0 of σ_up (DDIM eq. 16): 0 is the deterministic ODE solver, 1 is DDPM-like noise.
+        s_noise: multiplies the added noise σ_up·z (not σ_down): < 1 leaves the result a little
+            less noisy.
         noise_sampler: ``(sigma, sigma_next) -> N(0, I) like x``; defaults to ``generator``.
             Called once per step that adds noise (never on the last step into σ = 0).
     """
-    eta, s_noise = check_eta(eta), check_s_noise(s_noise)
+    eta, s_noise = check_ancestral(eta, s_noise)
 
     def rule(sigma: float, sigma_next: float) -> tuple[float, float]:
         # Euler to σ_down: y + (σ_down − σ)(y − D)/σ = D + (σ_down/σ)(y − D); at σ_down = 0 exactly D
@@ -90,16 +74,9 @@ def euler_ancestral(
 
 @float32_state
 def dpmpp_2s_ancestral(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    cond: Any = None,
-    generator: Generator = None,
-    callback: Callback | None = None,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-    noise_sampler: NoiseSampler | None = None,
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+    cond: Any = None, generator: Generator = None, callback: Callback | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2S) ancestral (k-diffusion ``sample_dpmpp_2s_ancestral``), two D per step.
 
@@ -114,16 +91,9 @@ def dpmpp_2s_ancestral(
     When σ_down = 0 (the last step, or η ≥ the clamp) the step is Euler to 0, i.e. y' = D.
     With η = 0 this is the deterministic, second-order DPM-Solver++(2S).
 
-    Args:
-        denoiser: ``denoiser(x, sigma[B], cond) -> x0 estimate``.
-        x: the starting point in σ form, ``noise * sigmas[0]``, shape [B, ...].
-        sigmas: decreasing σ levels ending at 0 (any device; read once as float64).
-        eta: η ≥ 0 of σ_up.
-        s_noise: multiplier of the added noise.
-        noise_sampler: ``(sigma, sigma_next) -> N(0, I) like x``; defaults to ``generator``.
-            Called once per step that adds noise (never on the last step into σ = 0).
+    Options as :func:`euler_ancestral`'s.
     """
-    eta, s_noise = check_eta(eta), check_s_noise(s_noise)
+    eta, s_noise = check_ancestral(eta, s_noise)
     levels = sigma_levels(sigmas)  # Python floats: coefficients in float64, no device sync per step
     noise = noise_sampler or default_noise_sampler(x, generator)
     for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import torch
 
 from diffkit.samplers.common import (
@@ -30,33 +29,16 @@ from diffkit.samplers.common import (
 )
 
 
-@attrs.frozen(kw_only=True)
-class DDIMOptions:
-    """Options of :func:`ddim`."""
-
-    eta: float = attrs.field(default=0.0, validator=lambda _i, _a, v: check_eta(v))
-    """Noise scale η ≥ 0: 0 is deterministic (the probability-flow ODE), 1 is DDPM-like."""
-
-
 @float32_state
 def ddim(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    cond: Any = None,
-    generator: Generator = None,
-    callback: Callback | None = None,
-    eta: float = 0.0,
-    noise_sampler: NoiseSampler | None = None,
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+    cond: Any = None, generator: Generator = None, callback: Callback | None = None,
+    eta: float = 0.0, noise_sampler: NoiseSampler | None = None,
 ) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021) with noise scale η; deterministic when η = 0.
 
     Args:
-        denoiser: ``denoiser(x, sigma[B], cond) -> x0 estimate``.
-        x: the starting point in σ form, ``noise * sigmas[0]``, shape [B, ...].
-        sigmas: decreasing σ levels ending at 0 (any device; read once as float64).
-        eta: η ≥ 0 of DDIM eq. 16.
+        eta: η ≥ 0 of DDIM eq. 16: 0 is deterministic (the probability-flow ODE), 1 is DDPM-like.
         noise_sampler: ``(sigma, sigma_next) -> N(0, I) like x``; defaults to ``generator``.
     """
     eta = check_eta(eta)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import attrs
 import torch
 
 from diffkit.errors import ConfigError, ShapeError, check_choice
@@ -42,13 +41,9 @@ from diffkit.samplers.common import (
 VARIANCES = ("small", "large", "learned")
 
 
-@attrs.frozen(kw_only=True)
-class DDPMOptions:
-    """Options of :func:`ddpm`."""
-
-    variance: str = attrs.field(default="small", validator=lambda _i, _a, v: check_choice("DDPM variance", v, VARIANCES))
-    """``"small"``: posterior variance β̃ (DDPM's σ² = β̃); ``"large"``: σ² = β; ``"learned"``: the
-    log-interpolation of improved DDPM, weighted by the denoiser's ``forward_with_variance``."""
+def check_variance(variance: str) -> str:
+    """:func:`ddpm`'s ``variance``: one of :data:`VARIANCES`."""
+    return check_choice("DDPM variance", variance, VARIANCES)
 
 
 def posterior_noise(sigma: float, sigma_next: float, variance: str) -> float:
@@ -62,15 +57,9 @@ def posterior_noise(sigma: float, sigma_next: float, variance: str) -> float:
 
 @float32_state
 def ddpm(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    cond: Any = None,
-    generator: Generator = None,
-    callback: Callback | None = None,
-    variance: str = "small",
-    noise_sampler: NoiseSampler | None = None,
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+    cond: Any = None, generator: Generator = None, callback: Callback | None = None,
+    variance: str = "small", noise_sampler: NoiseSampler | None = None,
 ) -> torch.Tensor:
     """Ancestral DDPM sampling (Ho et al. 2020) with variance β̃ ("small"), β ("large") or learned.
 
@@ -80,10 +69,12 @@ def ddpm(
             ``VPDenoiser(..., learned_variance=True)`` or a ``CFGDenoiser`` around one).
         x: the starting point in σ form, ``noise * sigmas[0]``, shape [B, ...].
         sigmas: decreasing σ levels ending at 0 (any device; read once as float64).
-        variance: ``"small"``, ``"large"`` or ``"learned"`` (Nichol & Dhariwal 2021, eq. 15).
+        variance: ``"small"``: the posterior variance β̃ (DDPM's σ² = β̃); ``"large"``: σ² = β;
+            ``"learned"``: improved DDPM's log-interpolation (Nichol & Dhariwal 2021, eq. 15),
+            weighted by the denoiser's ``forward_with_variance``.
         noise_sampler: ``(sigma, sigma_next) -> N(0, I) like x``; defaults to ``generator``.
     """
-    check_choice("DDPM variance", variance, VARIANCES)
+    check_variance(variance)
     if variance == "learned":
         return _ddpm_learned(
             denoiser, x, sigmas, cond=cond, generator=generator, callback=callback, noise_sampler=noise_sampler

@@ -28,7 +28,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
 import torch
 
 from diffkit.samplers.common import (
@@ -158,58 +157,31 @@ def _dpmpp_multistep(
 
 @float32_state
 def dpmpp_2m(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    cond: Any = None,
-    generator: Generator = None,
-    callback: Callback | None = None,
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+    cond: Any = None, generator: Generator = None, callback: Callback | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): second-order multistep, one D per step.
 
     The first step is DPM-Solver++(1) (no history yet), and so is the last step into σ = 0,
     which returns that step's D. Deterministic; ``generator`` is accepted and unused.
 
-    Args:
-        denoiser: ``denoiser(x, sigma[B], cond) -> x0 estimate``.
-        x: the starting point in σ form, ``noise * sigmas[0]``, shape [B, ...].
-        sigmas: decreasing σ levels ending at 0 (any device; read once as float64).
     """
     return _dpmpp_multistep(
         denoiser, x, sigmas, max_order=2, lower_order_final=False, taylor=True, cond=cond, callback=callback
     )
 
 
-@attrs.frozen(kw_only=True)
-class DPMPP3MOptions:
-    """Options of :func:`dpmpp_3m`."""
-
-    lower_order_final: bool = attrs.field(
-        default=True, validator=lambda _i, _a, v: check_flag("lower_order_final", v)
-    )
-    """With fewer than 15 steps, take the second-to-last step at second order (diffusers' rule).
-    The last step, into σ = 0, is first order either way."""
-
-    match_dpm_solver_code: bool = attrs.field(
-        default=False, validator=lambda _i, _a, v: check_flag("match_dpm_solver_code", v)
-    )
-    """Weight the second difference Δ2 as DPM-Solver's reference code does (and diffusers and
-    k-diffusion after it): half its Taylor value. Reproduces their samples exactly, but the
-    method is then only second order as the step count grows (see docs/samplers.md)."""
+def check_dpmpp_3m(lower_order_final: bool, match_dpm_solver_code: bool) -> None:
+    """:func:`dpmpp_3m`'s options: two flags."""
+    check_flag("lower_order_final", lower_order_final)
+    check_flag("match_dpm_solver_code", match_dpm_solver_code)
 
 
 @float32_state
 def dpmpp_3m(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    cond: Any = None,
-    generator: Generator = None,
-    callback: Callback | None = None,
-    lower_order_final: bool = True,
-    match_dpm_solver_code: bool = False,
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+    cond: Any = None, generator: Generator = None, callback: Callback | None = None,
+    lower_order_final: bool = True, match_dpm_solver_code: bool = False,
 ) -> torch.Tensor:
     """DPM-Solver++(3M): third-order multistep DPM-Solver++ (Lu et al. 2022), one D per step.
 
@@ -218,14 +190,14 @@ def dpmpp_3m(
     Deterministic; ``generator`` is accepted and unused.
 
     Args:
-        denoiser: ``denoiser(x, sigma[B], cond) -> x0 estimate``.
-        x: the starting point in σ form, ``noise * sigmas[0]``, shape [B, ...].
-        sigmas: decreasing σ levels ending at 0 (any device; read once as float64).
-        lower_order_final: see :class:`DPMPP3MOptions`.
-        match_dpm_solver_code: see :class:`DPMPP3MOptions`.
+        lower_order_final: with fewer than 15 steps, take the second-to-last step at second
+            order (diffusers' rule). The last step, into σ = 0, is first order either way.
+        match_dpm_solver_code: weight the second difference Δ2 as DPM-Solver's reference code
+            does (and diffusers and k-diffusion after it): half its Taylor value. Reproduces
+            their samples exactly, but the method is then only second order as the step count
+            grows (see docs/samplers.md).
     """
-    check_flag("lower_order_final", lower_order_final)
-    check_flag("match_dpm_solver_code", match_dpm_solver_code)
+    check_dpmpp_3m(lower_order_final, match_dpm_solver_code)
     return _dpmpp_multistep(
         denoiser,
         x,

@@ -22,7 +22,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
 import torch
 
 from diffkit.errors import check_choice
@@ -45,39 +44,16 @@ from diffkit.samplers.dpmpp_multistep import phi
 SOLVER_TYPES = ("midpoint", "heun")
 
 
-@attrs.frozen(kw_only=True)
-class DPMPP2MSDEOptions:
-    """Options of :func:`dpmpp_2m_sde`."""
-
-    eta: float = attrs.field(default=1.0, validator=lambda _i, _a, v: check_eta(v))
-    """η ≥ 0: 1 is the reverse diffusion SDE, 0 the probability-flow ODE (DPM-Solver++(2M))."""
-
-    s_noise: float = attrs.field(default=1.0, validator=lambda _i, _a, v: check_s_noise(v))
-    """Multiplies the added noise."""
-
-    solver_type: str = attrs.field(
-        default="midpoint", validator=lambda _i, _a, v: check_choice("solver_type", v, SOLVER_TYPES)
-    )
-    """The second-order term: ``"midpoint"`` weights Δ1 by (1 − e^{−x})/2 (k-diffusion's and
-    diffusers' default); ``"heun"`` by xφ_2(−x), the exact Taylor weight."""
+def check_dpmpp_2m_sde(eta: float, s_noise: float, solver_type: str) -> tuple[float, float]:
+    """:func:`dpmpp_2m_sde`'s options: η and s_noise finite ≥ 0, a solver type of :data:`SOLVER_TYPES`."""
+    check_choice("solver_type", solver_type, SOLVER_TYPES)
+    return check_eta(eta), check_s_noise(s_noise)
 
 
-@attrs.frozen(kw_only=True)
-class DPMPP3MSDEOptions:
-    """Options of :func:`dpmpp_3m_sde`."""
-
-    eta: float = attrs.field(default=1.0, validator=lambda _i, _a, v: check_eta(v))
-    """η ≥ 0: 1 is the reverse diffusion SDE, 0 the probability-flow ODE (DPM-Solver++(3M))."""
-
-    s_noise: float = attrs.field(default=1.0, validator=lambda _i, _a, v: check_s_noise(v))
-    """Multiplies the added noise."""
-
-    match_dpm_solver_code: bool = attrs.field(
-        default=False, validator=lambda _i, _a, v: check_flag("match_dpm_solver_code", v)
-    )
-    """Weight the second difference Δ2 as DPM-Solver's reference code does (and k-diffusion's
-    ``sample_dpmpp_3m_sde`` after it): half its Taylor value. Reproduces k-diffusion's samples
-    exactly, but the method is then only second order (see docs/samplers.md)."""
+def check_dpmpp_3m_sde(eta: float, s_noise: float, match_dpm_solver_code: bool) -> tuple[float, float]:
+    """:func:`dpmpp_3m_sde`'s options: η and s_noise finite ≥ 0, a flag."""
+    check_flag("match_dpm_solver_code", match_dpm_solver_code)
+    return check_eta(eta), check_s_noise(s_noise)
 
 
 def _sde_weights(
@@ -163,16 +139,9 @@ def _dpmpp_sde(
 
 @float32_state
 def dpmpp_2m_sde(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    cond: Any = None,
-    generator: Generator = None,
-    callback: Callback | None = None,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-    solver_type: str = "midpoint",
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+    cond: Any = None, generator: Generator = None, callback: Callback | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, solver_type: str = "midpoint",
     noise_sampler: NoiseSampler | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) SDE (k-diffusion ``sample_dpmpp_2m_sde``; diffusers ``sde-dpmsolver++``, order 2).
@@ -183,17 +152,14 @@ def dpmpp_2m_sde(
     (:class:`~diffkit.samplers.noise.BrownianTreeNoiseSampler`, k-diffusion's default).
 
     Args:
-        denoiser: ``denoiser(x, sigma[B], cond) -> x0 estimate``.
-        x: the starting point in σ form, ``noise * sigmas[0]``, shape [B, ...].
-        sigmas: decreasing σ levels ending at 0 (any device; read once as float64).
         eta: η ≥ 0, the noise scale (1: reverse SDE, 0: ODE).
         s_noise: multiplier of the added noise.
-        solver_type: ``"midpoint"`` or ``"heun"``.
+        solver_type: the second-order term: ``"midpoint"`` weights Δ1 by (1 − e^{−x})/2
+            (k-diffusion's and diffusers' default); ``"heun"`` by xφ_2(−x), the exact Taylor weight.
         noise_sampler: ``(sigma, sigma_next) -> N(0, I) like x``; defaults to fresh draws from
             ``generator``. Called once per step with η·s_noise > 0, except the last.
     """
-    eta, s_noise = check_eta(eta), check_s_noise(s_noise)
-    check_choice("solver_type", solver_type, SOLVER_TYPES)
+    eta, s_noise = check_dpmpp_2m_sde(eta, s_noise, solver_type)
     return _dpmpp_sde(
         denoiser, x, sigmas, max_order=2, eta=eta, s_noise=s_noise, solver_type=solver_type, taylor=True,
         cond=cond, generator=generator, callback=callback, noise_sampler=noise_sampler,
@@ -202,16 +168,9 @@ def dpmpp_2m_sde(
 
 @float32_state
 def dpmpp_3m_sde(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    cond: Any = None,
-    generator: Generator = None,
-    callback: Callback | None = None,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-    match_dpm_solver_code: bool = False,
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+    cond: Any = None, generator: Generator = None, callback: Callback | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, match_dpm_solver_code: bool = False,
     noise_sampler: NoiseSampler | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(3M) SDE (k-diffusion ``sample_dpmpp_3m_sde``), one D per step.
@@ -225,17 +184,14 @@ def dpmpp_3m_sde(
     order; ``match_dpm_solver_code=True`` restores k-diffusion's weight and its samples.
 
     Args:
-        denoiser: ``denoiser(x, sigma[B], cond) -> x0 estimate``.
-        x: the starting point in σ form, ``noise * sigmas[0]``, shape [B, ...].
-        sigmas: decreasing σ levels ending at 0 (any device; read once as float64).
         eta: η ≥ 0, the noise scale (1: reverse SDE, 0: ODE).
         s_noise: multiplier of the added noise.
-        match_dpm_solver_code: use k-diffusion's Δ2 weight (second order).
+        match_dpm_solver_code: use k-diffusion's Δ2 weight, half the Taylor value (second order;
+            see docs/samplers.md).
         noise_sampler: ``(sigma, sigma_next) -> N(0, I) like x``; defaults to fresh draws from
             ``generator``. Called once per step with η·s_noise > 0, except the last.
     """
-    eta, s_noise = check_eta(eta), check_s_noise(s_noise)
-    check_flag("match_dpm_solver_code", match_dpm_solver_code)
+    eta, s_noise = check_dpmpp_3m_sde(eta, s_noise, match_dpm_solver_code)
     return _dpmpp_sde(
         denoiser, x, sigmas, max_order=3, eta=eta, s_noise=s_noise, solver_type="heun",
         taylor=not match_dpm_solver_code, cond=cond, generator=generator, callback=callback, noise_sampler=noise_sampler,

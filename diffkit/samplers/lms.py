@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import attrs
 import torch
 from numpy.polynomial import Polynomial
 
@@ -42,14 +41,6 @@ def check_order(order: Any) -> int:
     return int(order)
 
 
-@attrs.frozen(kw_only=True)
-class LMSOptions:
-    """Options of :func:`lms`."""
-
-    order: int = attrs.field(default=4, validator=lambda _i, _a, v: check_order(v))
-    """Number of past slopes (the method's order); the first ``order − 1`` steps use fewer."""
-
-
 def lms_coefficients(levels: list[float], i: int, k: int) -> list[float]:
     """b_0 … b_{k−1} of the step σ_i → σ_{i+1} for the slopes at σ_i, σ_{i−1}, …, σ_{i−k+1}.
 
@@ -72,13 +63,8 @@ def lms_coefficients(levels: list[float], i: int, k: int) -> list[float]:
 
 @float32_state
 def lms(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    cond: Any = None,
-    generator: Generator = None,
-    callback: Callback | None = None,
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+    cond: Any = None, generator: Generator = None, callback: Callback | None = None,
     order: int = 4,
 ) -> torch.Tensor:
     """Linear multistep (Adams–Bashforth) on the σ grid with exact coefficients, as k-diffusion's sample_lms.
@@ -86,11 +72,9 @@ def lms(
     Deterministic; ``order`` past slopes per step (fewer during the first ``order − 1`` steps).
 
     Args:
-        denoiser: ``denoiser(x, sigma[B], cond) -> x0 estimate``.
-        x: the starting point in σ form, ``noise * sigmas[0]``, shape [B, ...].
-        sigmas: decreasing σ levels ending at 0 (any device; read once as float64).
         generator: unused (the method is deterministic); accepted for the common contract.
-        order: how many past slopes to combine (≥ 1; 1 is Euler).
+        order: how many past slopes to combine (≥ 1; 1 is Euler), the method's order; the
+            first ``order − 1`` steps use fewer.
     """
     order = check_order(order)
     levels = sigma_levels(sigmas)  # σ_0 > … > σ_N = 0 as Python floats: no device sync per step

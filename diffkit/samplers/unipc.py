@@ -27,7 +27,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
 import torch
 
 from diffkit.errors import ConfigError
@@ -47,25 +46,11 @@ from diffkit.validators import is_integer
 ORDERS = (1, 2, 3)
 
 
-def check_order(order: Any) -> int:
-    """UniPC's order p (of UniP-p; UniC-p then has order p + 1) must be 1, 2 or 3."""
+def check_unipc(order: int, lower_order_final: bool) -> None:
+    """:func:`unipc`'s options: the order p (of UniP-p; UniC-p then has order p + 1) is 1, 2 or 3."""
     if not is_integer(order) or order not in ORDERS:
         raise ConfigError(f"order must be one of 1, 2 or 3, got {order!r}")
-    return order
-
-
-@attrs.frozen(kw_only=True)
-class UniPCOptions:
-    """Options of :func:`unipc`."""
-
-    order: int = attrs.field(default=2, validator=lambda _i, _a, v: check_order(v))
-    """p of UniP-p (1, 2 or 3): the predictor uses p values of D, the corrector p + 1."""
-
-    lower_order_final: bool = attrs.field(
-        default=True, validator=lambda _i, _a, v: check_flag("lower_order_final", v)
-    )
-    """Step i of N uses order at most N − i (diffusers' rule, at any N), so the last steps
-    drop order; the step into σ = 0 is first order either way."""
+    check_flag("lower_order_final", lower_order_final)
 
 
 def _solve(matrix: list[list[float]], rhs: list[float]) -> list[float]:
@@ -118,15 +103,9 @@ def unipc_weights(order: int, h: float, rks: Sequence[float]) -> tuple[list[floa
 
 @float32_state
 def unipc(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    cond: Any = None,
-    generator: Generator = None,
-    callback: Callback | None = None,
-    order: int = 2,
-    lower_order_final: bool = True,
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+    cond: Any = None, generator: Generator = None, callback: Callback | None = None,
+    order: int = 2, lower_order_final: bool = True,
 ) -> torch.Tensor:
     """UniPC (Zhao et al. 2023), bh2, data prediction: UniP-p predictor, UniC-p corrector.
 
@@ -136,14 +115,11 @@ def unipc(
     predicted (not yet corrected) next state, as diffusers' ``prev_sample``.
 
     Args:
-        denoiser: ``denoiser(x, sigma[B], cond) -> x0 estimate``.
-        x: the starting point in σ form, ``noise * sigmas[0]``, shape [B, ...].
-        sigmas: decreasing σ levels ending at 0 (any device; read once as float64).
-        order: p, 1, 2 or 3 (see :class:`UniPCOptions`).
-        lower_order_final: see :class:`UniPCOptions`.
+        order: p of UniP-p (1, 2 or 3): the predictor uses p values of D, the corrector p + 1.
+        lower_order_final: step i of N uses order at most N − i (diffusers' rule, at any N), so
+            the last steps drop order; the step into σ = 0 is first order either way.
     """
-    check_order(order)
-    check_flag("lower_order_final", lower_order_final)
+    check_unipc(order, lower_order_final)
     levels = sigma_levels(sigmas)
     steps = len(levels) - 1
     history: list[torch.Tensor] = []  # D at earlier levels, newest first (D_0 after insertion)

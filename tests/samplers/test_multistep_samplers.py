@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 import diffkit
 from diffkit.errors import ConfigError, UnknownNameError
 from diffkit.samplers.ddim import ddim
-from diffkit.samplers.dpmpp_multistep import DPMPP3MOptions, dpmpp_2m, dpmpp_3m, dpmpp_weights, phi
-from diffkit.samplers.unipc import UniPCOptions, unipc, unipc_weights
+from diffkit.samplers.dpmpp_multistep import dpmpp_2m, dpmpp_3m, dpmpp_weights, phi
+from diffkit.samplers.unipc import unipc, unipc_weights
 from diffkit.testing import check_sampler, problems
 from diffkit.testing.grids import karras_sigmas
 from diffkit_reference import multistep_samplers as twins
@@ -221,7 +221,7 @@ def test_unipc_rejects_bad_orders(order):
     with pytest.raises(ConfigError, match="order must be one of 1, 2 or 3"):
         unipc(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), order=order)
     with pytest.raises(ConfigError, match="order must be one of 1, 2 or 3"):
-        UniPCOptions(order=order)
+        diffkit.build("sampler", "unipc", order=order)  # refused when chosen, before any step
 
 
 @pytest.mark.parametrize("value", [1, 0, "yes", None])
@@ -230,7 +230,7 @@ def test_boolean_options_must_be_booleans(option, value):
     with pytest.raises(ConfigError, match=f"{option} must be True or False"):
         dpmpp_3m(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), **{option: value})
     with pytest.raises(ConfigError, match=f"{option} must be True or False"):
-        DPMPP3MOptions(**{option: value})
+        diffkit.build("sampler", "dpmpp_3m", **{option: value})
     if option == "lower_order_final":
         with pytest.raises(ConfigError, match="lower_order_final must be True or False"):
             unipc(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), lower_order_final=value)

@@ -15,10 +15,8 @@ import diffkit
 import diffkit_reference as ref
 from diffkit.errors import ConfigError
 from diffkit.samplers.ddim import ddim
-from diffkit.samplers.churn import ChurnOptions
-from diffkit.samplers.euler import euler
-from diffkit.samplers.heun import dpm2, heun
-from diffkit.samplers.lms import LMSOptions, lms, lms_coefficients
+from diffkit.samplers.edm import dpm2, euler, heun
+from diffkit.samplers.lms import lms, lms_coefficients
 from diffkit.testing import check_sampler
 from diffkit.testing.grids import karras_sigmas
 from diffkit_reference import ode_samplers as twins
@@ -237,7 +235,7 @@ def test_bad_churn_options_are_rejected(name, options, message):
     with pytest.raises(ConfigError, match=message):
         CHURNED[name][0](denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), **options)
     with pytest.raises(ConfigError, match=message):
-        ChurnOptions(**options)
+        diffkit.build("sampler", name, **options)  # refused when chosen, before any step
 
 
 @pytest.mark.parametrize("order", [0, -2, 2.5, True, "4", None])
@@ -245,7 +243,7 @@ def test_bad_lms_order_is_rejected(order):
     with pytest.raises(ConfigError, match="order must be an integer ≥ 1"):
         lms(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), order=order)
     with pytest.raises(ConfigError, match="order must be an integer ≥ 1"):
-        LMSOptions(order=order)
+        diffkit.build("sampler", "lms", order=order)
 
 
 def test_unknown_options_are_named_by_build():

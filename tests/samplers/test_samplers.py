@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 import diffkit
 import diffkit_reference as ref
-from diffkit.errors import ConfigError, ShapeError, UnknownNameError
+from diffkit.errors import ConfigError, DiffkitError, ShapeError, UnknownNameError
 from diffkit.samplers import ddim, ddpm
 from tests.analytic_models import ExactVPModel, denoiser_numpy, denoiser_torch
 
@@ -292,3 +293,52 @@ def test_half_precision_inputs_are_integrated_in_float32(name):
     full = sampler(denoiser_torch, x.to(torch.bfloat16).float(), sigmas, generator=torch.Generator().manual_seed(1))
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), full.to(torch.bfloat16).float(), rtol=0, atol=1e-6)
+
+
+# one bad value per option of every built-in sampler: refused by diffkit.build (the registered
+# check) and by the sampler itself, with the same message, before any denoiser call
+BAD_OPTIONS = {
+    "ddim": ({"eta": -1.0}, "eta must be a finite number ≥ 0"),
+    "ddpm": ({"variance": "huge"}, "DDPM variance"),
+    "euler": ({"s_noise": -1.0}, "s_noise must be a finite number ≥ 0"),
+    "heun": ({"s_tmin": 2.0, "s_tmax": 1.0}, r"s_tmax \(1.0\) must be ≥ s_tmin \(2.0\)"),
+    "dpm2": ({"s_churn": math.nan}, "s_churn must be a finite number ≥ 0"),
+    "lms": ({"order": 0}, "order must be an integer ≥ 1"),
+    "dpmpp_3m": ({"lower_order_final": 1}, "lower_order_final must be True or False"),
+    "unipc": ({"order": 4}, "order must be one of 1, 2 or 3"),
+    "euler_ancestral": ({"s_noise": math.inf}, "s_noise must be a finite number ≥ 0"),
+    "dpmpp_2s_ancestral": ({"eta": "1"}, "eta must be a finite number ≥ 0"),
+    "dpmpp_2m_sde": ({"solver_type": "rk4"}, "solver_type"),
+    "dpmpp_3m_sde": ({"match_dpm_solver_code": None}, "match_dpm_solver_code must be True or False"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_OPTIONS))
+def test_a_bad_option_is_refused_when_the_sampler_is_chosen(name):
+    options, message = BAD_OPTIONS[name]
+    with pytest.raises(DiffkitError, match=message) as chosen:
+        diffkit.build("sampler", name, **options)
+    assert name in str(chosen.value)  # the message names the sampler
+
+    def never(x, sigma, cond=None):
+        raise AssertionError("the denoiser was called before the options were checked")
+
+    with pytest.raises(DiffkitError, match=message):
+        diffkit.get("sampler", name)(never, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), **options)
+
+
+def test_every_built_in_sampler_with_options_has_a_bad_value_case():
+    with_options = {
+        name for name in diffkit.names("sampler")
+        if diffkit.get_entry("sampler", name).obj.__module__.startswith("diffkit.")
+        and set(inspect.signature(diffkit.get("sampler", name)).parameters)
+        - {"denoiser", "x", "sigmas", "cond", "generator", "callback", "noise_sampler"}
+    }
+    assert with_options == set(BAD_OPTIONS)
+
+
+def test_the_check_sees_the_signature_defaults_for_options_not_given():
+    # s_tmin alone above the default s_tmax = inf is fine; above a given s_tmax it is not
+    diffkit.build("sampler", "heun", s_tmin=5.0)
+    with pytest.raises(DiffkitError, match="s_tmax"):
+        diffkit.build("sampler", "heun", s_tmax=1.0, s_tmin=5.0)

@@ -214,15 +214,15 @@ def test_bad_options_are_rejected(name, option, value, message):
     fn, _ = SAMPLERS[name]
     with pytest.raises(ConfigError, match=message):
         fn(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), **{option: value})
-    with pytest.raises(ConfigError, match=message):  # the registered options class validates too
-        diffkit.get_entry("sampler", name).options(**{option: value})
+    with pytest.raises(ConfigError, match=message):  # the registered check refuses it when chosen
+        diffkit.build("sampler", name, **{option: value})
 
 
 def test_bad_solver_type_and_flag_are_rejected():
     with pytest.raises(UnknownNameError, match="did you mean 'heun'"):
         dpmpp_2m_sde(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), solver_type="huen")
-    with pytest.raises(UnknownNameError, match="midpoint"):
-        diffkit.get_entry("sampler", "dpmpp_2m_sde").options(solver_type="euler")
+    with pytest.raises(ConfigError, match="did you mean 'midpoint'|valid: .*midpoint"):
+        diffkit.build("sampler", "dpmpp_2m_sde", solver_type="euler")
     with pytest.raises(ConfigError, match="match_dpm_solver_code must be True or False"):
         dpmpp_3m_sde(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), match_dpm_solver_code=1)
     with pytest.raises(UnknownNameError, match="unknown option .* 'solver_type'"):
