@@ -30,7 +30,8 @@ The interface every conditioner implements (the pipeline and the trainer rely on
     The frozen attrs config the conditioner was built from (``to_dict()`` / ``from_dict``),
     so ``diffkit.save_pretrained`` / ``load_pretrained`` work for conditioners with weights.
 
-Conditioners subclass :class:`Conditioner` (which provides the drop rule, ``drop_mask``).
+Conditioners subclass :class:`Conditioner` (which provides the drop rule, ``drop_mask``, and a
+``forward`` built on two steps a subclass implements, ``prepare`` and ``apply_drop``).
 """
 
 from diffkit.models.conditioners.base import Conditioner

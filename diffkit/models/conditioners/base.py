@@ -19,19 +19,12 @@ from torch import nn
 
 from diffkit.models.conditioners.record import Conditioning
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.validators import is_integer, is_real
 
 # The field validators conditioner configs use live in diffkit.validators; these names stay
 # importable from here for plugins written against diffkit 0.1 (deprecated, one release).
 from diffkit.validators import int_at_least, positive_real  # noqa: F401
 from diffkit.validators import probability as drop_probability  # noqa: F401
-
-# -- config validators ------------------------------------------------------------------------
-
-
-
-
-
-
 
 
 def config_signature(config_cls: type) -> inspect.Signature:
@@ -58,7 +51,8 @@ class Conditioner(nn.Module, abc.ABC):
     """Base class of the conditioners: user input → :class:`~diffkit.models.conditioners.Conditioning`.
 
     Subclasses set :attr:`config` (a frozen attrs config with ``to_dict`` and a ``drop_prob``
-    field) and implement :meth:`forward`, :meth:`null` and :meth:`batch_size_of`; they draw
+    field) and implement :meth:`null`, :meth:`batch_size_of` and either :meth:`prepare` and
+    :meth:`apply_drop` (the steps of the base :meth:`forward`) or :meth:`forward` itself, drawing
     their drop decisions with :meth:`drop_mask`.
     """
 
@@ -85,7 +79,6 @@ class Conditioner(nn.Module, abc.ABC):
         """p_uncond: the probability, in training mode, of replacing a sample by the null condition."""
         return float(self.config.drop_prob)
 
-    @abc.abstractmethod
     def forward(
         self,
         inputs: Any,
@@ -93,7 +86,23 @@ class Conditioner(nn.Module, abc.ABC):
         force_drop: bool | torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Conditioning:
-        """The record of ``inputs``, with dropped samples replaced by the null condition."""
+        """The record of ``inputs``, with dropped samples replaced by the null condition.
+
+        ``batch = prepare(inputs, generator)``; the drop mask [B] (B = ``len(batch)``) is drawn
+        on the batch's device (a tensor batch) or the module's; ``apply_drop(batch, drop)``.
+        """
+        batch = self.prepare(inputs, generator)
+        device = batch.device if isinstance(batch, torch.Tensor) else self.module_device()
+        drop = self.drop_mask(len(batch), force_drop=force_drop, generator=generator, device=device)
+        return self.apply_drop(batch, drop)
+
+    def prepare(self, inputs: Any, generator: torch.Generator | None) -> Any:
+        """``inputs`` checked, as the batch (a tensor [B, …] or a sequence of B items) of :meth:`apply_drop`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward, or prepare and apply_drop")
+
+    def apply_drop(self, batch: Any, drop: torch.Tensor) -> Conditioning:
+        """The record of ``batch``, with the samples marked in ``drop`` (bool [B]) the null condition."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward, or prepare and apply_drop")
 
     @abc.abstractmethod
     def null(self, batch_size: int, device: torch.device | str | None = None) -> Conditioning:
@@ -159,3 +168,29 @@ def check_batch_list(inputs: Any, what: str) -> Sequence[Any]:
     if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Sequence):
         raise ConfigError(f"{what} must be a sequence with one entry per sample, got {type(inputs).__name__}")
     return inputs
+
+
+def check_batch_numbers(
+    inputs: Any, what: str, dtype: torch.dtype, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """``inputs`` (a tensor, a numpy array or a sequence of numbers) as a tensor [B], checked.
+
+    An integer ``dtype`` takes integers, a floating one real numbers; a sequence becomes a
+    ``dtype`` tensor on ``device``, a tensor or array keeps its (checked) dtype and device.
+    """
+    integer = not dtype.is_floating_point
+    if isinstance(inputs, torch.Tensor):
+        values = inputs
+    elif hasattr(inputs, "__array__"):  # a numpy array
+        values = torch.as_tensor(inputs)
+    else:
+        items = check_batch_list(inputs, what)
+        for item in items:
+            if not (is_integer(item) if integer else is_real(item)):
+                raise ConfigError(f"{what} must be {'integers' if integer else 'real numbers'}, got {item!r}")
+        values = torch.tensor([int(v) if integer else float(v) for v in items], dtype=dtype, device=device)
+    if values.dtype.is_complex or values.dtype == torch.bool or (integer and values.dtype.is_floating_point):
+        raise ShapeError(f"{what} must be {'an integer' if integer else 'a real'} tensor, got dtype {values.dtype}")
+    if values.ndim != 1:
+        raise ShapeError(f"{what} must have shape [B], got {tuple(values.shape)}")
+    return values

@@ -15,11 +15,11 @@ import attrs
 import torch
 from torch import nn
 
-from diffkit.models.conditioners.base import Conditioner, check_batch_list, config_signature
+from diffkit.models.conditioners.base import Conditioner, check_batch_list, check_batch_numbers, config_signature
 from diffkit.models.conditioners.record import Conditioning
 from diffkit.models.configs import ModelConfig
 from diffkit.errors import ConfigError, ShapeError
-from diffkit.validators import int_at_least, is_integer, probability
+from diffkit.validators import int_at_least, probability
 
 
 @attrs.frozen(kw_only=True)
@@ -60,21 +60,7 @@ class ClassLabelConditioner(Conditioner):
 
     def labels_of(self, inputs: Any) -> torch.Tensor:
         """``inputs`` as int64 labels [B], checked to lie in 0 … K−1."""
-        if isinstance(inputs, torch.Tensor):
-            labels = inputs
-        elif hasattr(inputs, "__array__"):  # a numpy array
-            labels = torch.as_tensor(inputs)
-        else:
-            items = check_batch_list(inputs, "class labels")
-            for item in items:
-                if not is_integer(item):
-                    raise ConfigError(f"class labels must be integers, got {item!r}")
-            labels = torch.tensor([int(v) for v in items], dtype=torch.long, device=self.module_device())
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise ShapeError(f"class labels must be an integer tensor, got dtype {labels.dtype}")
-        if labels.ndim != 1:
-            raise ShapeError(f"class labels must have shape [B], got {tuple(labels.shape)}")
-        labels = labels.long()
+        labels = check_batch_numbers(inputs, "class labels", torch.long, self.module_device()).long()
         outside = (labels < 0) | (labels >= self.config.num_classes)
         if outside.any():  # one device→host copy per call: user input is checked
             bad = labels[outside][0].item()
@@ -91,21 +77,16 @@ class ClassLabelConditioner(Conditioner):
             return int(inputs.shape[0])
         return len(check_batch_list(inputs, "class labels"))
 
-    def forward(
-        self,
-        inputs: Any,
-        *,
-        force_drop: bool | torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Conditioning:
+    def prepare(self, inputs: Any, generator: torch.Generator | None) -> torch.Tensor:
         labels = self.labels_of(inputs)  # (B,), range-checked where they are (CPU labels: no GPU sync)
         if generator is not None and self.training and labels.device != generator.device:
             # draw the CFG drops where the generator is and bring the labels there (host→GPU is
             # asynchronous; a mask copied back GPU→host would synchronise every step)
             labels = labels.to(generator.device, non_blocking=labels.device.type == "cpu")
-        drop = self.drop_mask(labels.shape[0], force_drop=force_drop, generator=generator, device=labels.device)
-        labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)  # ∅ = K where dropped
-        return self._record(labels)
+        return labels
+
+    def apply_drop(self, batch: torch.Tensor, drop: torch.Tensor) -> Conditioning:
+        return self._record(torch.where(drop, torch.full_like(batch, self.null_label), batch))  # ∅ = K
 
     def null(self, batch_size: int, device: torch.device | str | None = None) -> Conditioning:
         device = self.module_device() if device is None else torch.device(device)

@@ -62,10 +62,8 @@ class ConcatConditioner(Conditioner):
 
     config: ConcatConfig
 
-    def __init__(self, config: ConcatConfig) -> None:
-        super().__init__(config)
-
-    def _check(self, images: Any) -> torch.Tensor:
+    def prepare(self, images: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``images`` checked: floating point, [B, C_c, H, W] (H×W = the config's ``size``, if set)."""
         cfg = self.config
         if not isinstance(images, torch.Tensor) or not images.dtype.is_floating_point:
             raise ShapeError(
@@ -83,18 +81,10 @@ class ConcatConditioner(Conditioner):
         return images
 
     def batch_size_of(self, inputs: Any) -> int:
-        return int(self._check(inputs).shape[0])
+        return int(self.prepare(inputs).shape[0])
 
-    def forward(
-        self,
-        inputs: Any,
-        *,
-        force_drop: bool | torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Conditioning:
-        images = self._check(inputs)  # (B, C_c, H, W)
-        drop = self.drop_mask(images.shape[0], force_drop=force_drop, generator=generator, device=images.device)
-        return Conditioning(concat=images.masked_fill(drop[:, None, None, None], 0.0))  # ∅ = zeros
+    def apply_drop(self, batch: torch.Tensor, drop: torch.Tensor) -> Conditioning:
+        return Conditioning(concat=batch.masked_fill(drop[:, None, None, None], 0.0))  # ∅ = zeros
 
     def null(
         self,

@@ -102,19 +102,14 @@ class TextConditioner(Conditioner):
         ids, mask = self.tokenizer.encode(texts, device=self.module_device())  # (B, L) each
         return self.encoder(ids, mask), mask
 
-    def forward(
-        self,
-        inputs: Any,
-        *,
-        force_drop: bool | torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Conditioning:
-        texts = self._texts(inputs)
+    def prepare(self, inputs: Any, generator: torch.Generator | None) -> list[str]:
+        return self._texts(inputs)
+
+    def apply_drop(self, batch: list[str], drop: torch.Tensor) -> Conditioning:
         device = self.module_device()
         # the texts and the empty text, tokenized on the host (fixed length L), moved asynchronously
-        tokens = (*self.tokenizer.encode(texts), *self.tokenizer.encode([""]))  # (B, L) ×2, (1, L) ×2
+        tokens = (*self.tokenizer.encode(batch), *self.tokenizer.encode([""]))  # (B, L) ×2, (1, L) ×2
         ids, mask, null_ids, null_mask = (t.to(device, non_blocking=device.type == "cuda") for t in tokens)
-        drop = self.drop_mask(len(texts), force_drop=force_drop, generator=generator, device=device)  # (B,)
         # a dropped sample reads the empty text: chosen on the device, never read back to the host
         ids = torch.where(drop[:, None], null_ids, ids)
         mask = torch.where(drop[:, None], null_mask, mask)

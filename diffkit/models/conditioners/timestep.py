@@ -14,11 +14,10 @@ import attrs
 import torch
 
 from diffkit.models.backbones.embeddings import timestep_embedding
-from diffkit.models.conditioners.base import Conditioner, check_batch_list, config_signature
+from diffkit.models.conditioners.base import Conditioner, check_batch_numbers, config_signature
 from diffkit.models.conditioners.record import Conditioning
 from diffkit.models.configs import ModelConfig
-from diffkit.errors import ConfigError, ShapeError
-from diffkit.validators import int_at_least, is_real, positive_real, probability
+from diffkit.validators import int_at_least, positive_real, probability
 
 
 @attrs.frozen(kw_only=True)
@@ -41,41 +40,18 @@ class TimestepConditioner(Conditioner):
 
     config: TimestepConfig
 
-    def __init__(self, config: TimestepConfig) -> None:
-        super().__init__(config)
-
     def values_of(self, inputs: Any) -> torch.Tensor:
         """``inputs`` as a real tensor [B]."""
-        if isinstance(inputs, torch.Tensor):
-            t = inputs
-        elif hasattr(inputs, "__array__"):
-            t = torch.as_tensor(inputs)
-        else:
-            items = check_batch_list(inputs, "timesteps")
-            for item in items:
-                if not is_real(item):
-                    raise ConfigError(f"timesteps must be real numbers, got {item!r}")
-            t = torch.tensor([float(v) for v in items], dtype=torch.float64)
-        if t.dtype.is_complex or t.dtype == torch.bool:
-            raise ShapeError(f"timesteps must be a real tensor, got dtype {t.dtype}")
-        if t.ndim != 1:
-            raise ShapeError(f"timesteps must have shape [B], got {tuple(t.shape)}")
-        return t
+        return check_batch_numbers(inputs, "timesteps", torch.float64)
 
     def batch_size_of(self, inputs: Any) -> int:
         return int(self.values_of(inputs).shape[0])
 
-    def forward(
-        self,
-        inputs: Any,
-        *,
-        force_drop: bool | torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Conditioning:
-        t = self.values_of(inputs)  # (B,)
-        cfg = self.config
-        features = timestep_embedding(t, cfg.dim, max_period=cfg.max_period)  # (B, D) float32
-        drop = self.drop_mask(t.shape[0], force_drop=force_drop, generator=generator, device=t.device)
+    def prepare(self, inputs: Any, generator: torch.Generator | None) -> torch.Tensor:
+        return self.values_of(inputs)  # (B,)
+
+    def apply_drop(self, batch: torch.Tensor, drop: torch.Tensor) -> Conditioning:
+        features = timestep_embedding(batch, self.config.dim, max_period=self.config.max_period)  # (B, D) float32
         return Conditioning(vector=features.masked_fill(drop[:, None], 0.0))  # ∅ = 0
 
     def null(self, batch_size: int, device: torch.device | str | None = None) -> Conditioning:
