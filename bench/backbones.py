@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from diffkit.io.diffusers.kl import kl_from_diffusers
 from diffkit.io.diffusers.dit import dit_from_diffusers
+from diffkit.io.diffusers.kl import kl_from_diffusers
 from diffkit.io.diffusers.unet import unet_from_diffusers
 
 TOLERANCE = 1e-4  # max abs difference of the outputs allowed before timing (float32 round-off)

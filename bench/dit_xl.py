@@ -74,13 +74,10 @@ import torch
 import torch.nn.functional as F
 
 import diffkit
+from diffkit.io.diffusers.dit import config_from_diffusers, convert_diffusers_state_dict
+from diffkit.models.backbones.dit import DiTConfig
 from diffkit.runtime.accel import compile_module, enable_tf32
 from diffkit.runtime.precision import autocast
-from diffkit.io.diffusers.dit import (
-    config_from_diffusers,
-    convert_diffusers_state_dict,
-)
-from diffkit.models.backbones.dit import DiTConfig
 from diffkit.training import InMemoryData, TrainConfig, Trainer
 
 NUM_CLASSES = 1000

@@ -5,10 +5,6 @@ Importing diffkit loads no plugin; registries fill on the first lookup.
 
 from __future__ import annotations
 
-from diffkit.io.components import save_pretrained
-
-from diffkit.io.pretrained import load_pretrained
-from diffkit.sampling.denoisers import EDMDenoiser, VPDenoiser
 from diffkit.errors import (
     CheckpointError,
     ConfigError,
@@ -18,34 +14,19 @@ from diffkit.errors import (
     ShapeError,
     UnknownNameError,
 )
-from diffkit.sampling.guidance import CFGDenoiser
 from diffkit.hookspecs import hookimpl
+from diffkit.io.components import save_pretrained
+from diffkit.io.pretrained import load_pretrained
 from diffkit.pipeline import Pipeline
 from diffkit.registry import KINDS, build, get, get_entry, names
+from diffkit.sampling.denoisers import EDMDenoiser, VPDenoiser
 from diffkit.sampling.draw import sample
+from diffkit.sampling.guidance import CFGDenoiser
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CFGDenoiser",
-    "CheckpointError",
-    "EDMDenoiser",
-    "KINDS",
-    "ConfigError",
-    "ConflictError",
-    "DiffkitError",
-    "Pipeline",
-    "PluginError",
-    "ShapeError",
-    "UnknownNameError",
-    "VPDenoiser",
-    "__version__",
-    "build",
-    "get",
-    "get_entry",
-    "hookimpl",
-    "load_pretrained",
-    "names",
-    "sample",
-    "save_pretrained",
+    "CFGDenoiser", "CheckpointError", "EDMDenoiser", "KINDS", "ConfigError", "ConflictError", "DiffkitError",
+    "Pipeline", "PluginError", "ShapeError", "UnknownNameError", "VPDenoiser", "__version__", "build", "get",
+    "get_entry", "hookimpl", "load_pretrained", "names", "sample", "save_pretrained",
 ]

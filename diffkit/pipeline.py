@@ -37,21 +37,27 @@ import torch
 from torch import nn
 
 from diffkit import registry
+from diffkit.errors import (
+    CheckpointError,
+    ConfigError,
+    DiffkitError,
+    OutputError,
+    ShapeError,
+    UnknownNameError,
+    check_choice,
+)
 from diffkit.io.atomic import fsync_dir, make_folder, write_atomic
 from diffkit.io.components import entry_for_config, load_component, save_pretrained
-from diffkit.io.records import check_numbers, check_record, naming_errors, short
-from diffkit.sampling.denoisers import PREDICTIONS, VPDenoiser
-from diffkit.models.conditioners.concat import ConcatConditioner
-from diffkit.errors import (
-    CheckpointError, ConfigError, DiffkitError, OutputError, ShapeError, UnknownNameError, check_choice,
-)
 from diffkit.io.files import read_json_object
-from diffkit.sampling.guidance import CFGDenoiser, check_guidance_rescale, check_guidance_scale
+from diffkit.io.records import check_numbers, check_record, naming_errors, short
+from diffkit.io.state_dicts import check_device, check_dtype
+from diffkit.models.conditioners.concat import ConcatConditioner
 from diffkit.runtime.precision import BF16Network, bf16_enabled
 from diffkit.samplers.common import Callback, as_generator, is_integer
+from diffkit.sampling.denoisers import PREDICTIONS, VPDenoiser
 from diffkit.sampling.draw import check_sample_memory, check_samples, named_memory_errors
 from diffkit.sampling.draw import sample as run_sampler
-from diffkit.io.state_dicts import check_device, check_dtype
+from diffkit.sampling.guidance import CFGDenoiser, check_guidance_rescale, check_guidance_scale
 from diffkit.schedules.base import DiscreteSchedule
 from diffkit.training.objectives import Objective, diffusion_loss
 

@@ -5,15 +5,7 @@ abar_t = prod (1 - beta_s)); it is the yardstick diffkit's torch code is tested 
 Imports numpy only -- never torch.
 """
 
-from .forward import (
-    eps_from_v,
-    eps_from_x0,
-    q_posterior,
-    q_sample,
-    v_from_x0_eps,
-    x0_from_eps,
-    x0_from_v,
-)
+from .forward import eps_from_v, eps_from_x0, q_posterior, q_sample, v_from_x0_eps, x0_from_eps, x0_from_v
 from .losses import (
     discretized_gaussian_log_likelihood,
     learned_variance_log,
@@ -22,7 +14,6 @@ from .losses import (
     training_target,
     vlb_term,
 )
-from .reverse import ddim_invert_step, ddim_sigma, ddim_step, ddpm_step
 from .multistep_samplers import dpmpp_2m_sample, dpmpp_3m_sample, unipc_sample
 from .ode_samplers import dpm2_sample, edm_euler_sample, edm_heun_sample, lms_coefficients, lms_sample
 from .parameterizations import (
@@ -35,13 +26,8 @@ from .parameterizations import (
     vp_denoise,
     vp_preconditioning,
 )
+from .reverse import ddim_invert_step, ddim_sigma, ddim_step, ddpm_step
 from .samplers import ddim_sample, ddpm_sample, euler_sample
-from .stochastic_samplers import (
-    dpmpp_2m_sde_sample,
-    dpmpp_2s_ancestral_sample,
-    dpmpp_3m_sde_sample,
-    euler_ancestral_sample,
-)
 from .schedules import (
     alphas_cumprod,
     alphas_cumprod_from_sigmas,
@@ -53,6 +39,12 @@ from .schedules import (
     sigmas_from_alphas_cumprod,
 )
 from .spacing import timesteps
+from .stochastic_samplers import (
+    dpmpp_2m_sde_sample,
+    dpmpp_2s_ancestral_sample,
+    dpmpp_3m_sde_sample,
+    euler_ancestral_sample,
+)
 
 __all__ = [
     "alphas_cumprod",

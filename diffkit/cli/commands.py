@@ -9,10 +9,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from diffkit import registry
-from diffkit.errors import DiffkitError, UnknownNameError
-from diffkit import __version__, testing
+from diffkit import __version__, registry, testing
 from diffkit.cli.run import add_commands
+from diffkit.errors import DiffkitError, UnknownNameError
 
 CHECKABLE_KINDS = ("sampler", "schedule", "spacing")
 DEBUG_VARIABLE = "DIFFKIT_DEBUG"

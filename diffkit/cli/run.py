@@ -9,21 +9,20 @@ from typing import Any
 
 import torch
 
-from diffkit.errors import ConfigError
-from diffkit.runtime.precision import PRECISIONS
 from diffkit import registry
 from diffkit.demos.digits.evaluate import evaluate_digits
 from diffkit.demos.shapes.evaluate import evaluate_shapes
 from diffkit.distributed import init_distributed, shutdown_distributed
-from diffkit.errors import RunFolderError
+from diffkit.errors import ConfigError, RunFolderError
 from diffkit.io.files import read_json_object
 from diffkit.io.imaging import check_output, save_png
 from diffkit.io.pretrained import load_pretrained
 from diffkit.recipes import apply_overrides, get_recipe, train_recipe
-from diffkit.recipes.latent import AUTOENCODER_REPORT
 from diffkit.recipes.build import grid_rows
+from diffkit.recipes.latent import AUTOENCODER_REPORT
 from diffkit.recipes.run_folder import RECIPE_FILE
 from diffkit.runtime.accel import enable_tf32
+from diffkit.runtime.precision import PRECISIONS
 
 DEMO_OUT = "diffkit-demo"
 DEMOS = ("digits", "shapes")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from diffkit.hookspecs import hookimpl
 from diffkit.demos.digits.recipe import digits
 from diffkit.demos.shapes.recipe import shapes
+from diffkit.hookspecs import hookimpl
 from diffkit.registry import Registrar
 
 

@@ -20,13 +20,6 @@ from diffkit.distributed.context import (
 from diffkit.distributed.parallel import DataParallel, TrainingForward
 
 __all__ = [
-    "DataParallel",
-    "DistributedContext",
-    "DistributedError",
-    "TrainingForward",
-    "check_divisible",
-    "context_from_environment",
-    "init_distributed",
-    "launched_by_torchrun",
-    "shutdown_distributed",
+    "DataParallel", "DistributedContext", "DistributedError", "TrainingForward", "check_divisible",
+    "context_from_environment", "init_distributed", "launched_by_torchrun", "shutdown_distributed",
 ]

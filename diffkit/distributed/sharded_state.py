@@ -24,10 +24,7 @@ from diffkit.errors import CheckpointError
 def save_sharded(folder: Path, *, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Write the model, EMA and optimizer state of every rank into the DCP folder ``folder``."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     state = {
         "model": get_model_state_dict(model),
@@ -63,10 +60,7 @@ def load_sharded(folder: Path, *, model: nn.Module, ema: nn.Module, optimizer: t
 
 def gather_full_state(module: nn.Module, *, main: bool) -> dict[str, Any] | None:
     """The full (unsharded) state dict of a sharded module, on the CPU of rank 0; None elsewhere."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return state if main else None

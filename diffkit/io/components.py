@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import uuid
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,6 @@ from diffkit.io.files import read_json_object
 from diffkit.io.records import check_numbers, check_record, naming_errors, require_inside, short
 from diffkit.io.state_dicts import check_tensors, check_weights
 from diffkit.io.weights import SAVE_ID_KEY, load_into, read_weights
-
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "diffkit.json"

@@ -14,13 +14,15 @@ functions that are all an architecture has to write:
 The rest — taking a diffusers model or a (config, state dict) pair, building the module and
 loading the weights, reading a saved folder — is the one generic body below, shared by every
 architecture. ``diffkit.load_pretrained`` finds the converter of a folder's ``_class_name``
-through the registry (:func:`converter_for`).
+through the registry (:func:`converter_for`). The helpers at the end are the steps those two
+functions share across architectures: reading a config over its class's defaults, naming every
+unsupported setting in one error, and stacking diffusers tensors into fused diffkit ones.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ import torch
 from torch import nn
 
 from diffkit import registry
+from diffkit.errors import ConfigError
+from diffkit.io.state_dicts import check_state_dict
 from diffkit.io.weights import read_diffusers_folder
 
 
@@ -146,3 +150,91 @@ DIFFUSERS_FORMATS: Mapping[str, DiffusersConverter] = _ConverterTable()
 def converter_for(class_name: str) -> DiffusersConverter | None:
     """The registered converter for a diffusers ``_class_name``, or None."""
     return DIFFUSERS_FORMATS.get(class_name)
+
+
+# -- steps shared by the architectures' config_from_diffusers / convert_state_dict --------------
+
+
+def diffusers_settings(
+    config: Mapping[str, Any],
+    defaults: Mapping[str, Mapping[str, Any]],
+    *,
+    what: str,
+    expected: str = "",
+    known: Iterable[str] = (),
+) -> tuple[str, dict[str, Any]]:
+    """(``_class_name``, settings) of a diffusers config dict: its keys over its class's defaults.
+
+    ``defaults`` maps each accepted class name to diffusers' defaults for it; a config naming no
+    class is of the first. Keys starting with ``_`` are metadata and dropped. Raises
+    :class:`ConfigError` for another class ("not a diffusers {what} config: _class_name is …"
+    then ``expected``) and for keys that are neither defaulted nor ``known``.
+    """
+    class_name = config.get("_class_name", next(iter(defaults)))
+    if class_name not in tuple(defaults):
+        raise ConfigError(f"not a diffusers {what} config: _class_name is {class_name!r}{expected}")
+    settings = {**defaults[class_name], **{k: v for k, v in config.items() if not k.startswith("_")}}
+    unknown = sorted(set(settings) - set(defaults[class_name]) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown keys in the diffusers {class_name} config: {', '.join(unknown)}")
+    return class_name, settings
+
+
+def unmet(
+    settings: Mapping[str, Any],
+    required: Mapping[str, Any],
+    needs: str,
+    fits: Callable[[Any, Any], bool] = lambda value, wanted: value == wanted,
+) -> list[str]:
+    """``"key=value (<needs> wanted)"`` for every required setting present with a value that does not fit."""
+    return [
+        f"{key}={settings[key]!r} ({needs} {wanted!r})"
+        for key, wanted in required.items()
+        if key in settings and not fits(settings[key], wanted)
+    ]
+
+
+def refuse(wrong: list[str], what: str) -> None:
+    """One :class:`ConfigError` naming every unsupported setting in ``wrong``; nothing if it is empty."""
+    if wrong:
+        raise ConfigError(f"this diffusers config is not a {what} that diffkit can load: " + "; ".join(wrong))
+
+
+def describe(config: Any, name: str, fields: Iterable[str]) -> str:
+    """``name(field=value, …)``: the settings of ``config`` a weights-mismatch message names."""
+    return f"{name}(" + ", ".join(f"{field}={getattr(config, field)}" for field in fields) + ")"
+
+
+def meta_shapes(module: Callable[[Any], nn.Module], config: Any) -> dict[str, tuple[int, ...]]:
+    """Every state-dict key of ``module(config)``, with its shape."""
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        return {key: tuple(value.shape) for key, value in module(config).state_dict().items()}
+
+
+Plan = Mapping[str, tuple[str, ...]]
+"""diffkit key → the diffusers keys it is made of (several are stacked along dim 0: fused q, k, v)."""
+
+
+def stacked_shapes(plan: Plan, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """diffusers key → shape: a diffkit key of shape (n, *rest) made of m keys has each (n / m, *rest)."""
+    expected: dict[str, tuple[int, ...]] = {}
+    for key, sources in plan.items():
+        first, *rest = shapes[key]
+        for source in sources:
+            expected[source] = (first // len(sources), *rest)
+    return expected
+
+
+def stack_weights(
+    state_dict: Mapping[str, torch.Tensor], plan: Plan, expected: Mapping[str, tuple[int, ...]], *, what: str
+) -> dict[str, torch.Tensor]:
+    """diffkit weights from diffusers ones: each diffkit key's sources concatenated along dim 0.
+
+    First checks ``state_dict`` against ``expected`` (one :class:`CheckpointError`, opening
+    with ``what``, lists every missing, unexpected and mis-shaped key).
+    """
+    check_state_dict(state_dict, expected, what=what)
+    return {
+        key: torch.cat([state_dict[s] for s in sources]) if len(sources) > 1 else state_dict[sources[0]]
+        for key, sources in plan.items()
+    }

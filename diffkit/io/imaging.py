@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffkit.io.atomic import make_folder, write_atomic
 from diffkit.errors import ConfigError, NonFiniteError, OutputError, ShapeError, check_choice
+from diffkit.io.atomic import make_folder, write_atomic
 from diffkit.validators import is_integer
 
 ImageBatch = Union[torch.Tensor, np.ndarray]

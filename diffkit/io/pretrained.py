@@ -18,15 +18,12 @@ from torch import nn
 
 from diffkit.errors import CheckpointError, ConfigError, UnknownNameError
 from diffkit.io.components import CONFIG_FILE, build_with_weights, check_weights_types, load_component
-from diffkit.io.converters import DIFFUSERS_FORMATS, DiffusersConverter, converter_for
+from diffkit.io.converters import DIFFUSERS_FORMATS, converter_for
 from diffkit.io.files import read_json_object
 from diffkit.io.records import check_numbers, naming_errors, short
 from diffkit.io.state_dicts import check_device, check_dtype
 from diffkit.io.weights import diffusers_weight_names, read_weights
 from diffkit.pipeline import PIPELINE_FILE, load_pipeline
-
-
-
 
 # -- loading ----------------------------------------------------------------------------------
 

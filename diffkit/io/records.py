@@ -16,7 +16,6 @@ from typing import Any
 
 from diffkit.errors import CheckpointError, DiffkitError
 
-
 # -- checking what a file says ------------------------------------------------------------------------
 
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number",

@@ -21,7 +21,6 @@ from diffkit.io.files import read_json_object, require_regular_file, unpickling_
 from diffkit.io.records import require_inside, short
 from diffkit.io.state_dicts import check_weights
 
-
 # diffusers' weight file names, in order of preference (name stem; variant goes before the extension).
 SAVE_ID_KEY = "diffkit_save_id"  # in the safetensors header's __metadata__
 

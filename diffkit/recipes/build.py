@@ -18,7 +18,6 @@ from diffkit.models.conditioners.tokenizer import build_vocabulary
 from diffkit.pipeline import Pipeline
 from diffkit.recipes.base import RecipeDict, backbone_spec
 
-
 DATA_SOURCES = ("digits", "folder", "shapes")
 
 

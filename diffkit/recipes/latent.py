@@ -20,13 +20,19 @@ from typing import Any
 import torch
 
 from diffkit import registry
+from diffkit.errors import RunFolderError
 from diffkit.io.atomic import write_atomic
 from diffkit.io.components import save_pretrained
-from diffkit.io.pretrained import load_pretrained
-from diffkit.errors import RunFolderError
 from diffkit.io.files import read_json_object
+from diffkit.io.pretrained import load_pretrained
 from diffkit.recipes.base import RecipeDict
-from diffkit.training.autoencoder import AutoencoderTrainConfig, latent_scaling_factor, reconstruction_psnr, train_autoencoder, with_scaling_factor
+from diffkit.training.autoencoder import (
+    AutoencoderTrainConfig,
+    latent_scaling_factor,
+    reconstruction_psnr,
+    train_autoencoder,
+    with_scaling_factor,
+)
 
 AUTOENCODER_DIR = "autoencoder"
 AUTOENCODER_REPORT = "autoencoder.json"

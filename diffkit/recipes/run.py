@@ -27,10 +27,12 @@ from typing import Any
 import attrs
 import torch
 
+from diffkit.demos.shapes.data import ShapesConfig, ShapesDataset
 from diffkit.distributed.collectives import barrier, broadcast_from_main
 from diffkit.distributed.context import DistributedContext, check_divisible
 from diffkit.errors import ConfigError, DiffkitError, RunFolderError
 from diffkit.io.imaging import read_picture, save_gif, save_png
+from diffkit.io.pretrained import load_pretrained
 from diffkit.pipeline import Pipeline
 from diffkit.recipes.base import RecipeDict
 from diffkit.recipes.build import build_data, build_pipeline, grid_rows, preview_conditions
@@ -45,12 +47,10 @@ from diffkit.recipes.run_folder import (
 )
 from diffkit.recipes.validate import validate_recipe
 from diffkit.training import InMemoryData, TrainConfig, Trainer, TrainResult, as_training_data
+from diffkit.training.autoencoder import encode_dataset
 from diffkit.training.checkpoints import CHECKPOINT_DIR, list_checkpoints
 from diffkit.training.run_lock import run_lock
-from diffkit.training.autoencoder import encode_dataset
 from diffkit.training.trainer import check_batch_memory, default_device
-from diffkit.demos.shapes.data import ShapesConfig, ShapesDataset
-from diffkit.io.pretrained import load_pretrained
 
 __all__ = ["RECIPE_FILE", "build_data", "build_pipeline", "grid_rows", "preview_conditions", "train_recipe", "write_pictures"]
 

@@ -43,12 +43,12 @@ from typing import Any
 
 import attrs
 
-from diffkit.io.atomic import write_atomic
+from diffkit import __version__
 from diffkit.errors import RunFolderError
+from diffkit.io.atomic import write_atomic
 from diffkit.io.files import read_json_object
 from diffkit.training.checkpoints import CHECKPOINT_DIR
 from diffkit.training.run_lock import LOCK_FILE
-from diffkit import __version__
 
 RUN_FILE = "run.json"
 RECIPE_FILE = "recipe.json"

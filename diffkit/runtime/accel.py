@@ -215,10 +215,6 @@ def as_channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
-    "CHANNELS_LAST_MIN_CONVS",
-    "CompileFallbackWarning",
-    "as_channels_last",
-    "compile_module",
-    "enable_tf32",
+    "CHANNELS_LAST_MIN_CONVS", "CompileFallbackWarning", "as_channels_last", "compile_module", "enable_tf32",
     "use_channels_last",
 ]

@@ -26,20 +26,7 @@ from diffkit.samplers.noise import BrownianTreeNoiseSampler
 from diffkit.samplers.unipc import unipc
 
 __all__ = [
-    "BrownianTreeNoiseSampler",
-    "ddim",
-    "ddpm",
-    "dpm2",
-    "dpmpp_2m",
-    "dpmpp_2m_sde",
-    "dpmpp_2s_ancestral",
-    "dpmpp_3m",
-    "dpmpp_3m_sde",
-    "euler",
-    "euler_ancestral",
-    "heun",
-    "lms",
-    "randn_like",
-    "sigma_levels",
+    "BrownianTreeNoiseSampler", "ddim", "ddpm", "dpm2", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2s_ancestral",
+    "dpmpp_3m", "dpmpp_3m_sde", "euler", "euler_ancestral", "heun", "lms", "randn_like", "sigma_levels",
     "unipc",
 ]

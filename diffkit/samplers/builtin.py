@@ -6,11 +6,6 @@ when the sampler is chosen; the defaults are stated once, in the sampler's signa
 
 from __future__ import annotations
 
-from diffkit_reference import multistep_samplers as multistep_reference
-from diffkit_reference import ode_samplers as ode_reference
-from diffkit_reference import samplers as reference
-from diffkit_reference import stochastic_samplers as stochastic_reference
-
 from diffkit.hookspecs import hookimpl
 from diffkit.registry import Registrar
 from diffkit.samplers.ancestral import check_ancestral, dpmpp_2s_ancestral, euler_ancestral
@@ -22,6 +17,10 @@ from diffkit.samplers.dpmpp_sde import check_dpmpp_2m_sde, check_dpmpp_3m_sde, d
 from diffkit.samplers.edm import check_churn, dpm2, euler, heun
 from diffkit.samplers.lms import check_order, lms
 from diffkit.samplers.unipc import check_unipc, unipc
+from diffkit_reference import multistep_samplers as multistep_reference
+from diffkit_reference import ode_samplers as ode_reference
+from diffkit_reference import samplers as reference
+from diffkit_reference import stochastic_samplers as stochastic_reference
 
 
 @hookimpl

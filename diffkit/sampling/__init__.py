@@ -14,15 +14,6 @@ from diffkit.sampling.optimize import (
 )
 
 __all__ = [
-    "CFGDenoiser",
-    "DEFAULT_SAMPLER",
-    "EDMDenoiser",
-    "PREDICTIONS",
-    "ReferenceWarning",
-    "SigmaOptimization",
-    "VPDenoiser",
-    "optimize_sigmas",
-    "optimize_sigmas_report",
-    "reference_endpoint",
-    "sample",
+    "CFGDenoiser", "DEFAULT_SAMPLER", "EDMDenoiser", "PREDICTIONS", "ReferenceWarning", "SigmaOptimization",
+    "VPDenoiser", "optimize_sigmas", "optimize_sigmas_report", "reference_endpoint", "sample",
 ]

@@ -22,10 +22,10 @@ from torch import nn
 
 from diffkit import registry
 from diffkit.errors import ConfigError, InsufficientMemoryError, NonFiniteError, ShapeError
+from diffkit.io.state_dicts import available_devices, check_device
 from diffkit.samplers.common import Callback, Generator, as_generator, check_flag, is_integer, randn_like
 from diffkit.schedules.base import DiscreteSchedule
 from diffkit.schedules.spacings import DEFAULT_SPACING, user_sigmas
-from diffkit.io.state_dicts import available_devices, check_device
 
 # The recommended default (docs/benchmarks.md, "Accuracy against NFE"): UniPC is the most
 # accurate built-in at 5–50 NFE on the benchmark data, with diffusers' identical solver. The

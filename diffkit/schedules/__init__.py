@@ -10,29 +10,14 @@ from diffkit.schedules.spacings import (
     places_timesteps,
     spacing_options,
 )
-from diffkit.schedules.vp import (
-    CosineSchedule,
-    LinearSchedule,
-    ScaledLinearSchedule,
-    SigmoidSchedule,
-)
+from diffkit.schedules.vp import CosineSchedule, LinearSchedule, ScaledLinearSchedule, SigmoidSchedule
 
 Schedule = DiscreteSchedule
 
 __all__ = [
-    "ALPHA_BAR_FLOOR",
-    "CosineSchedule",
-    "DEFAULT_SPACING",
-    "DiscreteSchedule",
-    "LinearSchedule",
-    "ScaledLinearSchedule",
-    "SIGMA_SPACINGS",
-    "SPACINGS",
-    "Schedule",
-    "SigmoidSchedule",
-    "TIMESTEP_SPACINGS",
-    "places_timesteps",
-    "spacing_options",
+    "ALPHA_BAR_FLOOR", "CosineSchedule", "DEFAULT_SPACING", "DiscreteSchedule", "LinearSchedule",
+    "ScaledLinearSchedule", "SIGMA_SPACINGS", "SPACINGS", "Schedule", "SigmoidSchedule", "TIMESTEP_SPACINGS",
+    "places_timesteps", "spacing_options",
 ]
 
 # diffkit 0.1 exported the σ-grid calibration from here; it lives in diffkit.sampling now

@@ -5,12 +5,7 @@ from __future__ import annotations
 from diffkit.hookspecs import hookimpl
 from diffkit.registry import Registrar
 from diffkit.schedules.spacings import register_builtin_spacings
-from diffkit.schedules.vp import (
-    CosineSchedule,
-    LinearSchedule,
-    ScaledLinearSchedule,
-    SigmoidSchedule,
-)
+from diffkit.schedules.vp import CosineSchedule, LinearSchedule, ScaledLinearSchedule, SigmoidSchedule
 
 
 @hookimpl

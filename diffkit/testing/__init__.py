@@ -30,15 +30,6 @@ from diffkit.testing.contract import SamplerContract, ScheduleContract, SpacingC
 from diffkit.testing.report import CheckResult, Report
 
 __all__ = [
-    "SAMPLER_GROUPS",
-    "SCHEDULE_GROUPS",
-    "SPACING_GROUPS",
-    "CheckResult",
-    "Report",
-    "SamplerContract",
-    "ScheduleContract",
-    "SpacingContract",
-    "check_sampler",
-    "check_schedule",
-    "check_spacing",
+    "SAMPLER_GROUPS", "SCHEDULE_GROUPS", "SPACING_GROUPS", "CheckResult", "Report", "SamplerContract",
+    "ScheduleContract", "SpacingContract", "check_sampler", "check_schedule", "check_spacing",
 ]

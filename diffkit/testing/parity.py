@@ -14,15 +14,11 @@ import numpy as np
 import torch
 
 from diffkit import registry
+from diffkit.samplers.probe import accepts_keyword
 from diffkit.testing import problems
-from diffkit.testing.denoisers import (
-    RecordingDenoiser,
-    numpy_denoiser,
-    torch_from_numpy,
-)
+from diffkit.testing.denoisers import RecordingDenoiser, numpy_denoiser, torch_from_numpy
 from diffkit.testing.grids import karras_sigmas
 from diffkit.testing.report import CheckResult, skipped, verdict
-from diffkit.samplers.probe import accepts_keyword
 from diffkit.testing.subject import SamplerSubject
 
 PARITY_RTOL = 1e-6  # max |torch − numpy| / max |numpy|, both float64

@@ -14,9 +14,9 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from diffkit_reference.analytic import GaussianData, GaussianMixtureData
 
 from diffkit.testing.grids import SIGMA_MAX
+from diffkit_reference.analytic import GaussianData, GaussianMixtureData
 
 POINT_SHAPE: tuple[int, ...] = (1, 2, 2)  # d = 4 as a 1-channel 2×2 image
 DIM = 4

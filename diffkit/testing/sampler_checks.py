@@ -12,14 +12,7 @@ import torch
 from diffkit import registry
 from diffkit.testing.denoisers import RecordingDenoiser, isotropic_gaussian
 from diffkit.testing.grids import karras_sigmas
-from diffkit.testing.report import (
-    CheckResult,
-    crashed,
-    failed,
-    passed,
-    skipped,
-    verdict,
-)
+from diffkit.testing.report import CheckResult, crashed, failed, passed, skipped, verdict
 from diffkit.testing.subject import SamplerSubject
 
 IMAGE_SHAPE = (2, 3, 4, 4)  # [B, C, H, W]

@@ -30,8 +30,8 @@ from typing import Any
 import attrs
 import torch
 
-from diffkit.models.autoencoders.kl import KLAutoencoder
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.models.autoencoders.kl import KLAutoencoder
 from diffkit.training.data import batch_indices
 from diffkit.training.ema import EMA
 from diffkit.validators import int_at_least, is_integer, one_of, real_in

@@ -46,8 +46,8 @@ from typing import Any
 
 import torch
 
-from diffkit.io.atomic import TMP_SUFFIX, fsync_dir
 from diffkit.errors import CheckpointError, DiffkitError
+from diffkit.io.atomic import TMP_SUFFIX, fsync_dir
 from diffkit.io.files import read_json_object, require_regular_file, unpickling_error_detail
 from diffkit.validators import is_integer
 

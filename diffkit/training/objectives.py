@@ -28,8 +28,8 @@ from typing import Any
 import attrs
 import torch
 
-from diffkit.sampling.denoisers import PREDICTIONS
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.sampling.denoisers import PREDICTIONS
 from diffkit.schedules.base import DiscreteSchedule
 from diffkit.training.vlb import vlb_loss
 from diffkit.validators import finite_real, one_of, positive_real

@@ -36,16 +36,16 @@ from typing import Any
 import attrs
 import torch
 
-from diffkit.distributed.collectives import (
-    barrier,
-    broadcast_from_main,
-    mean_across_ranks,
-)
+from diffkit.distributed.collectives import barrier, broadcast_from_main, mean_across_ranks
 from diffkit.distributed.context import DistributedContext, check_divisible
 from diffkit.distributed.faults import die, fault_step
 from diffkit.distributed.parallel import DataParallel
+from diffkit.distributed.sharded_state import gather_full_state, load_sharded, save_sharded
 from diffkit.errors import CheckpointError, ConfigError, NonFiniteError
+from diffkit.io.weights import load_state_dict_checked
+from diffkit.runtime.accel import compile_module, use_channels_last
 from diffkit.runtime.precision import autocast
+from diffkit.sampling.draw import available_memory
 from diffkit.training.checkpoints import (
     CHECKPOINT_DIR,
     SHARDED_DIR,
@@ -59,19 +59,10 @@ from diffkit.training.checkpoints import (
     stage_checkpoint,
 )
 from diffkit.training.config import LR_SCHEDULES, PRECISIONS, TrainConfig
-from diffkit.training.data import (
-    InMemoryData,
-    as_training_data,
-    batch_indices,
-    rank_slice,
-)
+from diffkit.training.data import InMemoryData, as_training_data, batch_indices, rank_slice
 from diffkit.training.ema import EMA
 from diffkit.training.rng import step_seed
 from diffkit.training.run_lock import run_lock
-from diffkit.distributed.sharded_state import gather_full_state, load_sharded, save_sharded
-from diffkit.io.weights import load_state_dict_checked
-from diffkit.runtime.accel import compile_module, use_channels_last
-from diffkit.sampling.draw import available_memory
 
 __all__ = ["LR_SCHEDULES", "PRECISIONS", "PreviewHook", "TrainConfig", "TrainResult", "Trainer", "check_batch_memory"]
 

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diffkit.errors import ShapeError
 from diffkit.demos.frechet import frechet_distance, frechet_distance_from_stats, gaussian_stats
+from diffkit.errors import ShapeError
 
 
 def _scipy_fid(a: np.ndarray, b: np.ndarray) -> float:

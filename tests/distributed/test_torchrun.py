@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffkit.io.pretrained import load_pretrained
 from diffkit.distributed.faults import FAULT_EXIT_CODE, FAULT_VARIABLE
+from diffkit.io.pretrained import load_pretrained
 from diffkit.recipes import build_pipeline, get_recipe
 from diffkit.recipes.run import training_data
 from diffkit.training import TrainConfig, Trainer

@@ -14,11 +14,11 @@ from safetensors.torch import load_file, save_file
 
 import diffkit
 from diffkit import registry
+from diffkit.cli.commands import main
+from diffkit.errors import CheckpointError, UnknownNameError
+from diffkit.io.converters import DIFFUSERS_FORMATS, DiffusersConverter, converter_for
 from diffkit.io.diffusers import unet as diffusers_unet
 from diffkit.io.pretrained import load_pretrained
-from diffkit.cli.commands import main
-from diffkit.io.converters import DIFFUSERS_FORMATS, DiffusersConverter, converter_for
-from diffkit.errors import CheckpointError, UnknownNameError
 from tests.io.test_pretrained import diffusers_model, diffusers_outputs, outputs
 from tests.test_plugins import FakeEntryPoint, host, plugin_module
 

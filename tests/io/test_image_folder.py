@@ -14,9 +14,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from diffkit.io.image_folder import ImageFolder
-from diffkit.io.image_folder import ImageSkippedWarning
 from diffkit.errors import ConfigError
+from diffkit.io.image_folder import ImageFolder, ImageSkippedWarning
 
 STEP = 2 / 255  # one 8-bit level on the [−1, 1] scale
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

@@ -17,8 +17,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from diffkit.io.pretrained import load_pretrained
 from diffkit.errors import DiffkitError, NonFiniteError
+from diffkit.io.pretrained import load_pretrained
 from diffkit.pipeline import Pipeline
 from tests.io.test_load_safety import snapshot, time_bound, tiny_pipeline
 

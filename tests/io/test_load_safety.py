@@ -23,18 +23,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import diffkit
+from diffkit.errors import CheckpointError, ConfigError, DiffkitError, NonFiniteError, NonFiniteWeightsError
 from diffkit.io import components, pretrained, weights
 from diffkit.io.components import save_pretrained
 from diffkit.io.pretrained import load_pretrained
-from diffkit.errors import (
-    CheckpointError,
-    ConfigError,
-    DiffkitError,
-    NonFiniteError,
-    NonFiniteWeightsError,
-)
-from diffkit.pipeline import Pipeline, load_pipeline
 from diffkit.io.state_dicts import available_devices, check_tensors
+from diffkit.pipeline import Pipeline, load_pipeline
 from tests.timeouts import time_bound
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import diffkit
-from diffkit.io import components
-from diffkit.io.converters import DIFFUSERS_FORMATS
-from diffkit.io.components import save_pretrained
-from diffkit.io.pretrained import load_pretrained
 from diffkit.errors import CheckpointError, ConfigError, UnknownNameError
+from diffkit.io import components
+from diffkit.io.components import save_pretrained
+from diffkit.io.converters import DIFFUSERS_FORMATS
+from diffkit.io.pretrained import load_pretrained
 
 # The converters' own tests' tiny configs (tests/models/backbones/test_dit.py, test_unet.py, tests/models/autoencoders/test_kl.py).
 TINY = {

@@ -1282,8 +1282,9 @@ for _slug, _kwargs in [
 
 def _load(**kwargs: Any) -> Callable[[Ctx], Any]:
     def action(ctx: Ctx) -> Any:
-        import diffkit
         import torch
+
+        import diffkit
 
         args = {k: (getattr(torch, v[6:]) if isinstance(v, str) and v.startswith("torch.") else v) for k, v in kwargs.items()}
         return diffkit.load_pretrained(ctx.base / "pipeline", **args)
@@ -1311,8 +1312,9 @@ case("load.path_none", API, "load_pretrained(None)", lambda ctx: __import__("dif
 
 def _unet_forward(dtype: str = "float32", channels: int = 1) -> Callable[[Ctx], Any]:
     def action(ctx: Ctx) -> Any:
-        import diffkit
         import torch
+
+        import diffkit
 
         torch.manual_seed(0)
         net = diffkit.build("backbone", "unet", **{**TINY_UNET, "num_classes": 0})
@@ -1406,8 +1408,9 @@ case("diverge.nan_loss_cli", NONFINITE, "diffkit train whose loss turns NaN at s
 
 def _trainer_on_nan_data(value: float) -> Callable[[Ctx], Any]:
     def action(ctx: Ctx) -> Any:
-        import diffkit
         import torch
+
+        import diffkit
         from diffkit.training import InMemoryData, TrainConfig, Trainer
 
         torch.manual_seed(0)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import diffkit
+from diffkit.errors import ShapeError
 from diffkit.runtime.accel import (
     CompileFallbackWarning,
     as_channels_last,
@@ -17,7 +18,6 @@ from diffkit.runtime.accel import (
     enable_tf32,
     use_channels_last,
 )
-from diffkit.errors import ShapeError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 import diffkit
 import diffkit_reference as ref
 from diffkit.errors import ConfigError, ShapeError
-from diffkit.sampling.guidance import CFGDenoiser
 from diffkit.samplers import ddpm
+from diffkit.sampling.guidance import CFGDenoiser
 from diffkit_reference.parameterizations import learned_variance_frac
 from tests.analytic_models import ExactVPModel, denoiser_numpy
 

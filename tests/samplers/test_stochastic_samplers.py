@@ -18,7 +18,7 @@ from diffkit.samplers.common import ancestral_sigmas
 from diffkit.samplers.dpmpp_sde import dpmpp_2m_sde, dpmpp_3m_sde
 from diffkit.testing.grids import karras_sigmas
 from diffkit_reference import stochastic_samplers as ref
-from tests.analytic_models import MU, S, ExactVPModel, denoiser_numpy, denoiser_torch
+from tests.analytic_models import MU, ExactVPModel, S, denoiser_numpy, denoiser_torch
 
 SCHEDULES = ["linear", "scaled_linear", "cosine", "sigmoid"]
 SPACINGS = ["leading", "trailing", "linspace"]

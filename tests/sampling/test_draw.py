@@ -7,7 +7,7 @@ import torch
 
 import diffkit
 from diffkit.errors import ConfigError, UnknownNameError
-from tests.analytic_models import MU, S, ExactVPModel
+from tests.analytic_models import MU, ExactVPModel, S
 
 
 def exact_denoiser(schedule_name="linear", prediction="eps"):

@@ -14,10 +14,10 @@ import torch
 
 import diffkit
 from diffkit import registry
-from diffkit.sampling import draw as sampling
 from diffkit.errors import ConfigError, DiffkitError, InsufficientMemoryError, NonFiniteError, ShapeError
-from diffkit.sampling.guidance import MAX_GUIDANCE, CFGDenoiser
 from diffkit.samplers.common import SEED_MAX, as_generator
+from diffkit.sampling import draw as sampling
+from diffkit.sampling.guidance import MAX_GUIDANCE, CFGDenoiser
 from diffkit.schedules.base import MAX_TRAIN_TIMESTEPS
 from tests.test_plugins import FakeEntryPoint, host, plugin_module
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from diffkit_reference.analytic import GaussianData, GaussianMixtureData
 
 

@@ -8,9 +8,9 @@ import attrs
 import pytest
 import torch
 
-from diffkit.models.autoencoders.kl import KLAutoencoder, KLConfig
-from diffkit.errors import ConfigError, ShapeError, UnknownNameError
 from diffkit.demos.shapes.recipe import SHAPES_AUTOENCODER
+from diffkit.errors import ConfigError, ShapeError, UnknownNameError
+from diffkit.models.autoencoders.kl import KLAutoencoder, KLConfig
 from diffkit.training import (
     AutoencoderTrainConfig,
     encode_dataset,

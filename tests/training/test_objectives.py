@@ -19,13 +19,7 @@ from scipy import stats
 import diffkit
 import diffkit_reference as ref
 from diffkit.errors import ConfigError, ShapeError, UnknownNameError
-from diffkit.training.objectives import (
-    Objective,
-    diffusion_loss,
-    min_snr_weight,
-    sample_sigmas,
-    training_target,
-)
+from diffkit.training.objectives import Objective, diffusion_loss, min_snr_weight, sample_sigmas, training_target
 
 seeds = st.integers(0, 2**31 - 1)
 predictions = st.sampled_from(["eps", "x0", "v"])

@@ -12,12 +12,7 @@ from hypothesis import strategies as st
 
 import diffkit
 import diffkit_reference as ref
-from diffkit.training.vlb import (
-    discretized_gaussian_log_likelihood,
-    normal_kl,
-    posterior_mean_logvar,
-    vlb_loss,
-)
+from diffkit.training.vlb import discretized_gaussian_log_likelihood, normal_kl, posterior_mean_logvar, vlb_loss
 
 seeds = st.integers(0, 2**31 - 1)
 predictions = st.sampled_from(["eps", "x0", "v"])

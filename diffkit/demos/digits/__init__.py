@@ -12,13 +12,6 @@ from diffkit.demos.digits.judge import (
 )
 
 __all__ = [
-    "DigitsClassifier",
-    "DigitsDataset",
-    "DigitsTrainingConfig",
-    "class_accuracy",
-    "digits_fid",
-    "load_digits",
-    "load_or_train_digits_classifier",
-    "real_baseline_fid",
-    "train_digits_classifier",
+    "DigitsClassifier", "DigitsDataset", "DigitsTrainingConfig", "class_accuracy", "digits_fid",
+    "load_digits", "load_or_train_digits_classifier", "real_baseline_fid", "train_digits_classifier",
 ]

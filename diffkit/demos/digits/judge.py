@@ -35,9 +35,9 @@ from diffkit.demos.digits.data import (
     digits_file_sha256,
     load_digits,
 )
-from diffkit.errors import ConfigError, ShapeError
-from diffkit.demos.judge_cache import load_or_train, one_cpu_thread
 from diffkit.demos.frechet import frechet_distance
+from diffkit.demos.judge_cache import load_or_train, one_cpu_thread
+from diffkit.errors import ConfigError, ShapeError
 from diffkit.validators import int_at_least, is_integer, positive_real
 
 FEATURE_DIM = 128

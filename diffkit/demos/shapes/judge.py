@@ -39,18 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffkit.demos.shapes import data as shapes_data
-from diffkit.demos.shapes.data import (
-    COLORS,
-    POSITION_CENTERS,
-    POSITIONS,
-    SHAPES,
-    SIZE_FRACTIONS,
-    SIZES,
-    ShapeSpec,
-)
-from diffkit.errors import ConfigError, ShapeError
 from diffkit.demos.judge_cache import load_or_train, one_cpu_thread
+from diffkit.demos.shapes import data as shapes_data
+from diffkit.demos.shapes.data import COLORS, POSITION_CENTERS, POSITIONS, SHAPES, SIZE_FRACTIONS, SIZES, ShapeSpec
+from diffkit.errors import ConfigError, ShapeError
 from diffkit.validators import int_at_least, is_integer, non_negative_real, positive_real
 
 EVAL_SIZE = 32

@@ -31,10 +31,19 @@ from typing import Any
 
 import torch
 
+from diffkit.errors import CheckpointError
+from diffkit.io.converters import (
+    DiffusersConverter,
+    Plan,
+    describe,
+    diffusers_settings,
+    meta_shapes,
+    refuse,
+    stack_weights,
+    stacked_shapes,
+    unmet,
+)
 from diffkit.models.backbones.dit import DiT, DiTConfig
-from diffkit.io.converters import DiffusersConverter
-from diffkit.errors import CheckpointError, ConfigError
-from diffkit.io.state_dicts import check_state_dict
 
 DIFFUSERS_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")
 
@@ -74,21 +83,10 @@ def config_from_diffusers(config: Mapping[str, Any], **overrides: Any) -> DiTCon
     ``overrides`` change fields of the result (e.g. ``gradient_checkpointing=True``).
     Unknown keys and settings DiT does not have are errors.
     """
-    config = dict(config)
-    class_name = config.get("_class_name", "DiTTransformer2DModel")
-    if class_name not in DIFFUSERS_CLASSES:
-        raise ConfigError(
-            f"not a diffusers DiT config: _class_name is {class_name!r}, expected one of {DIFFUSERS_CLASSES}"
-        )
-    settings = {**_DEFAULTS[class_name], **{k: v for k, v in config.items() if not k.startswith("_")}}
-    unknown = sorted(set(settings) - set(_DEFAULTS[class_name]) - set(_REQUIRED) - set(_IGNORED))
-    if unknown:
-        raise ConfigError(f"unknown keys in the diffusers {class_name} config: {', '.join(unknown)}")
-    wrong = [
-        f"{key}={settings[key]!r} (DiT needs {value!r})"
-        for key, value in _REQUIRED.items()
-        if key in settings and settings[key] != value
-    ]
+    class_name, settings = diffusers_settings(
+        config, _DEFAULTS, what="DiT", expected=f", expected one of {DIFFUSERS_CLASSES}", known=(*_REQUIRED, *_IGNORED)
+    )
+    wrong = unmet(settings, _REQUIRED, "DiT needs")
     in_channels, out_channels = settings["in_channels"], settings["out_channels"]
     if settings["num_embeds_ada_norm"] is None:
         wrong.append("num_embeds_ada_norm=None (DiT needs the number of classes)")
@@ -101,8 +99,7 @@ def config_from_diffusers(config: Mapping[str, Any], **overrides: Any) -> DiTCon
             wrong.append(f"interpolation_scale={scale} (DiT's positions are the integer patch coordinates)")
     if in_channels is not None and out_channels not in (None, in_channels, 2 * in_channels):
         wrong.append(f"out_channels={out_channels} (DiT outputs in_channels or, with learned σ, 2·in_channels)")
-    if wrong:
-        raise ConfigError("this diffusers config is not a DiT that diffkit can load: " + "; ".join(wrong))
+    refuse(wrong, "DiT")
     fields = {
         "input_size": settings["sample_size"],
         "patch_size": settings["patch_size"],
@@ -129,39 +126,36 @@ _EMBEDDER_KEYS = {  # diffkit key: key under diffusers' per-block embedder
     "t_embedder.mlp.2.bias": "timestep_embedder.linear_2.bias",
     "y_embedder.embedding_table.weight": "class_embedder.embedding_table.weight",
 }
+# The settings a weights mismatch names.
+_DESCRIBED = ("depth", "hidden_size", "patch_size", "input_size", "in_channels", "out_channels", "num_classes")
 
 
-def _plan(config: DiTConfig) -> list[tuple[str, tuple[str, ...]]]:
-    """(diffkit key, diffusers keys) pairs; several diffusers keys are stacked along dim 0."""
-    plan = [("patch_embed.weight", ("pos_embed.proj.weight",)), ("patch_embed.bias", ("pos_embed.proj.bias",))]
-    plan += [(ours, (_EMBEDDER.format(i=0) + theirs,)) for ours, theirs in _EMBEDDER_KEYS.items()]
+def _plan(config: DiTConfig) -> Plan:
+    """diffkit key → diffusers keys; several diffusers keys are stacked along dim 0."""
+    plan = {"patch_embed.weight": ("pos_embed.proj.weight",), "patch_embed.bias": ("pos_embed.proj.bias",)}
+    plan |= {ours: (_EMBEDDER.format(i=0) + theirs,) for ours, theirs in _EMBEDDER_KEYS.items()}
     for i in range(config.depth):
         src, dst = f"transformer_blocks.{i}.", f"blocks.{i}."
         for kind in ("weight", "bias"):
-            plan += [
-                (f"{dst}adaLN.linear.{kind}", (f"{src}norm1.linear.{kind}",)),
-                (f"{dst}attn.qkv.{kind}", tuple(f"{src}attn1.to_{n}.{kind}" for n in "qkv")),
-                (f"{dst}attn.proj.{kind}", (f"{src}attn1.to_out.0.{kind}",)),
-                (f"{dst}mlp.fc1.{kind}", (f"{src}ff.net.0.proj.{kind}",)),
-                (f"{dst}mlp.fc2.{kind}", (f"{src}ff.net.2.{kind}",)),
-            ]
+            plan |= {
+                f"{dst}adaLN.linear.{kind}": (f"{src}norm1.linear.{kind}",),
+                f"{dst}attn.qkv.{kind}": tuple(f"{src}attn1.to_{n}.{kind}" for n in "qkv"),
+                f"{dst}attn.proj.{kind}": (f"{src}attn1.to_out.0.{kind}",),
+                f"{dst}mlp.fc1.{kind}": (f"{src}ff.net.0.proj.{kind}",),
+                f"{dst}mlp.fc2.{kind}": (f"{src}ff.net.2.{kind}",),
+            }
     for kind in ("weight", "bias"):
-        plan += [
-            (f"final_layer.adaLN.linear.{kind}", (f"proj_out_1.{kind}",)),
-            (f"final_layer.linear.{kind}", (f"proj_out_2.{kind}",)),
-        ]
+        plan |= {
+            f"final_layer.adaLN.linear.{kind}": (f"proj_out_1.{kind}",),
+            f"final_layer.linear.{kind}": (f"proj_out_2.{kind}",),
+        }
     return plan
 
 
 def expected_diffusers_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
     """Every key of a diffusers state dict for ``config``, with its shape."""
-    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        ours = {k: tuple(v.shape) for k, v in DiT(config).state_dict().items()}
-    shapes: dict[str, tuple[int, ...]] = {}
-    for key, sources in _plan(config):
-        first, *rest = ours[key]
-        for source in sources:
-            shapes[source] = (first // len(sources), *rest)
+    ours = meta_shapes(DiT, config)
+    shapes = stacked_shapes(_plan(config), ours)
     for i in range(1, config.depth):  # the per-block copies of the embedder
         for ours_key, theirs in _EMBEDDER_KEYS.items():
             shapes[_EMBEDDER.format(i=i) + theirs] = ours[ours_key]
@@ -176,9 +170,8 @@ def convert_diffusers_state_dict(
     Raises :class:`CheckpointError` listing every missing, unexpected and mis-shaped key
     (diffusers names), or naming the blocks whose embedder copy differs from block 0's.
     """
-    expected = expected_diffusers_shapes(config)
-    check_state_dict(state_dict, expected, what=f"the diffusers DiT weights do not fit {_describe(config)}")
-
+    what = f"the diffusers DiT weights do not fit {describe(config, 'DiT', _DESCRIBED)}"
+    weights = stack_weights(state_dict, _plan(config), expected_diffusers_shapes(config), what=what)
     differing = [
         i
         for i in range(1, config.depth)
@@ -193,18 +186,7 @@ def convert_diffusers_state_dict(
             f"(transformer_blocks.i.norm1.emb) of blocks {differing} differ from block 0's, so "
             "these weights cannot be represented; a checkpoint converted from DiT has equal copies"
         )
-    return {
-        key: torch.cat([state_dict[s] for s in sources]) if len(sources) > 1 else state_dict[sources[0]]
-        for key, sources in _plan(config)
-    }
-
-
-def _describe(config: DiTConfig) -> str:
-    return (
-        f"DiT(depth={config.depth}, hidden_size={config.hidden_size}, patch_size={config.patch_size}, "
-        f"input_size={config.input_size}, in_channels={config.in_channels}, out_channels={config.out_channels}, "
-        f"num_classes={config.num_classes})"
-    )
+    return weights
 
 
 def dit_from_diffusers(
@@ -240,11 +222,6 @@ CONVERTER = DiffusersConverter(
 
 
 __all__ = [
-    "CONVERTER",
-    "CheckpointError",
-    "config_from_diffusers",
-    "convert_diffusers_state_dict",
-    "dit_from_diffusers",
-    "expected_diffusers_shapes",
-    "load_diffusers_dit",
+    "CONVERTER", "CheckpointError", "config_from_diffusers", "convert_diffusers_state_dict",
+    "dit_from_diffusers", "expected_diffusers_shapes", "load_diffusers_dit",
 ]

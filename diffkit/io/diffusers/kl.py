@@ -31,10 +31,17 @@ from typing import Any
 
 import torch
 
+from diffkit.errors import CheckpointError
+from diffkit.io.converters import (
+    DiffusersConverter,
+    describe,
+    diffusers_settings,
+    meta_shapes,
+    refuse,
+    stack_weights,
+    stacked_shapes,
+)
 from diffkit.models.autoencoders.kl import KLAutoencoder, KLConfig
-from diffkit.io.converters import DiffusersConverter
-from diffkit.errors import CheckpointError, ConfigError
-from diffkit.io.state_dicts import check_state_dict
 
 DIFFUSERS_CLASS = "AutoencoderKL"
 
@@ -58,16 +65,9 @@ def config_from_diffusers(config: Mapping[str, Any], **overrides: Any) -> KLConf
     metadata). ``overrides`` change fields of the result (e.g. ``dropout=0.1``). Unknown keys
     and settings diffkit's ``kl`` does not have are errors.
     """
-    config = dict(config)
-    class_name = config.get("_class_name", DIFFUSERS_CLASS)
-    if class_name != DIFFUSERS_CLASS:
-        raise ConfigError(
-            f"not a diffusers KL autoencoder config: _class_name is {class_name!r}, expected {DIFFUSERS_CLASS!r}"
-        )
-    settings = {**_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
-    unknown = sorted(set(settings) - set(_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown keys in the diffusers {class_name} config: {', '.join(unknown)}")
+    _, settings = diffusers_settings(
+        config, {DIFFUSERS_CLASS: _DEFAULTS}, what="KL autoencoder", expected=f", expected {DIFFUSERS_CLASS!r}"
+    )
     widths = tuple(settings["block_out_channels"])
     wrong = []
     for key, block in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
@@ -81,8 +81,7 @@ def config_from_diffusers(config: Mapping[str, Any], **overrides: Any) -> KLConf
     for key in ("latents_mean", "latents_std"):
         if settings[key] is not None:
             wrong.append(f"{key} is set (per-channel latent statistics are not supported; use shift/scaling_factor)")
-    if wrong:
-        raise ConfigError("this diffusers config is not a KL autoencoder that diffkit can load: " + "; ".join(wrong))
+    refuse(wrong, "KL autoencoder")
     fields = {
         "in_channels": settings["in_channels"],
         "out_channels": settings["out_channels"],
@@ -112,6 +111,11 @@ _QKV = re.compile(r"^(.*\.mid_block)\.attention\.attn\.qkv\.(weight|bias)$")
 # Attention names of checkpoints saved before diffusers' Attention refactor.
 _DEPRECATED = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 _DEPRECATED_KEY = re.compile(r"^(.*\.mid_block\.attentions\.0)\.(query|key|value|proj_attn)\.(weight|bias)$")
+# The settings a weights mismatch names.
+_DESCRIBED = (
+    "block_out_channels", "layers_per_block", "latent_channels", "in_channels", "out_channels",
+    "mid_block_attention", "use_quant_conv",
+)
 
 
 def _sources(key: str) -> tuple[str, ...]:
@@ -125,20 +129,10 @@ def _sources(key: str) -> tuple[str, ...]:
     return (key,)
 
 
-def _plan(config: KLConfig) -> list[tuple[str, tuple[str, ...], tuple[int, ...]]]:
-    """(diffkit key, diffusers keys, diffkit shape) for every weight of ``config``."""
-    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        ours = KLAutoencoder(config).state_dict()
-    return [(key, _sources(key), tuple(value.shape)) for key, value in ours.items()]
-
-
 def expected_diffusers_shapes(config: KLConfig) -> dict[str, tuple[int, ...]]:
     """Every key of a diffusers ``AutoencoderKL`` state dict for ``config``, with its shape."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for _, sources, (first, *rest) in _plan(config):
-        for source in sources:
-            shapes[source] = (first // len(sources), *rest)
-    return shapes
+    shapes = meta_shapes(KLAutoencoder, config)
+    return stacked_shapes({key: _sources(key) for key in shapes}, shapes)
 
 
 def _modernise(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -163,22 +157,9 @@ def convert_diffusers_state_dict(
     Raises :class:`CheckpointError` listing every missing, unexpected and mis-shaped key
     (diffusers names).
     """
-    state_dict = _modernise(state_dict)
-    expected = expected_diffusers_shapes(config)
-    check_state_dict(state_dict, expected, what=f"the diffusers AutoencoderKL weights do not fit {_describe(config)}")
-    return {
-        key: torch.cat([state_dict[s] for s in sources]) if len(sources) > 1 else state_dict[sources[0]]
-        for key, sources, _ in _plan(config)
-    }
-
-
-def _describe(config: KLConfig) -> str:
-    return (
-        f"KLAutoencoder(block_out_channels={config.block_out_channels}, layers_per_block={config.layers_per_block}, "
-        f"latent_channels={config.latent_channels}, in_channels={config.in_channels}, "
-        f"out_channels={config.out_channels}, mid_block_attention={config.mid_block_attention}, "
-        f"use_quant_conv={config.use_quant_conv})"
-    )
+    plan = {key: _sources(key) for key in meta_shapes(KLAutoencoder, config)}
+    what = f"the diffusers AutoencoderKL weights do not fit {describe(config, 'KLAutoencoder', _DESCRIBED)}"
+    return stack_weights(_modernise(state_dict), plan, expected_diffusers_shapes(config), what=what)
 
 
 def kl_from_diffusers(
@@ -214,11 +195,6 @@ CONVERTER = DiffusersConverter(
 
 
 __all__ = [
-    "CONVERTER",
-    "CheckpointError",
-    "config_from_diffusers",
-    "convert_diffusers_state_dict",
-    "expected_diffusers_shapes",
-    "kl_from_diffusers",
-    "load_diffusers_kl",
+    "CONVERTER", "CheckpointError", "config_from_diffusers", "convert_diffusers_state_dict",
+    "expected_diffusers_shapes", "kl_from_diffusers", "load_diffusers_kl",
 ]

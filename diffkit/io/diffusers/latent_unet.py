@@ -38,10 +38,19 @@ from typing import Any
 
 import torch
 
+from diffkit.errors import CheckpointError
+from diffkit.io.converters import (
+    DiffusersConverter,
+    describe,
+    diffusers_settings,
+    meta_shapes,
+    refuse,
+    stack_weights,
+    stacked_shapes,
+    unmet,
+)
+from diffkit.io.diffusers.unet import level_blocks, level_fields, level_key, levels_with
 from diffkit.models.backbones.latent_unet import LatentUNet, LatentUNetConfig
-from diffkit.io.converters import DiffusersConverter
-from diffkit.errors import CheckpointError, ConfigError
-from diffkit.io.state_dicts import check_state_dict
 
 DIFFUSERS_CLASS = "UNet2DConditionModel"
 
@@ -168,47 +177,18 @@ def config_from_diffusers(config: Mapping[str, Any], **overrides: Any) -> Latent
     Unknown keys and features the latent UNet does not have are :class:`ConfigError` s that
     name them.
     """
-    config = dict(config)
-    class_name = config.get("_class_name", DIFFUSERS_CLASS)
-    if class_name != DIFFUSERS_CLASS:
-        raise ConfigError(f"not a diffusers UNet2DConditionModel config: _class_name is {class_name!r}")
-    settings = {
-        **_DEFAULTS,
-        **{k: v for k, v in config.items() if not k.startswith("_")},
-    }
-    unknown = sorted(set(settings) - set(_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown keys in the diffusers UNet2DConditionModel config: {', '.join(unknown)}")
-    wrong = [
-        f"{key}={settings[key]!r} (diffkit's latent UNet needs {value!r})"
-        for key, value in _REQUIRED.items()
-        if settings[key] != value and not (isinstance(value, bool) and _all_equal(settings[key], value))
-    ]
-    channels = tuple(settings["block_out_channels"])
-    levels = len(channels)
-    down_types, up_types = (
-        tuple(settings["down_block_types"]),
-        tuple(settings["up_block_types"]),
-    )
-    if len(down_types) != levels or len(up_types) != levels:
-        wrong.append(f"{len(down_types)} down and {len(up_types)} up block types for {levels} levels")
-    bad = [t for t in down_types if t not in _DOWN_BLOCKS] + [t for t in up_types if t not in _UP_BLOCKS]
-    if bad:
-        wrong.append(f"block types {sorted(set(bad))} (supported: {sorted(_DOWN_BLOCKS) + sorted(_UP_BLOCKS)})")
-    if wrong:
-        raise ConfigError("this diffusers config is not a latent UNet that diffkit can load: " + "; ".join(wrong))
+    _, settings = diffusers_settings(config, {DIFFUSERS_CLASS: _DEFAULTS}, what=DIFFUSERS_CLASS)
+    wrong = unmet(settings, _REQUIRED, "diffkit's latent UNet needs", fits=_fits)
+    down_types, up_types = level_blocks(settings, _DOWN_BLOCKS, _UP_BLOCKS, wrong)
+    refuse(wrong, "latent UNet")
 
+    levels = len(settings["block_out_channels"])
     down_attn = [_DOWN_BLOCKS[t] for t in down_types]
     up_attn = [_UP_BLOCKS[t] for t in reversed(up_types)]  # reindexed by level
     if down_attn != up_attn:
-        wrong.append(f"transformers at down levels {_where(down_attn)} but at up levels {_where(up_attn)}")
+        wrong.append(f"transformers at down levels {levels_with(down_attn)} but at up levels {levels_with(up_attn)}")
     layers = _uniform("layers_per_block", settings["layers_per_block"], levels, wrong)
-    depth = _uniform(
-        "transformer_layers_per_block",
-        settings["transformer_layers_per_block"],
-        levels,
-        wrong,
-    )
+    depth = _uniform("transformer_layers_per_block", settings["transformer_layers_per_block"], levels, wrong)
     context_dim = _uniform("cross_attention_dim", settings["cross_attention_dim"], levels, wrong)
     # diffusers' naming quirk: without num_attention_heads, attention_head_dim is the head count.
     heads = settings["num_attention_heads"] or settings["attention_head_dim"]
@@ -218,70 +198,44 @@ def config_from_diffusers(config: Mapping[str, Any], **overrides: Any) -> Latent
             wrong.append(f"{len(heads)} attention head counts for {levels} levels")
     if settings["norm_num_groups"] is None:
         wrong.append("norm_num_groups=None")
-    if wrong:
-        raise ConfigError("this diffusers config is not a latent UNet that diffkit can load: " + "; ".join(wrong))
+    refuse(wrong, "latent UNet")
 
-    sample_size = settings["sample_size"]
-    if isinstance(sample_size, (list, tuple)):
-        if len(set(sample_size)) != 1:
-            raise ConfigError(f"non-square sample_size {tuple(sample_size)}: pass sample_size=… as an override")
-        sample_size = sample_size[0]
-    if sample_size is None:
-        sample_size = max(64, 2 ** (levels - 1))
     fields = {
-        "sample_size": sample_size,
-        "in_channels": settings["in_channels"],
-        "out_channels": settings["out_channels"],
-        "block_out_channels": channels,
+        **level_fields(settings, smallest_sample_size=64),
         "layers_per_block": layers,
-        "cross_attention_levels": tuple(_where(down_attn)),
+        "cross_attention_levels": tuple(levels_with(down_attn)),
         "num_heads": heads,
         "transformer_depth": depth,
         "context_dim": context_dim,
         "use_linear_projection": bool(settings["use_linear_projection"]),
-        "time_embed_dim": settings["time_embedding_dim"],
-        "timestep_cos_first": bool(settings["flip_sin_to_cos"]),
-        "timestep_freq_shift": int(settings["freq_shift"]),
-        "dropout": float(settings["dropout"]),
-        "downsample_padding": settings["downsample_padding"],
-        "norm_groups": settings["norm_num_groups"],
-        "norm_eps": float(settings["norm_eps"]),
     }
     return LatentUNetConfig.from_dict({**fields, **overrides})
 
 
-def _all_equal(value: Any, expected: bool) -> bool:
-    """A per-level boolean list (e.g. only_cross_attention=[False] * 4) that is ``expected`` everywhere."""
-    return isinstance(value, (list, tuple)) and all(v == expected for v in value)
-
-
-def _where(flags: list[bool]) -> list[int]:
-    return [i for i, f in enumerate(flags) if f]
+def _fits(value: Any, wanted: Any) -> bool:
+    """A required value, or for a boolean a per-level list of it (e.g. only_cross_attention=[False] * 4)."""
+    return value == wanted or (
+        isinstance(wanted, bool) and isinstance(value, (list, tuple)) and all(v == wanted for v in value)
+    )
 
 
 # -- weights --------------------------------------------------------------------------------
 
-# diffkit key fragment → diffusers key fragment, applied in this order.
+# UNet2DConditionModel's own renames after the shared LEVEL_RENAMES.
 _RENAMES = (
-    ("time_embed.", "time_embedding."),
-    ("norm_out.", "conv_norm_out."),
-    ("mid.attention.", "mid_block.attentions.0."),
-    ("mid.", "mid_block."),
-    (".downsample.", ".downsamplers.0."),
-    (".upsample.", ".upsamplers.0."),
     (".proj.", ".to_out.0."),
     (".ff.fc1.", ".ff.net.0.proj."),
     (".ff.fc2.", ".ff.net.2."),
+)
+# The settings a weights mismatch names.
+_DESCRIBED = (
+    "block_out_channels", "layers_per_block", "cross_attention_levels", "context_dim", "in_channels", "out_channels"
 )
 
 
 def _sources(key: str) -> tuple[str, ...]:
     """The diffusers key(s) of a diffkit key; several are stacked along dim 0 (fused projections)."""
-    for ours, theirs in (("down.", "down_blocks."), ("up.", "up_blocks.")):
-        if key.startswith(ours):
-            key = theirs + key[len(ours) :]
-    for ours, theirs in _RENAMES:
-        key = key.replace(ours, theirs)
+    key = level_key(key, _RENAMES)
     for fused, names in (
         (".attn1.qkv.", "qkv"),
         (".attn2.kv.", "kv"),
@@ -293,19 +247,10 @@ def _sources(key: str) -> tuple[str, ...]:
     return (key,)
 
 
-def _our_shapes(config: LatentUNetConfig) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        return {k: tuple(v.shape) for k, v in LatentUNet(config).state_dict().items()}
-
-
 def expected_diffusers_shapes(config: LatentUNetConfig) -> dict[str, tuple[int, ...]]:
     """Every key of a diffusers ``UNet2DConditionModel`` state dict for ``config``, with its shape."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for key, (first, *rest) in _our_shapes(config).items():
-        sources = _sources(key)
-        for source in sources:
-            shapes[source] = (first // len(sources), *rest)
-    return shapes
+    shapes = meta_shapes(LatentUNet, config)
+    return stacked_shapes({key: _sources(key) for key in shapes}, shapes)
 
 
 def convert_diffusers_state_dict(
@@ -316,21 +261,9 @@ def convert_diffusers_state_dict(
     Raises :class:`CheckpointError` listing every missing, unexpected and mis-shaped key
     (diffusers names).
     """
-    expected = expected_diffusers_shapes(config)
-    check_state_dict(state_dict, expected, what=f"the diffusers UNet2DConditionModel weights do not fit {_describe(config)}")
-    weights: dict[str, torch.Tensor] = {}
-    for key in _our_shapes(config):
-        sources = _sources(key)
-        weights[key] = torch.cat([state_dict[s] for s in sources]) if len(sources) > 1 else state_dict[sources[0]]
-    return weights
-
-
-def _describe(config: LatentUNetConfig) -> str:
-    return (
-        f"LatentUNet(block_out_channels={config.block_out_channels}, layers_per_block={config.layers_per_block}, "
-        f"cross_attention_levels={config.cross_attention_levels}, context_dim={config.context_dim}, "
-        f"in_channels={config.in_channels}, out_channels={config.out_channels})"
-    )
+    plan = {key: _sources(key) for key in meta_shapes(LatentUNet, config)}
+    what = f"the diffusers UNet2DConditionModel weights do not fit {describe(config, 'LatentUNet', _DESCRIBED)}"
+    return stack_weights(state_dict, plan, expected_diffusers_shapes(config), what=what)
 
 
 def latent_unet_from_diffusers(
@@ -366,11 +299,6 @@ CONVERTER = DiffusersConverter(
 
 
 __all__ = [
-    "CONVERTER",
-    "CheckpointError",
-    "config_from_diffusers",
-    "convert_diffusers_state_dict",
-    "expected_diffusers_shapes",
-    "latent_unet_from_diffusers",
-    "load_diffusers_latent_unet",
+    "CONVERTER", "CheckpointError", "config_from_diffusers", "convert_diffusers_state_dict",
+    "expected_diffusers_shapes", "latent_unet_from_diffusers", "load_diffusers_latent_unet",
 ]

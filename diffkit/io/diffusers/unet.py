@@ -38,10 +38,18 @@ from typing import Any
 
 import torch
 
-from diffkit.models.backbones.unet import UNet, UNetConfig
-from diffkit.io.converters import DiffusersConverter
 from diffkit.errors import CheckpointError, ConfigError
-from diffkit.io.state_dicts import check_state_dict
+from diffkit.io.converters import (
+    DiffusersConverter,
+    describe,
+    diffusers_settings,
+    meta_shapes,
+    refuse,
+    stack_weights,
+    stacked_shapes,
+    unmet,
+)
+from diffkit.models.backbones.unet import UNet, UNetConfig
 
 DIFFUSERS_CLASS = "UNet2DModel"
 
@@ -114,41 +122,16 @@ def config_from_diffusers(config: Mapping[str, Any], **overrides: Any) -> UNetCo
     or ``sample_size`` when the config has none). Unknown keys and settings the UNet does
     not have are errors.
     """
-    config = dict(config)
-    class_name = config.get("_class_name", DIFFUSERS_CLASS)
-    if class_name != DIFFUSERS_CLASS:
-        raise ConfigError(f"not a diffusers UNet2DModel config: _class_name is {class_name!r}")
-    settings = {
-        **_DEFAULTS,
-        **{k: v for k, v in config.items() if not k.startswith("_")},
-    }
-    unknown = sorted(set(settings) - set(_DEFAULTS) - set(_IGNORED))
-    if unknown:
-        raise ConfigError(f"unknown keys in the diffusers UNet2DModel config: {', '.join(unknown)}")
-    wrong = [
-        f"{key}={settings[key]!r} (diffkit's UNet needs {value!r})"
-        for key, value in _REQUIRED.items()
-        if settings[key] != value
-    ]
-    channels = tuple(settings["block_out_channels"])
-    down_types, up_types = (
-        tuple(settings["down_block_types"]),
-        tuple(settings["up_block_types"]),
-    )
-    levels = len(channels)
-    if len(down_types) != levels or len(up_types) != levels:
-        wrong.append(f"{len(down_types)} down and {len(up_types)} up block types for {levels} levels")
-    bad_types = [t for t in down_types if t not in _DOWN_BLOCKS] + [t for t in up_types if t not in _UP_BLOCKS]
-    if bad_types:
-        wrong.append(f"block types {sorted(set(bad_types))} (supported: {sorted(_DOWN_BLOCKS) + sorted(_UP_BLOCKS)})")
-    if wrong:
-        raise ConfigError("this diffusers config is not a UNet that diffkit can load: " + "; ".join(wrong))
+    _, settings = diffusers_settings(config, {DIFFUSERS_CLASS: _DEFAULTS}, what=DIFFUSERS_CLASS, known=_IGNORED)
+    wrong = unmet(settings, _REQUIRED, "diffkit's UNet needs")
+    down_types, up_types = level_blocks(settings, _DOWN_BLOCKS, _UP_BLOCKS, wrong)
+    refuse(wrong, "UNet")
 
     # Attention and resampling per level; the up path (coarsest first) must mirror the down path.
     down_attn = [_DOWN_BLOCKS[t][0] for t in down_types]
     up_attn = [_UP_BLOCKS[t][0] for t in reversed(up_types)]  # reindexed by level
     if down_attn != up_attn:
-        wrong.append(f"attention at down levels {_where(down_attn)} but at up levels {_where(up_attn)}")
+        wrong.append(f"attention at down levels {levels_with(down_attn)} but at up levels {levels_with(up_attn)}")
     kinds = {_DOWN_BLOCKS[t][1] or settings["downsample_type"] for t in down_types[:-1]}
     kinds |= {_UP_BLOCKS[t][1] or settings["upsample_type"] for t in up_types[:-1]}
     if len(kinds) > 1 or not kinds <= {"conv", "resnet"}:
@@ -165,90 +148,128 @@ def config_from_diffusers(config: Mapping[str, Any], **overrides: Any) -> UNetCo
         wrong.append(f"freq_shift={settings['freq_shift']} (0 or 1)")
     if settings["norm_num_groups"] is None:
         wrong.append("norm_num_groups=None")
-    if wrong:
-        raise ConfigError("this diffusers config is not a UNet that diffkit can load: " + "; ".join(wrong))
+    refuse(wrong, "UNet")
 
+    fields = {
+        **level_fields(settings, smallest_sample_size=32),
+        "layers_per_block": settings["layers_per_block"],
+        "attention_levels": tuple(levels_with(down_attn)),
+        "mid_attention": bool(settings["add_attention"]),
+        "attention_head_dim": settings["attention_head_dim"],
+        "num_classes": settings["num_class_embeds"] or 0,
+        "scale_shift": scale_shift == "scale_shift",
+        "resample": kinds.pop() if kinds else "conv",
+    }
+    return UNetConfig.from_dict({**fields, **overrides})
+
+
+# -- what both diffusers UNets (UNet2DModel here, UNet2DConditionModel in latent_unet) share ----
+
+
+def level_blocks(
+    settings: Mapping[str, Any], down_blocks: Mapping[str, Any], up_blocks: Mapping[str, Any], wrong: list[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(down block types, up block types) of a diffusers UNet config, one of each per level.
+
+    Adds to ``wrong`` a count of types that is not one per ``block_out_channels`` entry and the
+    types missing from ``down_blocks`` / ``up_blocks`` (the supported ones).
+    """
+    levels = len(settings["block_out_channels"])
+    down_types, up_types = tuple(settings["down_block_types"]), tuple(settings["up_block_types"])
+    if len(down_types) != levels or len(up_types) != levels:
+        wrong.append(f"{len(down_types)} down and {len(up_types)} up block types for {levels} levels")
+    bad = [t for t in down_types if t not in down_blocks] + [t for t in up_types if t not in up_blocks]
+    if bad:
+        wrong.append(f"block types {sorted(set(bad))} (supported: {sorted(down_blocks) + sorted(up_blocks)})")
+    return down_types, up_types
+
+
+def level_fields(settings: Mapping[str, Any], smallest_sample_size: int) -> dict[str, Any]:
+    """The config fields both diffkit UNets read alike from a diffusers UNet config.
+
+    A missing ``sample_size`` becomes max(smallest_sample_size, 2^(levels − 1)), the least
+    size every level can halve; a non-square one is an error.
+    """
+    channels = tuple(settings["block_out_channels"])
     sample_size = settings["sample_size"]
     if isinstance(sample_size, (list, tuple)):
         if len(set(sample_size)) != 1:
             raise ConfigError(f"non-square sample_size {tuple(sample_size)}: pass sample_size=… as an override")
         sample_size = sample_size[0]
     if sample_size is None:
-        sample_size = max(32, 2 ** (levels - 1))
-    fields = {
+        sample_size = max(smallest_sample_size, 2 ** (len(channels) - 1))
+    return {
         "sample_size": sample_size,
         "in_channels": settings["in_channels"],
         "out_channels": settings["out_channels"],
         "block_out_channels": channels,
-        "layers_per_block": settings["layers_per_block"],
-        "attention_levels": tuple(_where(down_attn)),
-        "mid_attention": bool(settings["add_attention"]),
-        "attention_head_dim": settings["attention_head_dim"],
         "time_embed_dim": settings["time_embedding_dim"],
         "timestep_cos_first": bool(settings["flip_sin_to_cos"]),
         "timestep_freq_shift": int(settings["freq_shift"]),
-        "num_classes": settings["num_class_embeds"] or 0,
         "dropout": float(settings["dropout"]),
-        "scale_shift": scale_shift == "scale_shift",
-        "resample": kinds.pop() if kinds else "conv",
         "downsample_padding": settings["downsample_padding"],
         "norm_groups": settings["norm_num_groups"],
         "norm_eps": float(settings["norm_eps"]),
     }
-    return UNetConfig.from_dict({**fields, **overrides})
 
 
-def _where(flags: list[bool]) -> list[int]:
+def levels_with(flags: list[bool]) -> list[int]:
+    """The levels whose flag is set."""
     return [i for i, f in enumerate(flags) if f]
 
 
-# -- weights --------------------------------------------------------------------------------
-
-# diffkit key fragment → diffusers key fragment, applied in this order.
-_RENAMES = (
+# diffkit key fragment → diffusers key fragment for the levels both UNets share, applied in order.
+LEVEL_RENAMES = (
     ("time_embed.", "time_embedding."),
     ("norm_out.", "conv_norm_out."),
     ("mid.attention.", "mid_block.attentions.0."),
     ("mid.", "mid_block."),
     (".downsample.", ".downsamplers.0."),
     (".upsample.", ".upsamplers.0."),
+)
+
+
+def level_key(key: str, renames: tuple[tuple[str, str], ...]) -> str:
+    """A diffkit UNet key in diffusers' names: ``down.ℓ`` / ``up.i`` → ``down_blocks.ℓ`` /
+    ``up_blocks.i``, then :data:`LEVEL_RENAMES` and ``renames`` (the architecture's own)."""
+    for ours, theirs in (("down.", "down_blocks."), ("up.", "up_blocks.")):
+        if key.startswith(ours):
+            key = theirs + key[len(ours) :]
+    for ours, theirs in (*LEVEL_RENAMES, *renames):
+        key = key.replace(ours, theirs)
+    return key
+
+
+# -- weights --------------------------------------------------------------------------------
+
+# UNet2DModel's own renames after LEVEL_RENAMES.
+_RENAMES = (
     (".attn.proj.", ".to_out.0."),
     (".norm.", ".group_norm."),  # only attention layers have a plain ``norm``
 )
 _CLASS_TABLE = "class_embed.embedding_table.weight"
+# The settings a weights mismatch names.
+_DESCRIBED = ("block_out_channels", "layers_per_block", "attention_levels", "in_channels", "out_channels", "num_classes")
 
 
 def _sources(key: str) -> tuple[str, ...]:
     """The diffusers key(s) of a diffkit key; several are stacked along dim 0 (fused qkv)."""
-    if key.startswith("down."):
-        key = "down_blocks." + key[len("down.") :]
-    elif key.startswith("up."):
-        key = "up_blocks." + key[len("up.") :]
     if key == _CLASS_TABLE:
         return ("class_embedding.weight",)
-    for ours, theirs in _RENAMES:
-        key = key.replace(ours, theirs)
+    key = level_key(key, _RENAMES)
     if ".attn.qkv." in key:
         head, kind = key.split(".attn.qkv.")
         return tuple(f"{head}.to_{n}.{kind}" for n in "qkv")
     return (key,)
 
 
-def _our_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        return {k: tuple(v.shape) for k, v in UNet(config).state_dict().items()}
-
-
 def expected_diffusers_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
     """Every key of a diffusers ``UNet2DModel`` state dict for ``config``, with its shape."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for key, (first, *rest) in _our_shapes(config).items():
-        if key == _CLASS_TABLE:
-            first -= 1  # no null row in diffusers
-        sources = _sources(key)
-        for source in sources:
-            shapes[source] = (first // len(sources), *rest)
-    return shapes
+    shapes = meta_shapes(UNet, config)
+    if _CLASS_TABLE in shapes:
+        classes, width = shapes[_CLASS_TABLE]
+        shapes[_CLASS_TABLE] = (classes - 1, width)  # no null row in diffusers
+    return stacked_shapes({key: _sources(key) for key in shapes}, shapes)
 
 
 def convert_diffusers_state_dict(state_dict: Mapping[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:
@@ -257,24 +278,13 @@ def convert_diffusers_state_dict(state_dict: Mapping[str, torch.Tensor], config:
     Raises :class:`CheckpointError` listing every missing, unexpected and mis-shaped key
     (diffusers names). The class table gains a zero null-class row.
     """
-    expected = expected_diffusers_shapes(config)
-    check_state_dict(state_dict, expected, what=f"the diffusers UNet2DModel weights do not fit {_describe(config)}")
-    weights: dict[str, torch.Tensor] = {}
-    for key in _our_shapes(config):
-        sources = _sources(key)
-        tensor = torch.cat([state_dict[s] for s in sources]) if len(sources) > 1 else state_dict[sources[0]]
-        if key == _CLASS_TABLE:
-            tensor = torch.cat([tensor, tensor.new_zeros(1, tensor.shape[1])])  # (K + 1, E): null row = 0
-        weights[key] = tensor
+    plan = {key: _sources(key) for key in meta_shapes(UNet, config)}
+    what = f"the diffusers UNet2DModel weights do not fit {describe(config, 'UNet', _DESCRIBED)}"
+    weights = stack_weights(state_dict, plan, expected_diffusers_shapes(config), what=what)
+    if _CLASS_TABLE in weights:
+        table = weights[_CLASS_TABLE]
+        weights[_CLASS_TABLE] = torch.cat([table, table.new_zeros(1, table.shape[1])])  # (K + 1, E): null row = 0
     return weights
-
-
-def _describe(config: UNetConfig) -> str:
-    return (
-        f"UNet(block_out_channels={config.block_out_channels}, layers_per_block={config.layers_per_block}, "
-        f"attention_levels={config.attention_levels}, in_channels={config.in_channels}, "
-        f"out_channels={config.out_channels}, num_classes={config.num_classes})"
-    )
 
 
 def unet_from_diffusers(
@@ -309,11 +319,6 @@ CONVERTER = DiffusersConverter(
 
 
 __all__ = [
-    "CONVERTER",
-    "CheckpointError",
-    "config_from_diffusers",
-    "convert_diffusers_state_dict",
-    "expected_diffusers_shapes",
-    "load_diffusers_unet",
-    "unet_from_diffusers",
+    "CONVERTER", "CheckpointError", "config_from_diffusers", "convert_diffusers_state_dict",
+    "expected_diffusers_shapes", "load_diffusers_unet", "unet_from_diffusers",
 ]

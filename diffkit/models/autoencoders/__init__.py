@@ -10,9 +10,5 @@ from diffkit.models.autoencoders.kl import PRESETS as KL_PRESETS
 from diffkit.models.autoencoders.kl import DiagonalGaussian, KLAutoencoder, KLConfig, build_kl
 
 __all__ = [
-    "KL_PRESETS",
-    "DiagonalGaussian",
-    "KLAutoencoder",
-    "KLConfig",
-    "build_kl",
+    "KL_PRESETS", "DiagonalGaussian", "KLAutoencoder", "KLConfig", "build_kl",
 ]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from diffkit.models.autoencoders.kl import KLConfig, build_kl
 from diffkit.hookspecs import hookimpl
+from diffkit.models.autoencoders.kl import KLConfig, build_kl
 from diffkit.registry import Registrar
 
 

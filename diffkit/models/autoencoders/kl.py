@@ -25,7 +25,6 @@ the attention (one fused ``qkv``, see :mod:`diffkit.io.diffusers.kl`).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -34,35 +33,13 @@ import attrs
 import torch
 from torch import nn
 
-from diffkit.models.backbones.layers import Attention, Downsample2D, ResBlock, Upsample2D
-from diffkit.models.configs import ModelConfig
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.models.backbones.layers import Downsample2D, ResBlock, SpatialSelfAttention, Upsample2D
+from diffkit.models.configs import ModelConfig
 from diffkit.samplers.common import randn_like
-from diffkit.validators import (
-    as_tuple,
-    boolean,
-    finite_real,
-    int_at_least,
-    positive_ints,
-    positive_real,
-    probability,
-)
+from diffkit.validators import as_tuple, boolean, finite_real, int_at_least, positive_ints, positive_real, probability
 
 # -- configuration --------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 @attrs.frozen(kw_only=True)
@@ -124,11 +101,6 @@ class KLConfig(ModelConfig):
         return 2 * self.latent_channels if self.double_z else self.latent_channels
 
     PRESET_NOUN: ClassVar[str] = "KL autoencoder preset"
-
-    @classmethod
-    def presets(cls) -> Mapping[str, KLConfig]:
-        """The named presets (:data:`PRESETS`)."""
-        return PRESETS
 
 
 # kl-f8 is Stable Diffusion 1.x/2.x's VAE (CompVis/stable-diffusion-v1-4 "vae/config.json"):
@@ -212,26 +184,6 @@ class DiagonalGaussian:
 
 
 # -- the network ----------------------------------------------------------------------------
-
-
-class SpatialSelfAttention(nn.Module):
-    """x + Attn(GroupNorm(x)) over the H·W positions of a feature map, one head of width C.
-
-    ``norm`` is the group norm, ``attn`` the shared :class:`~diffkit.models.backbones.layers.Attention`
-    (fused ``qkv`` [3C, C], ``proj`` [C, C]); diffusers' VAE attention is the same maths with
-    separate ``to_q``/``to_k``/``to_v`` and ``to_out.0``.
-    """
-
-    def __init__(self, channels: int, *, groups: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=eps)
-        self.attn = Attention(channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, H·W, C)
-        out = self.attn(tokens)  # (B, H·W, C): softmax(q·kᵀ/√C)·v, then the output projection
-        return x + out.transpose(1, 2).reshape(b, c, h, w)  # (B, C, H, W)
 
 
 class MidBlock(nn.Module):
@@ -343,10 +295,7 @@ class KLAutoencoder(nn.Module):
 
     def __init__(self, config: KLConfig | None = None) -> None:
         super().__init__()
-        config = KLConfig() if config is None else config
-        if not isinstance(config, KLConfig):
-            raise ConfigError(f"KLAutoencoder takes a KLConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = config = KLConfig.resolve(config, "KLAutoencoder")
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         moments, z = config.moments_channels, config.latent_channels
@@ -426,16 +375,9 @@ def build_kl(*, preset: str | None = None, **config: Any) -> KLAutoencoder:
     ``build_kl(preset="kl-f8", latent_channels=16)`` starts from a preset and changes fields;
     without ``preset`` the fields are :class:`KLConfig`'s (defaults: SD's KL-f8 VAE).
     """
-    cfg = KLConfig.from_preset(preset, **config) if preset is not None else KLConfig.from_dict(config)
-    return KLAutoencoder(cfg)
+    return KLAutoencoder(KLConfig.build_config(preset, config))
 
 
 # An explicit signature so that `diffkit.build("autoencoder", "kl", ...)` can name the valid
 # options when one is misspelt.
-build_kl.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None)]
-    + [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
-        for f in attrs.fields(KLConfig)
-    ]
-)
+build_kl.__signature__ = KLConfig.builder_signature()  # type: ignore[attr-defined]

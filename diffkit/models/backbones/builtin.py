@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from diffkit.hookspecs import hookimpl
 from diffkit.models.backbones.dit import DiTConfig, build_dit
 from diffkit.models.backbones.latent_unet import LatentUNetConfig, build_latent_unet
 from diffkit.models.backbones.unet import UNetConfig, build_unet
-from diffkit.hookspecs import hookimpl
 from diffkit.registry import Registrar
 
 

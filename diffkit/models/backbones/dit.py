@@ -27,7 +27,6 @@ T·D fewer numbers (294,912 for XL/2).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -37,27 +36,22 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from diffkit.errors import ConfigError, ShapeError
 from diffkit.models.backbones.embeddings import (
     LabelEmbedder,
     TimestepEmbedder,
     add_vector_embedding,
+    broadcast_timesteps,
     check_conditioning,
     class_labels,
     input_in_weight_dtype,
     sincos_position_embedding_2d,
 )
-from diffkit.models.backbones.layers import AdaLNModulation, Attention, FeedForward, modulate
+from diffkit.models.backbones.layers import AdaLNModulation, Attention, FeedForward, modulate, zero_init
 from diffkit.models.configs import ModelConfig
-from diffkit.errors import ConfigError, ShapeError
 from diffkit.validators import boolean, int_at_least, positive_real
 
 # -- configuration --------------------------------------------------------------------------
-
-
-
-
-
-
 
 
 @attrs.frozen(kw_only=True)
@@ -125,11 +119,6 @@ class DiTConfig(ModelConfig):
         return self.grid_size**2
 
     PRESET_NOUN: ClassVar[str] = "DiT preset"
-
-    @classmethod
-    def presets(cls) -> Mapping[str, DiTConfig]:
-        """The named presets (:data:`PRESETS`)."""
-        return PRESETS
 
 
 # The paper's Table 1 models (depth N, width D, heads) × patch sizes 2, 4, 8, for 256 px
@@ -199,10 +188,7 @@ class DiT(nn.Module):
 
     def __init__(self, config: DiTConfig | None = None) -> None:
         super().__init__()
-        config = DiTConfig() if config is None else config
-        if not isinstance(config, DiTConfig):
-            raise ConfigError(f"DiT takes a DiTConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = config = DiTConfig.resolve(config, "DiT")
         self.gradient_checkpointing = config.gradient_checkpointing
         dim, p = config.hidden_size, config.patch_size
         self.patch_embed = nn.Conv2d(config.in_channels, dim, kernel_size=p, stride=p)
@@ -235,14 +221,8 @@ class DiT(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         # adaLN-Zero: every modulation starts at zero (each block is the identity) ...
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN.linear.weight)
-            nn.init.zeros_(block.adaLN.linear.bias)
         # ... and so do the final modulation and output layer (the network outputs 0).
-        nn.init.zeros_(self.final_layer.adaLN.linear.weight)
-        nn.init.zeros_(self.final_layer.adaLN.linear.bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        zero_init(*(block.adaLN.linear for block in self.blocks), self.final_layer.adaLN.linear, self.final_layer.linear)
 
     def num_parameters(self, *, include_position_embedding: bool = True) -> int:
         """Parameter count as in the paper, which includes the fixed position embedding (a buffer here)."""
@@ -272,7 +252,7 @@ class DiT(nn.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ShapeError(f"DiT expects x of shape [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}")
         batch = x.shape[0]
-        t = _timesteps(t, batch, x.device)  # (B,)
+        t = broadcast_timesteps(t, batch, x.device)  # (B,)
 
         # contiguous: a transposed residual stream made every LayerNorm copy its input
         x = self.patch_embed(x).flatten(2).transpose(1, 2).contiguous()  # (B, T, D), T = H·W/p²
@@ -295,16 +275,6 @@ class DiT(nn.Module):
         return out if x_dtype == self.patch_embed.weight.dtype else out.to(x_dtype)
 
 
-def _timesteps(t: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
-    """t as a [B] tensor on ``device``; a Python number or 0-d tensor is broadcast."""
-    t = torch.as_tensor(t, device=device)
-    if t.ndim == 0:
-        return t.expand(batch)
-    if t.shape != (batch,):
-        raise ShapeError(f"t must have shape [B] = [{batch}] (or be a scalar), got {tuple(t.shape)}")
-    return t
-
-
 # -- registry entry -------------------------------------------------------------------------
 
 
@@ -314,16 +284,9 @@ def build_dit(*, preset: str | None = None, **config: Any) -> DiT:
     ``build_dit(preset="DiT-B/4", num_classes=10)`` starts from a preset and changes fields;
     without ``preset`` the fields are :class:`DiTConfig`'s (defaults: DiT-XL/2, 256 px).
     """
-    cfg = DiTConfig.from_preset(preset, **config) if preset is not None else DiTConfig.from_dict(config)
-    return DiT(cfg)
+    return DiT(DiTConfig.build_config(preset, config))
 
 
 # An explicit signature so that `diffkit.build("backbone", "dit", ...)` can name the valid
 # options when one is misspelt.
-build_dit.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None)]
-    + [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
-        for f in attrs.fields(DiTConfig)
-    ]
-)
+build_dit.__signature__ = DiTConfig.builder_signature()  # type: ignore[attr-defined]

@@ -1,7 +1,8 @@
 """Embeddings shared by the backbones: timesteps, class labels and 2-D positions.
 
 * :func:`timestep_embedding` — the sinusoidal timestep features of DDPM/ADM as DiT uses
-  them (cos half first), and :class:`TimestepEmbedder`, the MLP on top of them.
+  them (cos half first), and :class:`TimestepEmbedder`, the MLP on top of them;
+  :func:`broadcast_timesteps` — a backbone's ``t`` argument as a [B] tensor.
 * :class:`LabelEmbedder` — a class-label table with one extra row, the null class, that
   classifier-free guidance uses for "no label". Dropping labels to the null class during
   training (CFG's token drop) is the class-label conditioner's job, never the backbone's.
@@ -70,6 +71,16 @@ def timestep_embedding(
     if dim % 2:
         emb = torch.cat([emb, emb.new_zeros(emb.shape[0], 1)], dim=-1)  # (B, dim)
     return emb
+
+
+def broadcast_timesteps(t: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
+    """t as a [B] tensor on ``device``; a Python number or 0-d tensor is broadcast."""
+    t = torch.as_tensor(t, device=device)
+    if t.ndim == 0:
+        return t.expand(batch)
+    if t.shape != (batch,):
+        raise ShapeError(f"t must have shape [B] = [{batch}] (or be a scalar), got {tuple(t.shape)}")
+    return t
 
 
 class TimestepEmbedder(nn.Module):

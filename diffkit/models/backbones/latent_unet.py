@@ -48,43 +48,19 @@ starts at output 0. The module names follow diffusers' ``UNet2DConditionModel``;
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
 import attrs
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from diffkit.models.backbones.embeddings import (
-    add_vector_embedding,
-    check_conditioning,
-    concat_conditioning,
-    input_in_weight_dtype,
-    timestep_embedding,
-)
-from diffkit.models.backbones.layers import (
-    Attention,
-    Downsample2D,
-    FeedForward,
-    ResBlock,
-    Upsample2D,
-)
-from diffkit.models.backbones.sharding import unet_units
-from diffkit.models.backbones.unet import PyramidGeometry, _level_indices, _padding, _timesteps, build_pyramid
 from diffkit.errors import ConfigError, ShapeError
-from diffkit.validators import (
-    as_tuple,
-    boolean,
-    int_at_least,
-    optional,
-    positive_ints,
-    positive_real,
-    probability,
-)
+from diffkit.models.backbones.embeddings import check_conditioning
+from diffkit.models.backbones.layers import Attention, Downsample2D, FeedForward, ResBlock, Upsample2D, zero_init
+from diffkit.models.backbones.unet import PyramidGeometry, PyramidUNet, _level_indices, _padding
+from diffkit.validators import as_tuple, boolean, int_at_least, optional, positive_ints, positive_real, probability
 
 # Fixed by LDM / diffusers' Transformer2DModel and BasicTransformerBlock (not configurable there).
 TRANSFORMER_GROUPNORM_EPS = 1e-6
@@ -241,11 +217,6 @@ class LatentUNetConfig(PyramidGeometry):
         return self.num_heads[level] if isinstance(self.num_heads, tuple) else self.num_heads
 
     PRESET_NOUN: ClassVar[str] = "latent UNet preset"
-
-    @classmethod
-    def presets(cls) -> Mapping[str, LatentUNetConfig]:
-        """The named presets (:data:`PRESETS`)."""
-        return PRESETS
 
 
 PRESETS: Mapping[str, LatentUNetConfig] = MappingProxyType(
@@ -431,7 +402,7 @@ def _transformer(cfg: LatentUNetConfig, level: int) -> SpatialTransformer:
     )
 
 
-class LatentUNet(nn.Module):
+class LatentUNet(PyramidUNet):
     """The latent-diffusion UNet with cross-attention built from one :class:`LatentUNetConfig`.
 
     ``forward(x, t, cond=None)``: x [B, C_in, H, W] (latents) with H, W multiples of
@@ -451,105 +422,29 @@ class LatentUNet(nn.Module):
     the module.
     """
 
-    def __init__(self, config: LatentUNetConfig | None = None) -> None:
-        super().__init__()
-        config = LatentUNetConfig() if config is None else config
-        if not isinstance(config, LatentUNetConfig):
-            raise ConfigError(f"LatentUNet takes a LatentUNetConfig, got {type(config).__name__}")
-        self.config = config
-        self.gradient_checkpointing = config.gradient_checkpointing
-        chans, emb = config.block_out_channels, config.embed_dim
-        self.conv_in = nn.Conv2d(config.in_channels, chans[0], kernel_size=3, padding=1)
-        self.time_embed = nn.ModuleDict({"linear_1": nn.Linear(chans[0], emb), "linear_2": nn.Linear(emb, emb)})
-        self.vector_embed = nn.Linear(config.vector_dim, emb) if config.vector_dim > 0 else None
+    MODEL: ClassVar[str] = "LatentUNet"
 
-        self.down, self.mid, self.up = build_pyramid(config, DownLevel, MidBlock, UpLevel)
-        self.norm_out = nn.GroupNorm(config.norm_groups, chans[0], eps=config.norm_eps)
-        self.conv_out = nn.Conv2d(chans[0], config.out_channels, kernel_size=3, padding=1)
-        self.initialize_weights()
+    def __init__(self, config: LatentUNetConfig | None = None) -> None:
+        super().__init__(LatentUNetConfig.resolve(config, "LatentUNet"), (DownLevel, MidBlock, UpLevel))
 
     def initialize_weights(self) -> None:
         """LDM: zero the last layer of every residual branch (ResBlock conv2, transformer
         proj_out) and the output convolution."""
-        for module in self.modules():
-            if isinstance(module, ResBlock):
-                zeroed = module.conv2
-            elif isinstance(module, SpatialTransformer):
-                zeroed = module.proj_out
-            else:
-                continue
-            nn.init.zeros_(zeroed.weight)
-            nn.init.zeros_(zeroed.bias)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        branches = [m for m in self.modules() if isinstance(m, (ResBlock, SpatialTransformer))]
+        zero_init(*(m.conv2 if isinstance(m, ResBlock) else m.proj_out for m in branches), self.conv_out)
 
     def readable_conditioning(self) -> set[str]:
         """The conditioning record fields this model reads."""
         return {"context", "concat"} | ({"vector"} if self.vector_embed is not None else set())
 
-    def embed(self, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        """The time embedding e [B, E] of timesteps t [B] (+ the projected ``vector`` of ``cond``)."""
-        cfg = self.config
-        ch0 = cfg.block_out_channels[0]
-        freq = timestep_embedding(t, ch0, freq_shift=cfg.timestep_freq_shift)  # (B, ch_0) float32, [cos, sin]
-        if not cfg.timestep_cos_first:
-            half = ch0 // 2
-            freq = torch.cat([freq[:, half : 2 * half], freq[:, :half], freq[:, 2 * half :]], dim=1)  # [sin, cos]
-        linear_1, linear_2 = self.time_embed["linear_1"], self.time_embed["linear_2"]
-        e = linear_2(F.silu(linear_1(freq.to(linear_1.weight.dtype))))  # (B, E)
-        return add_vector_embedding(e, cond, self.vector_embed)  # (B, E)
-
-    def sharding_units(self) -> list[nn.Module]:
-        """The blocks FSDP shards one by one (:mod:`diffkit.models.backbones.sharding`)."""
-        return unet_units(self)
-
-    def _run(self, module: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
-        """module(*args), recomputed in the backward pass under gradient checkpointing."""
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(module, *args, use_reentrant=False)
-        return module(*args)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
-        cfg = self.config
-        x, x_dtype = input_in_weight_dtype(x, self.conv_in.weight, model="LatentUNet")  # in the weights' dtype
-        x = concat_conditioning(x, cond, cfg.in_channels, model="LatentUNet")  # (B, C_in, H, W): [x, concat]
-        if x.shape[2] % cfg.downsample_factor or x.shape[3] % cfg.downsample_factor:
-            raise ShapeError(
-                f"LatentUNet input height and width must be multiples of {cfg.downsample_factor}, "
-                f"got {tuple(x.shape[2:])}"
-            )
-        context, mask = cross_attention_context(cond, x.shape[0], cfg.context_dim)  # (B, M, d_ctx), (B, M)
+    def _attention_inputs(self, cond: Any, x: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """(context [B, M, d_ctx], mask [B, M]) on x's device, for the spatial transformers."""
+        context, mask = cross_attention_context(cond, x.shape[0], self.config.context_dim)  # (B, M, d_ctx), (B, M)
         check_conditioning(cond, self.readable_conditioning(), model="LatentUNet", tensor_field="context")
         if context is not None:
             context = context.to(device=x.device, dtype=self.conv_in.weight.dtype)
             mask = None if mask is None else mask.to(x.device)
-        e = self.embed(_timesteps(t, x.shape[0], x.device), cond)  # (B, E)
-
-        h = self.conv_in(x)  # (B, ch_0, H, W)
-        skips = [h]
-        for level in self.down:  # level ℓ: (B, ch_ℓ, H/2^ℓ, W/2^ℓ)
-            for i, resnet in enumerate(level.resnets):
-                h = self._run(resnet, h, e)
-                if len(level.attentions):
-                    h = self._run(level.attentions[i], h, context, mask)
-                skips.append(h)
-            if level.downsample is not None:
-                h = level.downsample(h)
-                skips.append(h)  # (B, ch_ℓ, H/2^(ℓ+1), W/2^(ℓ+1))
-
-        h = self._run(self.mid.resnets[0], h, e)  # (B, ch_{L−1}, H/2^(L−1), W/2^(L−1))
-        h = self._run(self.mid.attention, h, context, mask)
-        h = self._run(self.mid.resnets[1], h, e)
-
-        for level in self.up:  # level ℓ = L−1−i
-            for i, resnet in enumerate(level.resnets):
-                h = self._run(resnet, torch.cat([h, skips.pop()], dim=1), e)  # (B, ch_ℓ, ·, ·)
-                if len(level.attentions):
-                    h = self._run(level.attentions[i], h, context, mask)
-            if level.upsample is not None:
-                h = level.upsample(h)
-        out = self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
-        return out if x_dtype == self.conv_in.weight.dtype else out.to(x_dtype)
+        return context, mask
 
 
 # -- registry entry -------------------------------------------------------------------------
@@ -561,25 +456,13 @@ def build_latent_unet(*, preset: str | None = None, **config: Any) -> LatentUNet
     ``build_latent_unet(preset="sd15", in_channels=16)`` starts from a preset and changes
     fields; without ``preset`` the fields are :class:`LatentUNetConfig`'s (defaults: SD 1.x).
     """
-    cfg = LatentUNetConfig.from_preset(preset, **config) if preset is not None else LatentUNetConfig.from_dict(config)
-    return LatentUNet(cfg)
+    return LatentUNet(LatentUNetConfig.build_config(preset, config))
 
 
 # An explicit signature so that `diffkit.build("backbone", "latent_unet", ...)` can name the valid options.
-build_latent_unet.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None)]
-    + [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
-        for f in attrs.fields(LatentUNetConfig)
-    ]
-)
+build_latent_unet.__signature__ = LatentUNetConfig.builder_signature()  # type: ignore[attr-defined]
 
 __all__ = [
-    "PRESETS",
-    "LatentUNet",
-    "LatentUNetConfig",
-    "SpatialTransformer",
-    "TransformerBlock",
-    "build_latent_unet",
-    "cross_attention_context",
+    "PRESETS", "LatentUNet", "LatentUNetConfig", "SpatialTransformer", "TransformerBlock",
+    "build_latent_unet", "cross_attention_context",
 ]

@@ -10,7 +10,9 @@ tokens), M (context tokens), D (model width), H (heads), d = D/H (head width).
 * :class:`FeedForward` — the transformer MLP (GELU, tanh-GELU, SiLU) or GEGLU
   (Shazeer 2020) feed-forward.
 * :func:`modulate` and :class:`AdaLNModulation` — adaptive layer norm (adaLN, Peebles & Xie
-  2023 §3.2): per-sample shift/scale (and gates) regressed from a conditioning vector.
+  2023 §3.2): per-sample shift/scale (and gates) regressed from a conditioning vector;
+  :func:`zero_init` — the zeroed last layers that make residual branches start as the identity.
+* :class:`SpatialSelfAttention` — x + Attention(GroupNorm(x)) over the positions of a feature map.
 * :class:`ResBlock`, :class:`Downsample2D`, :class:`Upsample2D` — the convolutional residual
   block (optional time-embedding injection, ADM scale-shift, up/down) and the resamplers of
   the UNets and the KL autoencoder, named so diffusers' ``ResnetBlock2D`` weights load 1:1.
@@ -36,6 +38,13 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     is; adaLN-Zero starts there (and with zero gates, so every block starts as the identity).
     """
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)  # (B, N, D)
+
+
+def zero_init(*modules: nn.Module) -> None:
+    """Zero the weight and bias of every module: DDPM/ADM/LDM's ``zero_module``, DiT's adaLN-Zero."""
+    for module in modules:
+        nn.init.zeros_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 class AdaLNModulation(nn.Module):
@@ -184,6 +193,29 @@ class FeedForward(nn.Module):
         else:
             h = F.silu(h)
         return self.fc2(h)  # (B, N, out_dim)
+
+
+class SpatialSelfAttention(nn.Module):
+    """x + Attention(GN(x)) over the H·W positions of a feature map (DDPM's AttnBlock, the KL
+    autoencoder's mid-block attention).
+
+    x: [B, C, H, W] is read as H·W tokens of width C; ``norm`` is GroupNorm, ``attn`` an
+    :class:`Attention` (fused ``qkv``, output ``proj``) with heads of ``head_dim`` channels
+    (``None``: one head of width C). diffusers' attention is the same maths with separate
+    ``to_q``/``to_k``/``to_v`` and ``to_out.0``.
+    """
+
+    def __init__(self, channels: int, head_dim: int | None = None, *, groups: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        head_dim = channels if head_dim is None else head_dim
+        self.norm = nn.GroupNorm(groups, channels, eps=eps)
+        self.attn = Attention(channels, channels // head_dim, head_dim=head_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, H·W, C)
+        out = self.attn(tokens).transpose(1, 2).reshape(b, c, h, w)  # (B, C, H, W)
+        return x + out
 
 
 # -- convolutional blocks (UNet, autoencoder) -------------------------------------------------

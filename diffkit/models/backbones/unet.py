@@ -34,7 +34,6 @@ block, the output projection of every attention layer and ``conv_out`` set to ze
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -45,19 +44,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from diffkit.errors import ConfigError, ShapeError
 from diffkit.models.backbones.embeddings import (
     LabelEmbedder,
     add_vector_embedding,
+    broadcast_timesteps,
     check_conditioning,
     class_labels,
     concat_conditioning,
     input_in_weight_dtype,
     timestep_embedding,
 )
-from diffkit.models.backbones.layers import Attention, Downsample2D, ResBlock, Upsample2D
+from diffkit.models.backbones.layers import Downsample2D, ResBlock, SpatialSelfAttention, Upsample2D, zero_init
 from diffkit.models.backbones.sharding import unet_units
 from diffkit.models.configs import ModelConfig
-from diffkit.errors import ConfigError, ShapeError
 from diffkit.validators import (
     as_tuple,
     boolean,
@@ -74,23 +74,9 @@ RESAMPLE_KINDS = ("conv", "pool", "resnet")
 # -- configuration --------------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
-
-
 def _padding(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if isinstance(value, bool) or value not in (0, 1):
         raise ConfigError(f"{attribute.name} must be 0 or 1, got {value!r}")
-
-
-
-
 
 
 def _level_indices(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -201,11 +187,6 @@ class UNetConfig(PyramidGeometry):
 
     PRESET_NOUN: ClassVar[str] = "UNet preset"
 
-    @classmethod
-    def presets(cls) -> Mapping[str, UNetConfig]:
-        """The named presets (:data:`PRESETS`)."""
-        return PRESETS
-
 
 PRESETS: Mapping[str, UNetConfig] = MappingProxyType(
     {
@@ -255,26 +236,6 @@ PRESETS: Mapping[str, UNetConfig] = MappingProxyType(
 
 
 # -- the network ----------------------------------------------------------------------------
-
-
-class SpatialSelfAttention(nn.Module):
-    """x + Attention(GN(x)) over the H·W positions of a feature map (DDPM's AttnBlock).
-
-    x: [B, C, H, W] is read as H·W tokens of width C; ``norm`` is GroupNorm, ``attn`` the shared
-    :class:`~diffkit.models.backbones.layers.Attention` (fused ``qkv``, output ``proj``).
-    """
-
-    def __init__(self, channels: int, head_dim: int | None, groups: int, eps: float) -> None:
-        super().__init__()
-        head_dim = channels if head_dim is None else head_dim
-        self.norm = nn.GroupNorm(groups, channels, eps=eps)
-        self.attn = Attention(channels, channels // head_dim, head_dim=head_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, H·W, C)
-        out = self.attn(tokens).transpose(1, 2).reshape(b, c, h, w)  # (B, C, H, W)
-        return x + out
 
 
 class DownLevel(nn.Module):
@@ -344,7 +305,7 @@ def _block_factory(cfg: UNetConfig):
 
 
 def _attention(cfg: UNetConfig, width: int) -> SpatialSelfAttention:
-    return SpatialSelfAttention(width, cfg.attention_head_dim, cfg.norm_groups, cfg.norm_eps)
+    return SpatialSelfAttention(width, cfg.attention_head_dim, groups=cfg.norm_groups, eps=cfg.norm_eps)
 
 
 def build_pyramid(
@@ -378,7 +339,107 @@ def build_pyramid(
     return down, mid, up
 
 
-class UNet(nn.Module):
+class PyramidUNet(nn.Module):
+    """What both UNets share: ``conv_in``, ``time_embed`` (``linear_1``, ``linear_2``), ``class_embed``
+    (when given ``num_classes``), ``vector_embed`` (with ``vector_dim`` > 0), the ``down``/``mid``/``up``
+    pyramid of :func:`build_pyramid` from the subclass's level classes, ``norm_out`` and ``conv_out``;
+    the embedding, the forward pass through them and gradient checkpointing. What the attention
+    layers take after h comes from :meth:`_attention_inputs`; ``MODEL`` names the network in errors.
+    """
+
+    MODEL: ClassVar[str]
+
+    def __init__(
+        self, config: Any, levels: tuple[Callable[..., nn.Module], ...], *, num_classes: int | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.gradient_checkpointing = config.gradient_checkpointing
+        chans, emb = config.block_out_channels, config.embed_dim
+        self.conv_in = nn.Conv2d(config.in_channels, chans[0], kernel_size=3, padding=1)
+        self.time_embed = nn.ModuleDict({"linear_1": nn.Linear(chans[0], emb), "linear_2": nn.Linear(emb, emb)})
+        if num_classes is not None:
+            self.class_embed = LabelEmbedder(num_classes, emb) if num_classes > 0 else None
+        self.vector_embed = nn.Linear(config.vector_dim, emb) if config.vector_dim > 0 else None
+
+        self.down, self.mid, self.up = build_pyramid(config, *levels)
+        self.norm_out = nn.GroupNorm(config.norm_groups, chans[0], eps=config.norm_eps)
+        self.conv_out = nn.Conv2d(chans[0], config.out_channels, kernel_size=3, padding=1)
+        self.initialize_weights()
+
+    def _time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        """The time embedding [B, E] of timesteps t [B]: sinusoidal features, Linear, SiLU, Linear."""
+        cfg = self.config
+        ch0 = cfg.block_out_channels[0]
+        freq = timestep_embedding(t, ch0, freq_shift=cfg.timestep_freq_shift)  # (B, ch_0) float32, [cos, sin]
+        if not cfg.timestep_cos_first:
+            half = ch0 // 2
+            freq = torch.cat([freq[:, half : 2 * half], freq[:, :half], freq[:, 2 * half :]], dim=1)  # [sin, cos]
+        linear_1, linear_2 = self.time_embed["linear_1"], self.time_embed["linear_2"]
+        return linear_2(F.silu(linear_1(freq.to(linear_1.weight.dtype))))  # (B, E)
+
+    def embed(self, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """The time embedding e [B, E] of timesteps t [B] (+ the projected ``vector`` of ``cond``)."""
+        return add_vector_embedding(self._time_embedding(t), cond, self.vector_embed)  # (B, E)
+
+    def sharding_units(self) -> list[nn.Module]:
+        """The blocks FSDP shards one by one (:mod:`diffkit.models.backbones.sharding`)."""
+        return unet_units(self)
+
+    def _run(self, module: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
+        """module(*args), recomputed in the backward pass under gradient checkpointing."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
+
+    def _resample(self, module: nn.Module, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """A down/upsample: a ResBlock resampling inside takes e (and is checkpointed), a resampler h alone."""
+        return self._run(module, h, e) if isinstance(module, ResBlock) else module(h)
+
+    def _attention_inputs(self, cond: Any, x: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """What every attention layer takes after h: nothing (self-attention)."""
+        return ()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
+        cfg, model = self.config, self.MODEL
+        x, x_dtype = input_in_weight_dtype(x, self.conv_in.weight, model=model)  # computed in the weights' dtype
+        x = concat_conditioning(x, cond, cfg.in_channels, model=model)  # (B, C_in, H, W): [x, concat]
+        if x.shape[2] % cfg.downsample_factor or x.shape[3] % cfg.downsample_factor:
+            raise ShapeError(
+                f"{model} input height and width must be multiples of {cfg.downsample_factor}, got {tuple(x.shape[2:])}"
+            )
+        extra = self._attention_inputs(cond, x)
+        e = self.embed(broadcast_timesteps(t, x.shape[0], x.device), cond)  # (B, E)
+
+        h = self.conv_in(x)  # (B, ch_0, H, W)
+        skips = [h]
+        for level in self.down:  # level ℓ: (B, ch_ℓ, H/2^ℓ, W/2^ℓ)
+            for i, resnet in enumerate(level.resnets):
+                h = self._run(resnet, h, e)
+                if len(level.attentions):
+                    h = self._run(level.attentions[i], h, *extra)
+                skips.append(h)
+            if level.downsample is not None:
+                h = self._resample(level.downsample, h, e)
+                skips.append(h)  # (B, ch_ℓ, H/2^(ℓ+1), W/2^(ℓ+1))
+
+        h = self._run(self.mid.resnets[0], h, e)  # (B, ch_{L−1}, H/2^(L−1), W/2^(L−1))
+        if self.mid.attention is not None:
+            h = self._run(self.mid.attention, h, *extra)
+        h = self._run(self.mid.resnets[1], h, e)
+
+        for level in self.up:  # level ℓ = L−1−i
+            for i, resnet in enumerate(level.resnets):
+                h = self._run(resnet, torch.cat([h, skips.pop()], dim=1), e)  # (B, ch_ℓ, ·, ·)
+                if len(level.attentions):
+                    h = self._run(level.attentions[i], h, *extra)
+            if level.upsample is not None:
+                h = self._resample(level.upsample, h, e)
+        out = self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
+        return out if x_dtype == self.conv_in.weight.dtype else out.to(x_dtype)
+
+
+class UNet(PyramidUNet):
     """DDPM/ADM UNet built from one :class:`UNetConfig`.
 
     ``forward(x, t, cond=None)``: x [B, C_in, H, W] with H, W multiples of 2^(levels−1); t [B]
@@ -399,35 +460,16 @@ class UNet(nn.Module):
     ``gradient_checkpointing`` (initialised from the config) may be switched on the module.
     """
 
-    def __init__(self, config: UNetConfig | None = None) -> None:
-        super().__init__()
-        config = UNetConfig() if config is None else config
-        if not isinstance(config, UNetConfig):
-            raise ConfigError(f"UNet takes a UNetConfig, got {type(config).__name__}")
-        self.config = config
-        self.gradient_checkpointing = config.gradient_checkpointing
-        chans, emb = config.block_out_channels, config.embed_dim
-        self.conv_in = nn.Conv2d(config.in_channels, chans[0], kernel_size=3, padding=1)
-        self.time_embed = nn.ModuleDict({"linear_1": nn.Linear(chans[0], emb), "linear_2": nn.Linear(emb, emb)})
-        self.class_embed = LabelEmbedder(config.num_classes, emb) if config.num_classes > 0 else None
-        self.vector_embed = nn.Linear(config.vector_dim, emb) if config.vector_dim > 0 else None
+    MODEL: ClassVar[str] = "UNet"
 
-        self.down, self.mid, self.up = build_pyramid(config, DownLevel, MidBlock, UpLevel)
-        self.norm_out = nn.GroupNorm(config.norm_groups, chans[0], eps=config.norm_eps)
-        self.conv_out = nn.Conv2d(chans[0], config.out_channels, kernel_size=3, padding=1)
-        self.initialize_weights()
+    def __init__(self, config: UNetConfig | None = None) -> None:
+        config = UNetConfig.resolve(config, "UNet")
+        super().__init__(config, (DownLevel, MidBlock, UpLevel), num_classes=config.num_classes)
 
     def initialize_weights(self) -> None:
         """DDPM/ADM: zero the last layer of every residual branch and the output convolution."""
-        for module in self.modules():
-            if isinstance(module, ResBlock):
-                nn.init.zeros_(module.conv2.weight)
-                nn.init.zeros_(module.conv2.bias)
-            elif isinstance(module, SpatialSelfAttention):
-                nn.init.zeros_(module.attn.proj.weight)
-                nn.init.zeros_(module.attn.proj.bias)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        branches = [m for m in self.modules() if isinstance(m, (ResBlock, SpatialSelfAttention))]
+        zero_init(*(m.conv2 if isinstance(m, ResBlock) else m.attn.proj for m in branches), self.conv_out)
 
     def readable_conditioning(self) -> set[str]:
         """The conditioning record fields this model reads."""
@@ -437,77 +479,12 @@ class UNet(nn.Module):
 
     def embed(self, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """The embedding e [B, E] of timesteps t [B] (+ the class embedding and vector of ``cond``)."""
-        cfg = self.config
-        freq = timestep_embedding(
-            t, cfg.block_out_channels[0], freq_shift=cfg.timestep_freq_shift
-        )  # (B, ch_0) float32, [cos, sin]
-        if not cfg.timestep_cos_first:
-            half = cfg.block_out_channels[0] // 2
-            freq = torch.cat([freq[:, half : 2 * half], freq[:, :half], freq[:, 2 * half :]], dim=1)  # [sin, cos]
-        linear_1, linear_2 = self.time_embed["linear_1"], self.time_embed["linear_2"]
-        e = linear_2(F.silu(linear_1(freq.to(linear_1.weight.dtype))))  # (B, E)
+        e = self._time_embedding(t)  # (B, E)
         check_conditioning(cond, self.readable_conditioning(), model="UNet", tensor_field="labels")
         if self.class_embed is not None:
             labels = class_labels(cond, t.shape[0], self.class_embed.null_label, t.device)  # (B,)
             e = e + self.class_embed(labels)  # (B, E)
         return add_vector_embedding(e, cond, self.vector_embed)  # (B, E)
-
-    def sharding_units(self) -> list[nn.Module]:
-        """The blocks FSDP shards one by one (:mod:`diffkit.models.backbones.sharding`)."""
-        return unet_units(self)
-
-    def _run(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
-        """module(*args), recomputed in the backward pass under gradient checkpointing."""
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(module, *args, use_reentrant=False)
-        return module(*args)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
-        cfg = self.config
-        x, x_dtype = input_in_weight_dtype(x, self.conv_in.weight, model="UNet")  # computed in the weights' dtype
-        x = concat_conditioning(x, cond, cfg.in_channels, model="UNet")  # (B, C_in, H, W): [x, concat]
-        if x.shape[2] % cfg.downsample_factor or x.shape[3] % cfg.downsample_factor:
-            raise ShapeError(
-                f"UNet input height and width must be multiples of {cfg.downsample_factor}, got {tuple(x.shape[2:])}"
-            )
-        e = self.embed(_timesteps(t, x.shape[0], x.device), cond)  # (B, E)
-
-        h = self.conv_in(x)  # (B, ch_0, H, W)
-        skips = [h]
-        for level in self.down:  # level ℓ: (B, ch_ℓ, H/2^ℓ, W/2^ℓ)
-            for i, resnet in enumerate(level.resnets):
-                h = self._run(resnet, h, e)
-                if len(level.attentions):
-                    h = self._run(level.attentions[i], h)
-                skips.append(h)
-            if level.downsample is not None:
-                h = self._run(level.downsample, h, e) if cfg.resample == "resnet" else level.downsample(h)
-                skips.append(h)  # (B, ch_ℓ, H/2^(ℓ+1), W/2^(ℓ+1))
-
-        h = self._run(self.mid.resnets[0], h, e)  # (B, ch_{L−1}, H/2^(L−1), W/2^(L−1))
-        if self.mid.attention is not None:
-            h = self._run(self.mid.attention, h)
-        h = self._run(self.mid.resnets[1], h, e)
-
-        for level in self.up:  # level ℓ = L−1−i
-            for i, resnet in enumerate(level.resnets):
-                h = self._run(resnet, torch.cat([h, skips.pop()], dim=1), e)  # (B, ch_ℓ, ·, ·)
-                if len(level.attentions):
-                    h = self._run(level.attentions[i], h)
-            if level.upsample is not None:
-                h = self._run(level.upsample, h, e) if cfg.resample == "resnet" else level.upsample(h)
-        out = self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
-        return out if x_dtype == self.conv_in.weight.dtype else out.to(x_dtype)
-
-
-def _timesteps(t: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
-    """t as a [B] tensor on ``device``; a Python number or 0-d tensor is broadcast."""
-    t = torch.as_tensor(t, device=device)
-    if t.ndim == 0:
-        return t.expand(batch)
-    if t.shape != (batch,):
-        raise ShapeError(f"t must have shape [B] = [{batch}] (or be a scalar), got {tuple(t.shape)}")
-    return t
 
 
 # -- registry entry -------------------------------------------------------------------------
@@ -519,12 +496,8 @@ def build_unet(*, preset: str | None = None, **config: Any) -> UNet:
     ``build_unet(preset="ddpm-cifar10", num_classes=10)`` starts from a preset and changes
     fields; without ``preset`` the fields are :class:`UNetConfig`'s (defaults: DDPM CIFAR-10).
     """
-    cfg = UNetConfig.from_preset(preset, **config) if preset is not None else UNetConfig.from_dict(config)
-    return UNet(cfg)
+    return UNet(UNetConfig.build_config(preset, config))
 
 
 # An explicit signature so that `diffkit.build("backbone", "unet", ...)` can name the valid options.
-build_unet.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None)]
-    + [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default) for f in attrs.fields(UNetConfig)]
-)
+build_unet.__signature__ = UNetConfig.builder_signature()  # type: ignore[attr-defined]

@@ -44,22 +44,8 @@ from diffkit.models.conditioners.timestep import TimestepConditioner, TimestepCo
 from diffkit.models.conditioners.tokenizer import ByteTokenizer
 
 __all__ = [
-    "FIELDS",
-    "ByteTokenizer",
-    "ClassLabelConditioner",
-    "ClassLabelConfig",
-    "ConcatConditioner",
-    "ConcatConfig",
-    "Conditioner",
-    "Conditioning",
-    "TextConditioner",
-    "TextConfig",
-    "TextEncoder",
-    "TimestepConditioner",
-    "TimestepConfig",
-    "build_class_label",
-    "build_concat",
-    "build_text",
-    "build_timestep",
-    "masked_mean",
+    "FIELDS", "ByteTokenizer", "ClassLabelConditioner", "ClassLabelConfig", "ConcatConditioner",
+    "ConcatConfig", "Conditioner", "Conditioning", "TextConditioner", "TextConfig", "TextEncoder",
+    "TimestepConditioner", "TimestepConfig", "build_class_label", "build_concat", "build_text",
+    "build_timestep", "masked_mean",
 ]

@@ -17,13 +17,12 @@ import attrs
 import torch
 from torch import nn
 
-from diffkit.models.conditioners.record import Conditioning
 from diffkit.errors import ConfigError, ShapeError
-from diffkit.validators import is_integer, is_real
+from diffkit.models.conditioners.record import Conditioning
 
 # The field validators conditioner configs use live in diffkit.validators; these names stay
 # importable from here for plugins written against diffkit 0.1 (deprecated, one release).
-from diffkit.validators import int_at_least, positive_real  # noqa: F401
+from diffkit.validators import int_at_least, is_integer, is_real, positive_real  # noqa: F401
 from diffkit.validators import probability as drop_probability  # noqa: F401
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from diffkit.hookspecs import hookimpl
 from diffkit.models.conditioners.class_label import ClassLabelConfig, build_class_label
 from diffkit.models.conditioners.concat import ConcatConfig, build_concat
 from diffkit.models.conditioners.text import TextConfig, build_text
 from diffkit.models.conditioners.timestep import TimestepConfig, build_timestep
-from diffkit.hookspecs import hookimpl
 from diffkit.registry import Registrar
 
 

@@ -15,10 +15,10 @@ import attrs
 import torch
 from torch import nn
 
+from diffkit.errors import ConfigError, ShapeError
 from diffkit.models.conditioners.base import Conditioner, check_batch_list, check_batch_numbers, config_signature
 from diffkit.models.conditioners.record import Conditioning
 from diffkit.models.configs import ModelConfig
-from diffkit.errors import ConfigError, ShapeError
 from diffkit.validators import int_at_least, probability
 
 

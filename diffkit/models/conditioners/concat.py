@@ -17,10 +17,10 @@ from typing import Any
 import attrs
 import torch
 
+from diffkit.errors import ConfigError, ShapeError
 from diffkit.models.conditioners.base import Conditioner, config_signature
 from diffkit.models.conditioners.record import Conditioning
 from diffkit.models.configs import ModelConfig
-from diffkit.errors import ConfigError, ShapeError
 from diffkit.validators import int_at_least, is_integer, probability
 
 

@@ -22,12 +22,12 @@ from typing import Any
 import attrs
 import torch
 
+from diffkit.errors import ConfigError
 from diffkit.models.conditioners.base import Conditioner, check_batch_list, config_signature
 from diffkit.models.conditioners.record import Conditioning
 from diffkit.models.conditioners.text_encoder import TextEncoder, masked_mean
 from diffkit.models.conditioners.tokenizer import ByteTokenizer, WordTokenizer
 from diffkit.models.configs import ModelConfig
-from diffkit.errors import ConfigError
 from diffkit.validators import int_at_least, probability
 
 

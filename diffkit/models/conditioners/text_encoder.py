@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffkit.models.backbones.layers import Attention, FeedForward
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.models.backbones.layers import Attention, FeedForward
 
 FF_MULT = 4
 

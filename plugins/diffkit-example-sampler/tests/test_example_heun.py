@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from diffkit_example_sampler import heun
+
 import diffkit
 from diffkit.testing import SamplerContract, check_sampler
-from diffkit_example_sampler import heun
 
 
 class TestExampleHeun(SamplerContract):

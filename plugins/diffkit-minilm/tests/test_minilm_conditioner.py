@@ -8,14 +8,13 @@ import copy
 import socket
 from pathlib import Path
 
+import diffkit_minilm
 import pytest
 import torch
+from diffkit_minilm import HIDDEN_SIZE, MiniLMConditioner, MiniLMConfig, ModelFilesMissing, model_files
 
 import diffkit
-import diffkit_minilm
 from diffkit.errors import ConfigError, UnknownNameError
-from diffkit_minilm import HIDDEN_SIZE, MiniLMConditioner, MiniLMConfig, ModelFilesMissing
-from diffkit_minilm import model_files
 
 PROMPTS = ["a red circle", "", "two small blue squares in the top left corner", "A RED CIRCLE"]
 

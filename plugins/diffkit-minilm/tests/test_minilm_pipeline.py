@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffkit_minilm import HIDDEN_SIZE
 from safetensors import safe_open
 
 import diffkit
 from diffkit import registry
 from diffkit.errors import UnknownNameError
 from diffkit.pipeline import Pipeline, load_pipeline
-from diffkit_minilm import HIDDEN_SIZE
 
 CTX = 16
 LATENT_UNET = {

@@ -10,19 +10,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffkit.demos.digits import DigitsDataset, load_digits
-from diffkit.errors import ConfigError, ShapeError
+from diffkit.demos import judge_cache as cache_module
 from diffkit.demos.digits import (
     DigitsClassifier,
+    DigitsDataset,
     DigitsTrainingConfig,
     class_accuracy,
     digits_fid,
+    load_digits,
     load_or_train_digits_classifier,
     real_baseline_fid,
     train_digits_classifier,
 )
-from diffkit.demos import judge_cache as cache_module
 from diffkit.demos.digits import judge as digits_module
+from diffkit.errors import ConfigError, ShapeError
 
 QUICK_STEPS = 5  # for cache-mechanics tests, where the accuracy does not matter
 

@@ -13,16 +13,22 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from diffkit.demos.shapes import COLORS, POSITIONS, SHAPES, ShapesConfig, ShapesDataset, ShapeSpec, render
-from diffkit.errors import ConfigError, ShapeError
 from diffkit.demos.shapes import (
+    COLORS,
+    POSITIONS,
+    SHAPES,
     ShapeClassifier,
+    ShapesConfig,
+    ShapesDataset,
     ShapesEvaluator,
+    ShapeSpec,
     ShapeTrainingConfig,
     load_or_train_shape_classifier,
+    render,
     train_shape_classifier,
 )
 from diffkit.demos.shapes import judge as shapes_metrics
+from diffkit.errors import ConfigError, ShapeError
 
 QUICK_STEPS = 3  # for cache-mechanics tests, where the accuracy does not matter
 

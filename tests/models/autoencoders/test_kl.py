@@ -10,14 +10,14 @@ import pytest
 import torch
 
 import diffkit
-from diffkit.models.autoencoders import (
-    KL_PRESETS,
-    DiagonalGaussian,
-    KLAutoencoder,
-    KLConfig,
-)
-from diffkit.io.diffusers.kl import config_from_diffusers, convert_diffusers_state_dict, kl_from_diffusers, load_diffusers_kl
 from diffkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError
+from diffkit.io.diffusers.kl import (
+    config_from_diffusers,
+    convert_diffusers_state_dict,
+    kl_from_diffusers,
+    load_diffusers_kl,
+)
+from diffkit.models.autoencoders import KL_PRESETS, DiagonalGaussian, KLAutoencoder, KLConfig
 
 TINY = KLConfig(block_out_channels=(8, 16, 16), layers_per_block=1, latent_channels=3, norm_num_groups=4)
 

@@ -13,8 +13,13 @@ import torch
 import torch.nn.functional as F
 
 import diffkit
-from diffkit.errors import CheckpointError
-from diffkit.io.diffusers.dit import config_from_diffusers, convert_diffusers_state_dict, dit_from_diffusers, load_diffusers_dit
+from diffkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError
+from diffkit.io.diffusers.dit import (
+    config_from_diffusers,
+    convert_diffusers_state_dict,
+    dit_from_diffusers,
+    load_diffusers_dit,
+)
 from diffkit.models.backbones import (
     DIT_PRESETS,
     Attention,
@@ -24,7 +29,6 @@ from diffkit.models.backbones import (
     sincos_position_embedding_2d,
     timestep_embedding,
 )
-from diffkit.errors import ConfigError, ShapeError, UnknownNameError
 
 TINY = DiTConfig(input_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=4, num_classes=10)
 

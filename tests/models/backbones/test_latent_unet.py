@@ -12,19 +12,14 @@ import pytest
 import torch
 
 import diffkit
+from diffkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError
 from diffkit.io.diffusers.latent_unet import (
     config_from_diffusers,
     convert_diffusers_state_dict,
     latent_unet_from_diffusers,
     load_diffusers_latent_unet,
 )
-from diffkit.models.backbones.latent_unet import (
-    PRESETS,
-    LatentUNet,
-    LatentUNetConfig,
-    cross_attention_context,
-)
-from diffkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError
+from diffkit.models.backbones.latent_unet import PRESETS, LatentUNet, LatentUNetConfig, cross_attention_context
 
 TINY = PRESETS["tiny"]
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import diffkit
+from diffkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError
 from diffkit.io.diffusers.unet import (
     config_from_diffusers,
     convert_diffusers_state_dict,
@@ -19,7 +20,6 @@ from diffkit.io.diffusers.unet import (
 )
 from diffkit.models.backbones.layers import Downsample2D, ResBlock, Upsample2D
 from diffkit.models.backbones.unet import PRESETS, UNet, UNetConfig
-from diffkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError
 
 # A tiny class-conditional UNet: 3 levels, attention at levels 1 and 2 and in the middle.
 TINY = UNetConfig(

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import diffkit
+from diffkit.errors import ConfigError, ShapeError
 from diffkit.models.backbones.dit import DiT, DiTConfig
 from diffkit.models.backbones.embeddings import class_labels
 from diffkit.models.backbones.latent_unet import PRESETS as LATENT_PRESETS
 from diffkit.models.backbones.latent_unet import LatentUNet, cross_attention_context
 from diffkit.models.backbones.unet import UNet, UNetConfig
 from diffkit.models.conditioners import Conditioning, TextConfig
-from diffkit.errors import ConfigError, ShapeError
 
 UNET = UNetConfig(
     sample_size=8,

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import diffkit
+from diffkit.errors import ConfigError
 from diffkit.models.backbones.unet import UNet, UNetConfig
 from diffkit.models.conditioners import Conditioning
-from diffkit.errors import ConfigError
 from diffkit.sampling.guidance import CFGDenoiser, batch_conditions
 
 

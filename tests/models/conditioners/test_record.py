@@ -6,8 +6,8 @@ import attrs
 import pytest
 import torch
 
-from diffkit.models.conditioners import FIELDS, Conditioning
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.models.conditioners import FIELDS, Conditioning
 
 
 def full(batch: int = 3) -> Conditioning:

@@ -8,13 +8,8 @@ import pytest
 import torch
 
 import diffkit
-from diffkit.models.conditioners import (
-    ClassLabelConditioner,
-    ClassLabelConfig,
-    ConcatConditioner,
-    TimestepConditioner,
-)
 from diffkit.errors import ConfigError, ShapeError, UnknownNameError
+from diffkit.models.conditioners import ClassLabelConditioner, ClassLabelConfig, ConcatConditioner, TimestepConditioner
 
 
 def test_registry_lists_and_builds_the_four_conditioners():

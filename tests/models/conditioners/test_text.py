@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import diffkit
+from diffkit.errors import ConfigError
 from diffkit.models.conditioners import ByteTokenizer, TextConditioner, TextConfig, masked_mean
 from diffkit.models.conditioners.tokenizer import BOS, EOS, PAD
-from diffkit.errors import ConfigError
 
 SMALL = TextConfig(width=32, depth=2, heads=4, max_length=24, context_dim=16, drop_prob=0.5)
 

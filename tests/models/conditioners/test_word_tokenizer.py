@@ -6,8 +6,15 @@ import pytest
 import torch
 
 import diffkit
-from diffkit.models.conditioners.tokenizer import WORD_BOS, WORD_EOS, WORD_PAD, WORD_UNK, WordTokenizer, build_vocabulary
 from diffkit.errors import ConfigError
+from diffkit.models.conditioners.tokenizer import (
+    WORD_BOS,
+    WORD_EOS,
+    WORD_PAD,
+    WORD_UNK,
+    WordTokenizer,
+    build_vocabulary,
+)
 
 CAPTIONS = ["a red circle on the left", "small blue square at the top", "The green triangle, right side"]
 

@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffkit.errors import ConfigError
 from diffkit.models.conditioners.base import Conditioner, check_batch_list, config_signature
 from diffkit.models.conditioners.record import Conditioning
 from diffkit.models.conditioners.text_encoder import masked_mean
-from diffkit.errors import ConfigError
 from diffkit_minilm.config import HIDDEN_SIZE, MiniLMConfig
 from diffkit_minilm.model_files import load_encoder, load_tokenizer, model_folder
 

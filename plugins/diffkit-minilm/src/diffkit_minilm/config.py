@@ -7,9 +7,9 @@ from typing import Any
 
 import attrs
 
-from diffkit.validators import int_at_least, probability
-from diffkit.models.configs import ModelConfig
 from diffkit.errors import ConfigError
+from diffkit.models.configs import ModelConfig
+from diffkit.validators import int_at_least, probability
 
 HIDDEN_SIZE = 384
 """The width of all-MiniLM-L6-v2's token states (checked against the model's config.json on load)."""
