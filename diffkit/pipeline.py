@@ -338,22 +338,10 @@ class Pipeline(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self,
-        n: int,
-        *,
-        cond: Any = None,
-        negative: Any = None,
-        steps: int | None = None,
-        guidance: float = 1.0,
-        guidance_rescale: float = 0.0,
-        generator: torch.Generator | int | Sequence[torch.Generator] | None = None,
-        callback: Callback | None = None,
-        sampler: str | None = None,
-        sampler_options: Mapping[str, Any] | None = None,
-        spacing: str | None = None,
-        decode: bool = True,
-        progress: bool = False,
-        precision: str = "auto",
+        self, n: int, *, cond: Any = None, negative: Any = None, steps: int | None = None, guidance: float = 1.0,
+        guidance_rescale: float = 0.0, generator: torch.Generator | int | Sequence[torch.Generator] | None = None,
+        callback: Callback | None = None, sampler: str | None = None, sampler_options: Mapping[str, Any] | None = None,
+        spacing: str | None = None, decode: bool = True, progress: bool = False, precision: str = "auto",
     ) -> torch.Tensor:
         """``n`` samples [n, C, H, W] (images in about [−1, 1], or latents with ``decode=False``).
 

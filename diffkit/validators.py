@@ -54,14 +54,8 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int
 
 
 def check_real(
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    finite: bool = True,
+    name: str, value: Any, *, low: float | None = None, high: float | None = None,
+    low_open: bool = False, high_open: bool = False, finite: bool = True,
 ) -> float:
     """``value`` as a ``float`` when it is a real number (not a bool) in the range.
 
@@ -100,11 +94,7 @@ def int_at_least(minimum: int, *, at_most: int | None = None) -> Validator:
 
 
 def real_in(
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
+    low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False,
     finite: bool = True,
 ) -> Validator:
     """attrs validator: a real number (not a bool) in the range (see :func:`check_real`)."""

@@ -25,6 +25,7 @@ from diffkit import registry
 from diffkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError
 from diffkit.pipeline import Pipeline, load_pipeline
 from diffkit.training.objectives import Objective
+from tests.model_helpers import perturb
 
 K = 3  # classes of the class-conditional pipelines
 CTX = 16  # context width of the text conditioner and the latent UNet
@@ -51,15 +52,6 @@ KL = {  # one downsampling (f = 2): 16×16×1 images ↔ 8×8×2 latents
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def perturb(module: torch.nn.Module, seed: int, scale: float = 0.1) -> torch.nn.Module:
-    """Add N(0, scale²) to every parameter (moves zero-initialised output layers off zero)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
-    return module
-
-
 def class_pipeline(seed: int = 0, **changes: Any) -> Pipeline:
     """unet + class_label (K classes), v-prediction on the cosine schedule, weights perturbed."""
     options = {
@@ -70,7 +62,7 @@ def class_pipeline(seed: int = 0, **changes: Any) -> Pipeline:
         "default_steps": 4,
         **changes,
     }
-    return perturb(Pipeline(**options), seed)
+    return perturb(Pipeline(**options), scale=0.1, seed=seed)
 
 
 def text_pipeline(seed: int = 0, **changes: Any) -> Pipeline:
@@ -82,7 +74,7 @@ def text_pipeline(seed: int = 0, **changes: Any) -> Pipeline:
         "default_steps": 4,
         **changes,
     }
-    return perturb(Pipeline(**options), seed)
+    return perturb(Pipeline(**options), scale=0.1, seed=seed)
 
 
 def latent_pipeline(seed: int = 0, **changes: Any) -> Pipeline:
@@ -94,8 +86,8 @@ def latent_pipeline(seed: int = 0, **changes: Any) -> Pipeline:
         **changes,
     }
     pipe = Pipeline(**options)
-    perturb(pipe.backbone, seed)
-    perturb(pipe.autoencoder, seed + 1, scale=0.02)
+    perturb(pipe.backbone, scale=0.1, seed=seed)
+    perturb(pipe.autoencoder, scale=0.02, seed=seed + 1)
     return pipe
 
 
@@ -134,7 +126,7 @@ def _dit_learned_sigma() -> tuple[Pipeline, Any]:
         sampler="ddpm", sampler_options={"variance": "learned"}, default_steps=4,
     )
     assert pipe.learned_variance  # DiT's learn_sigma: 2C output channels
-    return perturb(pipe, 3), [1, 1, 0]
+    return perturb(pipe, scale=0.1, seed=3), [1, 1, 0]
 
 
 def _latent_kl() -> tuple[Pipeline, Any]:

@@ -1,6 +1,7 @@
-"""A cache of small judge networks (the digits and shape classifiers): trained once, then read.
+"""Small judge networks (the digits and shape classifiers): how they train, how they run over
+many images, and their cache — trained once, then read.
 
-An entry is ``<stem>-<key>.safetensors`` + ``<stem>-<key>.json`` in the cache folder
+A cache entry is ``<stem>-<key>.safetensors`` + ``<stem>-<key>.json`` in the cache folder
 (``$DIFFKIT_CACHE``, else ``~/.cache/diffkit``). The key hashes everything the weights depend
 on, so a change to the training config, the network or the data trains anew. Both files are
 written atomically and carry one random save id, so a pair from two different saves is
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import uuid
 import warnings
@@ -21,9 +23,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from diffkit.errors import ConfigError
 from diffkit.io.atomic import write_atomic
+from diffkit.validators import is_integer
 
 CACHE_ENV = "DIFFKIT_CACHE"
 _SAVE_ID_KEY = "diffkit_save_id"
@@ -54,21 +59,53 @@ def one_cpu_thread(device: torch.device | str) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def train_judge(
+    make: Callable[[], Module], batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], *,
+    seed: int, steps: int, lr: float, device: torch.device | str,
+) -> Module:
+    """``make()``'s network trained as a classifier, returned in eval mode.
+
+    Its initial weights come from ``torch.manual_seed(seed)`` (the global RNG is left as it was);
+    each of the ``steps`` steps takes ``batch()`` = (images, labels int64 [B]), and Adam at ``lr``
+    with a cosine decay to 0 minimises the cross-entropy, on one CPU thread (:func:`one_cpu_thread`).
+    """
+    with one_cpu_thread(device):
+        with torch.random.fork_rng(devices=[]):  # initial weights from the seed, global RNG untouched
+            torch.manual_seed(seed)
+            model = make()
+        model.to(device).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        for step in range(steps):
+            for group in optimizer.param_groups:  # cosine decay lr·½(1 + cos(π·step/steps))
+                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+            images, labels = batch()
+            loss = F.cross_entropy(model(images.to(device)), labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return model.eval()
+
+
+@torch.no_grad()
+def batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int,
+            device: torch.device | str | None = None) -> torch.Tensor:
+    """``fn`` over ``images`` in slices of ``batch_size`` (each moved to ``device`` if given), concatenated; no grad."""
+    if not is_integer(batch_size) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return torch.cat([fn(images[i : i + batch_size].to(device)) for i in range(0, images.shape[0], batch_size)])
+
+
 def cache_key(record: Mapping[str, Any]) -> str:
     """A short hash of a JSON-ready record of everything the weights depend on."""
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_or_train(
-    *,
-    stem: str,
-    record: Mapping[str, Any],
-    make: Callable[[], Module],
-    train: Callable[[], Module],
-    cache_dir: str | os.PathLike[str] | None = None,
-    what: str,
+    *, stem: str, record: Mapping[str, Any], make: Callable[[], Module], train: Callable[[], Module],
+    cache_dir: str | os.PathLike[str] | None = None, what: str, device: torch.device | str = "cpu",
 ) -> Module:
-    """The cached module for ``record`` (built by ``make``), or ``train()``'s, then cached."""
+    """The cached module for ``record`` (built by ``make``), or ``train()``'s, then cached; returned
+    on ``device`` in eval mode."""
     key = cache_key(record)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     weights = folder / f"{stem}-{key}.safetensors"
@@ -80,7 +117,7 @@ def load_or_train(
             _write(model, weights, meta, {"key": key, **record})
         except OSError as exc:
             warnings.warn(f"could not cache the {what} in {folder} ({exc})", stacklevel=3)
-    return model
+    return model.to(device).eval()
 
 
 def _read(weights: Path, meta: Path, key: str, make: Callable[[], Module], stem: str) -> Module | None:

@@ -19,7 +19,8 @@ from diffkit.distributed.context import (
 )
 from diffkit.distributed.parallel import DataParallel, TrainingForward
 
-__all__ = [
-    "DataParallel", "DistributedContext", "DistributedError", "TrainingForward", "check_divisible",
-    "context_from_environment", "init_distributed", "launched_by_torchrun", "shutdown_distributed",
+__all__ = [  # the torchrun environment; the process group and its checks; the model wrappers
+    "DistributedContext", "context_from_environment", "launched_by_torchrun",
+    "init_distributed", "shutdown_distributed", "DistributedError", "check_divisible",
+    "DataParallel", "TrainingForward",
 ]

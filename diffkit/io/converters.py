@@ -225,6 +225,15 @@ def stacked_shapes(plan: Plan, shapes: Mapping[str, tuple[int, ...]]) -> dict[st
     return expected
 
 
+def remap(
+    module: Callable[[Any], nn.Module], config: Any, sources: Callable[[str], tuple[str, ...]]
+) -> tuple[Plan, dict[str, tuple[int, ...]]]:
+    """(plan, expected diffusers shapes) of ``module(config)``: each diffkit key is made of ``sources(key)``."""
+    shapes = meta_shapes(module, config)
+    plan = {key: sources(key) for key in shapes}
+    return plan, stacked_shapes(plan, shapes)
+
+
 def stack_weights(
     state_dict: Mapping[str, torch.Tensor], plan: Plan, expected: Mapping[str, tuple[int, ...]], *, what: str
 ) -> dict[str, torch.Tensor]:

@@ -21,32 +21,27 @@ from typing import Any
 import torch
 
 from diffkit.samplers.common import (
-    Callback,
-    Denoiser,
-    Generator,
-    NoiseSampler,
     ancestral_loop,
     ancestral_sigmas,
-    check_eta,
-    check_s_noise,
+    check_eta_s_noise,
     default_noise_sampler,
     denoise,
     float32_state,
     report,
     sigma_levels,
 )
+from diffkit.samplers.contract import Callback, Denoiser, Generator, NoiseSampler
 
 
 def check_ancestral(eta: float, s_noise: float) -> tuple[float, float]:
     """The options of :func:`euler_ancestral` and :func:`dpmpp_2s_ancestral`: η and s_noise, finite ≥ 0."""
-    return check_eta(eta), check_s_noise(s_noise)
+    return check_eta_s_noise(eta, s_noise)
 
 
 @float32_state
 def euler_ancestral(
-    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
-    cond: Any = None, generator: Generator = None, callback: Callback | None = None,
-    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Any = None, generator: Generator = None,
+    callback: Callback | None = None, eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
 ) -> torch.Tensor:
     """Ancestral sampling with Euler steps (k-diffusion ``sample_euler_ancestral``).
 
@@ -74,9 +69,8 @@ def euler_ancestral(
 
 @float32_state
 def dpmpp_2s_ancestral(
-    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
-    cond: Any = None, generator: Generator = None, callback: Callback | None = None,
-    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Any = None, generator: Generator = None,
+    callback: Callback | None = None, eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2S) ancestral (k-diffusion ``sample_dpmpp_2s_ancestral``), two D per step.
 

@@ -22,37 +22,44 @@ from diffkit_reference import ode_samplers as ode_reference
 from diffkit_reference import samplers as reference
 from diffkit_reference import stochastic_samplers as stochastic_reference
 
+# (name, sampler, the check of its options, its float64 numpy twin, order, paper), by family; the
+# orders of the stochastic samplers are at η = 0
+_DDPM_DDIM = (
+    ("ddim", ddim, check_eta, reference.ddim_sample, 1, "Song et al. 2021"),
+    ("ddpm", ddpm, check_variance, reference.ddpm_sample, 1, "Ho et al. 2020"),
+)
+# single-step ODE solvers with EDM's churn options
+_EDM_SOLVERS = (
+    ("euler", euler, check_churn, ode_reference.edm_euler_sample, 1, "Karras et al. 2022, Alg. 2 (Euler step)"),
+    ("heun", heun, check_churn, ode_reference.edm_heun_sample, 2, "Karras et al. 2022, Alg. 2"),
+    ("dpm2", dpm2, check_churn, ode_reference.dpm2_sample, 2,
+     "Lu et al. 2022, DPM-Solver-2 (k-diffusion's log-σ midpoint)"),
+)
+# multistep ODE solvers: linear multistep in σ, then exponential integrators in λ = −log σ (data prediction)
+_MULTISTEP_SOLVERS = (
+    ("lms", lms, check_order, ode_reference.lms_sample, 4,
+     "Adams-Bashforth on the σ grid, k-diffusion sample_lms (Crowson 2022)"),
+    ("dpmpp_2m", dpmpp_2m, None, multistep_reference.dpmpp_2m_sample, 2, "Lu et al. 2022, DPM-Solver++ Alg. 2 (2M)"),
+    ("dpmpp_3m", dpmpp_3m, check_dpmpp_3m, multistep_reference.dpmpp_3m_sample, 3,
+     "Lu et al. 2022, DPM-Solver++(3M) (multistep, third order)"),
+    ("unipc", unipc, check_unipc, multistep_reference.unipc_sample, 3,
+     "Zhao et al. 2023, UniPC-p (UniP-p + UniC-p, B(h) = bh2), order p + 1"),
+)
+# ancestral and SDE samplers (noise from noise_sampler, e.g. a Brownian tree)
+_STOCHASTIC_SAMPLERS = (
+    ("euler_ancestral", euler_ancestral, check_ancestral, stochastic_reference.euler_ancestral_sample, 1,
+     "Karras et al. 2022 / k-diffusion sample_euler_ancestral (Crowson 2022)"),
+    ("dpmpp_2s_ancestral", dpmpp_2s_ancestral, check_ancestral, stochastic_reference.dpmpp_2s_ancestral_sample, 2,
+     "Lu et al. 2022, DPM-Solver++ Alg. 1 (2S, r = 1/2) with ancestral noise"),
+    ("dpmpp_2m_sde", dpmpp_2m_sde, check_dpmpp_2m_sde, stochastic_reference.dpmpp_2m_sde_sample, 2,
+     "Lu et al. 2022, DPM-Solver++(2M) SDE (k-diffusion sample_dpmpp_2m_sde)"),
+    ("dpmpp_3m_sde", dpmpp_3m_sde, check_dpmpp_3m_sde, stochastic_reference.dpmpp_3m_sde_sample, 3,
+     "Lu et al. 2022, DPM-Solver++(3M) SDE (k-diffusion sample_dpmpp_3m_sde)"),
+)
+
 
 @hookimpl
 def diffkit_register_samplers(samplers: Registrar) -> None:
-    samplers.add("ddim", ddim, check=check_eta, reference=reference.ddim_sample, order=1, paper="Song et al. 2021")
-    samplers.add("ddpm", ddpm, check=check_variance, reference=reference.ddpm_sample, order=1, paper="Ho et al. 2020")
-    # single-step and linear-multistep ODE solvers (EDM churn options on the single-step ones)
-    samplers.add("euler", euler, check=check_churn, reference=ode_reference.edm_euler_sample, order=1,
-                 paper="Karras et al. 2022, Alg. 2 (Euler step)")
-    samplers.add("heun", heun, check=check_churn, reference=ode_reference.edm_heun_sample, order=2,
-                 paper="Karras et al. 2022, Alg. 2")
-    samplers.add("dpm2", dpm2, check=check_churn, reference=ode_reference.dpm2_sample, order=2,
-                 paper="Lu et al. 2022, DPM-Solver-2 (k-diffusion's log-σ midpoint)")
-    samplers.add("lms", lms, check=check_order, reference=ode_reference.lms_sample, order=4,
-                 paper="Adams-Bashforth on the σ grid, k-diffusion sample_lms (Crowson 2022)")
-    # exponential-integrator multistep solvers in λ = −log σ (data prediction)
-    samplers.add("dpmpp_2m", dpmpp_2m, reference=multistep_reference.dpmpp_2m_sample, order=2,
-                 paper="Lu et al. 2022, DPM-Solver++ Alg. 2 (2M)")
-    samplers.add("dpmpp_3m", dpmpp_3m, check=check_dpmpp_3m, reference=multistep_reference.dpmpp_3m_sample,
-                 order=3, paper="Lu et al. 2022, DPM-Solver++(3M) (multistep, third order)")
-    samplers.add("unipc", unipc, check=check_unipc, reference=multistep_reference.unipc_sample, order=3,
-                 paper="Zhao et al. 2023, UniPC-p (UniP-p + UniC-p, B(h) = bh2), order p + 1")
-    # ancestral and SDE samplers (noise from noise_sampler, e.g. a Brownian tree; orders are at η = 0)
-    samplers.add("euler_ancestral", euler_ancestral, check=check_ancestral,
-                 reference=stochastic_reference.euler_ancestral_sample, order=1,
-                 paper="Karras et al. 2022 / k-diffusion sample_euler_ancestral (Crowson 2022)")
-    samplers.add("dpmpp_2s_ancestral", dpmpp_2s_ancestral, check=check_ancestral,
-                 reference=stochastic_reference.dpmpp_2s_ancestral_sample, order=2,
-                 paper="Lu et al. 2022, DPM-Solver++ Alg. 1 (2S, r = 1/2) with ancestral noise")
-    samplers.add("dpmpp_2m_sde", dpmpp_2m_sde, check=check_dpmpp_2m_sde,
-                 reference=stochastic_reference.dpmpp_2m_sde_sample, order=2,
-                 paper="Lu et al. 2022, DPM-Solver++(2M) SDE (k-diffusion sample_dpmpp_2m_sde)")
-    samplers.add("dpmpp_3m_sde", dpmpp_3m_sde, check=check_dpmpp_3m_sde,
-                 reference=stochastic_reference.dpmpp_3m_sde_sample, order=3,
-                 paper="Lu et al. 2022, DPM-Solver++(3M) SDE (k-diffusion sample_dpmpp_3m_sde)")
+    for family in (_DDPM_DDIM, _EDM_SOLVERS, _MULTISTEP_SOLVERS, _STOCHASTIC_SAMPLERS):
+        for name, sampler, check, twin, order, paper in family:
+            samplers.add(name, sampler, check=check, reference=twin, order=order, paper=paper)

@@ -3,6 +3,7 @@
 Samplers work in σ form: x = x0 + σ·ε (Karras et al. 2022), x of shape [B, ...].
 The σ sequence is read once into Python floats (float64), so no step needs a
 device→host sync to branch on σ, and step coefficients are computed in float64.
+The contract's types (``Denoiser``, ``Generator``, …) live in :mod:`diffkit.samplers.contract`.
 """
 
 from __future__ import annotations
@@ -10,18 +11,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 from diffkit.errors import ConfigError, ShapeError
+from diffkit.samplers.contract import Callback, Denoiser, Generator, NoiseSampler
 from diffkit.validators import check_flag, is_integer, is_real  # noqa: F401 (check_flag, is_integer: re-exported)
-
-Denoiser = Callable[..., torch.Tensor]
-Generator = Union[torch.Generator, Sequence[torch.Generator], None]
-NoiseSampler = Callable[[float, float], torch.Tensor]
-Callback = Callable[[dict[str, Any]], None]
-
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed keeps 64 bits
@@ -167,13 +163,13 @@ def check_s_noise(s_noise: float) -> float:
     return float(s_noise)
 
 
+def check_eta_s_noise(eta: float, s_noise: float) -> tuple[float, float]:
+    """The options of the ancestral and SDE samplers: η and s_noise, each a finite number ≥ 0."""
+    return check_eta(eta), check_s_noise(s_noise)
+
 
 def report(
-    callback: Callback | None,
-    x: torch.Tensor,
-    i: int,
-    sigma: float,
-    denoised: torch.Tensor,
+    callback: Callback | None, x: torch.Tensor, i: int, sigma: float, denoised: torch.Tensor,
     sigma_hat: float | None = None,
 ) -> None:
     """Call the per-step callback with k-diffusion's keys (x, i, sigma, sigma_hat, denoised).
@@ -207,15 +203,8 @@ StepRule = Callable[[float, float], "tuple[float, float]"]
 
 
 def ancestral_loop(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor | Sequence[float],
-    rule: StepRule,
-    *,
-    cond: Any,
-    generator: Generator,
-    callback: Callback | None,
-    noise_sampler: NoiseSampler | None,
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor | Sequence[float], rule: StepRule, *,
+    cond: Any, generator: Generator, callback: Callback | None, noise_sampler: NoiseSampler | None,
 ) -> torch.Tensor:
     """The loop shared by ancestral samplers: per step σ → σ',
 

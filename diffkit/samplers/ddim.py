@@ -17,16 +17,8 @@ from typing import Any
 
 import torch
 
-from diffkit.samplers.common import (
-    Callback,
-    Denoiser,
-    Generator,
-    NoiseSampler,
-    ancestral_loop,
-    ancestral_sigmas,
-    check_eta,
-    float32_state,
-)
+from diffkit.samplers.common import ancestral_loop, ancestral_sigmas, check_eta, float32_state
+from diffkit.samplers.contract import Callback, Denoiser, Generator, NoiseSampler
 
 
 @float32_state

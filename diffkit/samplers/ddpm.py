@@ -26,10 +26,6 @@ import torch
 
 from diffkit.errors import ConfigError, ShapeError, check_choice
 from diffkit.samplers.common import (
-    Callback,
-    Denoiser,
-    Generator,
-    NoiseSampler,
     ancestral_loop,
     default_noise_sampler,
     float32_state,
@@ -37,6 +33,7 @@ from diffkit.samplers.common import (
     sigma_batch,
     sigma_levels,
 )
+from diffkit.samplers.contract import Callback, Denoiser, Generator, NoiseSampler
 
 VARIANCES = ("small", "large", "learned")
 

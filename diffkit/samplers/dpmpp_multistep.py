@@ -30,16 +30,8 @@ from typing import Any
 
 import torch
 
-from diffkit.samplers.common import (
-    Callback,
-    Denoiser,
-    Generator,
-    check_flag,
-    denoise,
-    float32_state,
-    report,
-    sigma_levels,
-)
+from diffkit.samplers.common import check_flag, denoise, float32_state, report, sigma_levels
+from diffkit.samplers.contract import Callback, Denoiser, Generator
 
 # diffusers' rule for `lower_order_final`: below this many steps the last steps drop order.
 LOWER_ORDER_FINAL_BELOW = 15
@@ -116,15 +108,8 @@ def advance(x: torch.Tensor, ratio: float, weights: Sequence[float], values: Seq
 
 
 def _dpmpp_multistep(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor | Sequence[float],
-    *,
-    max_order: int,
-    lower_order_final: bool,
-    taylor: bool,
-    cond: Any,
-    callback: Callback | None,
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor | Sequence[float], *,
+    max_order: int, lower_order_final: bool, taylor: bool, cond: Any, callback: Callback | None,
 ) -> torch.Tensor:
     """The DPM-Solver++ multistep loop shared by :func:`dpmpp_2m` and :func:`dpmpp_3m`."""
     levels = sigma_levels(sigmas)  # float64 Python floats, read once
@@ -155,6 +140,12 @@ def _dpmpp_multistep(
     return x
 
 
+def check_dpmpp_3m(lower_order_final: bool, match_dpm_solver_code: bool) -> None:
+    """:func:`dpmpp_3m`'s options: two flags."""
+    check_flag("lower_order_final", lower_order_final)
+    check_flag("match_dpm_solver_code", match_dpm_solver_code)
+
+
 @float32_state
 def dpmpp_2m(
     denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
@@ -169,12 +160,6 @@ def dpmpp_2m(
     return _dpmpp_multistep(
         denoiser, x, sigmas, max_order=2, lower_order_final=False, taylor=True, cond=cond, callback=callback
     )
-
-
-def check_dpmpp_3m(lower_order_final: bool, match_dpm_solver_code: bool) -> None:
-    """:func:`dpmpp_3m`'s options: two flags."""
-    check_flag("lower_order_final", lower_order_final)
-    check_flag("match_dpm_solver_code", match_dpm_solver_code)
 
 
 @float32_state
@@ -199,12 +184,6 @@ def dpmpp_3m(
     """
     check_dpmpp_3m(lower_order_final, match_dpm_solver_code)
     return _dpmpp_multistep(
-        denoiser,
-        x,
-        sigmas,
-        max_order=3,
-        lower_order_final=lower_order_final,
-        taylor=not match_dpm_solver_code,
-        cond=cond,
-        callback=callback,
+        denoiser, x, sigmas, max_order=3, lower_order_final=lower_order_final, taylor=not match_dpm_solver_code,
+        cond=cond, callback=callback,
     )

@@ -26,19 +26,15 @@ import torch
 
 from diffkit.errors import check_choice
 from diffkit.samplers.common import (
-    Callback,
-    Denoiser,
-    Generator,
-    NoiseSampler,
-    check_eta,
+    check_eta_s_noise,
     check_flag,
-    check_s_noise,
     default_noise_sampler,
     denoise,
     float32_state,
     report,
     sigma_levels,
 )
+from diffkit.samplers.contract import Callback, Denoiser, Generator, NoiseSampler
 from diffkit.samplers.dpmpp_multistep import phi
 
 SOLVER_TYPES = ("midpoint", "heun")
@@ -47,13 +43,13 @@ SOLVER_TYPES = ("midpoint", "heun")
 def check_dpmpp_2m_sde(eta: float, s_noise: float, solver_type: str) -> tuple[float, float]:
     """:func:`dpmpp_2m_sde`'s options: η and s_noise finite ≥ 0, a solver type of :data:`SOLVER_TYPES`."""
     check_choice("solver_type", solver_type, SOLVER_TYPES)
-    return check_eta(eta), check_s_noise(s_noise)
+    return check_eta_s_noise(eta, s_noise)
 
 
 def check_dpmpp_3m_sde(eta: float, s_noise: float, match_dpm_solver_code: bool) -> tuple[float, float]:
     """:func:`dpmpp_3m_sde`'s options: η and s_noise finite ≥ 0, a flag."""
     check_flag("match_dpm_solver_code", match_dpm_solver_code)
-    return check_eta(eta), check_s_noise(s_noise)
+    return check_eta_s_noise(eta, s_noise)
 
 
 def _sde_weights(
@@ -95,19 +91,9 @@ def _sde_weights(
 
 
 def _dpmpp_sde(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor | Sequence[float],
-    *,
-    max_order: int,
-    eta: float,
-    s_noise: float,
-    solver_type: str,
-    taylor: bool,
-    cond: Any,
-    generator: Generator,
-    callback: Callback | None,
-    noise_sampler: NoiseSampler | None,
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor | Sequence[float], *,
+    max_order: int, eta: float, s_noise: float, solver_type: str, taylor: bool,
+    cond: Any, generator: Generator, callback: Callback | None, noise_sampler: NoiseSampler | None,
 ) -> torch.Tensor:
     """The loop shared by :func:`dpmpp_2m_sde` and :func:`dpmpp_3m_sde` (orders 1, 2, … up to max_order)."""
     levels = sigma_levels(sigmas)  # Python floats: coefficients in float64, no device sync per step

@@ -35,18 +35,8 @@ from typing import Any
 import torch
 
 from diffkit.errors import ConfigError
-from diffkit.samplers.common import (
-    Callback,
-    Denoiser,
-    Generator,
-    NoiseSampler,
-    default_noise_sampler,
-    denoise,
-    float32_state,
-    report,
-    sigma_levels,
-    to_d,
-)
+from diffkit.samplers.common import default_noise_sampler, denoise, float32_state, report, sigma_levels, to_d
+from diffkit.samplers.contract import Callback, Denoiser, Generator, NoiseSampler
 from diffkit.validators import check_real
 
 MAX_GAMMA = math.sqrt(2.0) - 1.0  # EDM caps γ so that σ̂ ≤ √2·σ: at most doubling the variance

@@ -21,7 +21,8 @@ import torch
 from numpy.polynomial import Polynomial
 
 from diffkit.errors import ConfigError
-from diffkit.samplers.common import Callback, Denoiser, Generator, denoise, float32_state, report, sigma_levels, to_d
+from diffkit.samplers.common import denoise, float32_state, report, sigma_levels, to_d
+from diffkit.samplers.contract import Callback, Denoiser, Generator
 from diffkit.validators import is_integer
 
 

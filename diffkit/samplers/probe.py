@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-SamplerFn = Callable[..., torch.Tensor]
+from diffkit.samplers.contract import SamplerFn
 
 # The probe: the exact denoiser of x0 ~ N(0, s²·I) with s = 0.5, D(x, σ) = s²/(s² + σ²)·x, on a
 # geometric grid of 10 levels from 80 to 0.05 (then 0). Any sampler that draws noise draws some here.

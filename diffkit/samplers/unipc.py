@@ -30,16 +30,8 @@ from typing import Any
 import torch
 
 from diffkit.errors import ConfigError
-from diffkit.samplers.common import (
-    Callback,
-    Denoiser,
-    Generator,
-    check_flag,
-    denoise,
-    float32_state,
-    report,
-    sigma_levels,
-)
+from diffkit.samplers.common import check_flag, denoise, float32_state, report, sigma_levels
+from diffkit.samplers.contract import Callback, Denoiser, Generator
 from diffkit.samplers.dpmpp_multistep import advance, phi
 from diffkit.validators import is_integer
 

@@ -13,7 +13,8 @@ from diffkit.sampling.optimize import (
     reference_endpoint,
 )
 
-__all__ = [
-    "CFGDenoiser", "DEFAULT_SAMPLER", "EDMDenoiser", "PREDICTIONS", "ReferenceWarning", "SigmaOptimization",
-    "VPDenoiser", "optimize_sigmas", "optimize_sigmas_report", "reference_endpoint", "sample",
+__all__ = [  # by topic: drawing samples; denoisers and guidance; calibrating σ grids
+    "DEFAULT_SAMPLER", "sample",
+    "PREDICTIONS", "EDMDenoiser", "VPDenoiser", "CFGDenoiser",
+    "ReferenceWarning", "SigmaOptimization", "optimize_sigmas", "optimize_sigmas_report", "reference_endpoint",
 ]

@@ -313,13 +313,8 @@ def check_samples(
 
 
 def sigma_grid(
-    schedule: DiscreteSchedule | None,
-    *,
-    steps: int | None = None,
-    spacing: str | None = None,
-    spacing_options: Mapping[str, Any] | None = None,
-    steps_offset: int | None = None,
-    sigmas: Any = None,
+    schedule: DiscreteSchedule | None, *, steps: int | None = None, spacing: str | None = None,
+    spacing_options: Mapping[str, Any] | None = None, steps_offset: int | None = None, sigmas: Any = None,
     timesteps: Any = None,
 ) -> torch.Tensor:
     """The float64 CPU σ grid [N + 1] ``sample`` runs on, from exactly one of steps / sigmas / timesteps."""

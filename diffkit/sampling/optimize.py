@@ -56,14 +56,12 @@ import torch
 from diffkit import registry
 from diffkit.errors import ConfigError, UnknownNameError
 from diffkit.samplers.common import denoise
+from diffkit.samplers.contract import Callback, Denoiser, SamplerFn
 from diffkit.samplers.probe import accepts_keyword, is_stochastic
 from diffkit.schedules.base import DiscreteSchedule
 from diffkit.schedules.spacings import SIGMA_SPACINGS, SPACINGS, check_sigma_range, user_sigmas
 from diffkit.validators import is_integer
 
-Denoiser = Callable[..., torch.Tensor]
-SamplerFn = Callable[..., torch.Tensor]
-Callback = Callable[[dict[str, Any]], None]
 Start = str | torch.Tensor | Sequence[float]
 
 # The smallest log gap log(σ_i/σ_{i+1}) a move may leave, as a fraction of the mean log gap
@@ -119,18 +117,9 @@ class SigmaOptimization:
 
 
 def optimize_sigmas(
-    denoiser: Denoiser,
-    *,
-    sampler: str | SamplerFn,
-    steps: int,
-    schedule: str | DiscreteSchedule | None = None,
-    sigma_max: float | None = None,
-    sigma_min: float | None = None,
-    calibration: torch.Tensor,
-    reference_steps: int = 256,
-    sweeps: int = 4,
-    cond: Any = None,
-    initial: Start | Sequence[Start] | None = None,
+    denoiser: Denoiser, *, sampler: str | SamplerFn, steps: int, schedule: str | DiscreteSchedule | None = None,
+    sigma_max: float | None = None, sigma_min: float | None = None, calibration: torch.Tensor,
+    reference_steps: int = 256, sweeps: int = 4, cond: Any = None, initial: Start | Sequence[Start] | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """The ``steps``-step σ grid that minimises ``sampler``'s error from the ``calibration`` noises.
@@ -180,18 +169,9 @@ def optimize_sigmas(
 
 
 def optimize_sigmas_report(
-    denoiser: Denoiser,
-    *,
-    sampler: str | SamplerFn,
-    steps: int,
-    schedule: str | DiscreteSchedule | None = None,
-    sigma_max: float | None = None,
-    sigma_min: float | None = None,
-    calibration: torch.Tensor,
-    reference_steps: int = 256,
-    sweeps: int = 4,
-    cond: Any = None,
-    initial: Start | Sequence[Start] | None = None,
+    denoiser: Denoiser, *, sampler: str | SamplerFn, steps: int, schedule: str | DiscreteSchedule | None = None,
+    sigma_max: float | None = None, sigma_min: float | None = None, calibration: torch.Tensor,
+    reference_steps: int = 256, sweeps: int = 4, cond: Any = None, initial: Start | Sequence[Start] | None = None,
     callback: Callback | None = None,
 ) -> SigmaOptimization:
     """:func:`optimize_sigmas` with its report: the grid, the losses before and after, the cost."""

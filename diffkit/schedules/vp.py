@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import attrs
 import torch
@@ -10,12 +11,17 @@ import torch
 from diffkit.errors import ConfigError
 from diffkit.schedules import betas
 from diffkit.schedules.base import DiscreteSchedule, unit_interval
-from diffkit.validators import is_real
+from diffkit.validators import Validator, is_real
 
 
-def _ordered_range(instance: "LinearSchedule", attribute: attrs.Attribute, value: float) -> None:
-    if value <= instance.beta_start:
-        raise ConfigError(f"beta_end ({value}) must be greater than beta_start ({instance.beta_start})")
+def _greater_than(other: str) -> Validator:
+    """attrs validator: the field must exceed the field ``other`` (declared, so validated, before it)."""
+
+    def validate(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+        if value <= getattr(instance, other):
+            raise ConfigError(f"{attribute.name} ({value}) must be greater than {other} ({getattr(instance, other)})")
+
+    return validate
 
 
 @attrs.frozen(kw_only=True, slots=False)
@@ -23,7 +29,7 @@ class LinearSchedule(DiscreteSchedule):
     """Linear β from 1e-4 to 0.02 (DDPM, Ho et al. 2020)."""
 
     beta_start: float = attrs.field(default=1e-4, validator=unit_interval)
-    beta_end: float = attrs.field(default=0.02, validator=[unit_interval, _ordered_range])
+    beta_end: float = attrs.field(default=0.02, validator=[unit_interval, _greater_than("beta_start")])
 
     def raw_betas(self) -> torch.Tensor:
         return betas.linear_betas(self.num_train_timesteps, self.beta_start, self.beta_end)
@@ -34,7 +40,7 @@ class ScaledLinearSchedule(DiscreteSchedule):
     """Linear √β from 0.00085 to 0.012, squared (latent diffusion / Stable Diffusion)."""
 
     beta_start: float = attrs.field(default=0.00085, validator=unit_interval)
-    beta_end: float = attrs.field(default=0.012, validator=[unit_interval, _ordered_range])
+    beta_end: float = attrs.field(default=0.012, validator=[unit_interval, _greater_than("beta_start")])
 
     def raw_betas(self) -> torch.Tensor:
         return betas.scaled_linear_betas(self.num_train_timesteps, self.beta_start, self.beta_end)
@@ -61,22 +67,14 @@ def _finite_real(instance: object, attribute: attrs.Attribute, value: float) -> 
         raise ConfigError(f"{attribute.name} must be a finite real number, got {value!r}")
 
 
-def _above_low(instance: "SigmoidSchedule", attribute: attrs.Attribute, value: float) -> None:
-    _finite_real(instance, attribute, value)
-    if value <= instance.low:
-        raise ConfigError(f"high ({value}) must be greater than low ({instance.low})")
-
-
 @attrs.frozen(kw_only=True, slots=False)
 class SigmoidSchedule(DiscreteSchedule):
     """β = beta_start + (beta_end − beta_start)·sigmoid(linspace(−6, 6)) (GeoDiff, Xu et al. 2022)."""
 
     beta_start: float = attrs.field(default=1e-4, validator=unit_interval)
-    beta_end: float = attrs.field(default=0.02, validator=[unit_interval, _ordered_range])
+    beta_end: float = attrs.field(default=0.02, validator=[unit_interval, _greater_than("beta_start")])
     low: float = attrs.field(default=-6.0, validator=_finite_real)
-    high: float = attrs.field(default=6.0, validator=_above_low)
+    high: float = attrs.field(default=6.0, validator=[_finite_real, _greater_than("low")])
 
     def raw_betas(self) -> torch.Tensor:
-        return betas.sigmoid_betas(
-            self.num_train_timesteps, self.beta_start, self.beta_end, self.low, self.high
-        )
+        return betas.sigmoid_betas(self.num_train_timesteps, self.beta_start, self.beta_end, self.low, self.high)

@@ -29,7 +29,8 @@ from diffkit.testing.api import (
 from diffkit.testing.contract import SamplerContract, ScheduleContract, SpacingContract
 from diffkit.testing.report import CheckResult, Report
 
-__all__ = [
-    "SAMPLER_GROUPS", "SCHEDULE_GROUPS", "SPACING_GROUPS", "CheckResult", "Report", "SamplerContract",
-    "ScheduleContract", "SpacingContract", "check_sampler", "check_schedule", "check_spacing",
+__all__ = [  # by use: the checks and their groups; what they return; the pytest classes
+    "check_sampler", "check_schedule", "check_spacing", "SAMPLER_GROUPS", "SCHEDULE_GROUPS", "SPACING_GROUPS",
+    "Report", "CheckResult",
+    "SamplerContract", "ScheduleContract", "SpacingContract",
 ]

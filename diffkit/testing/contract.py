@@ -24,13 +24,21 @@ Each check group becomes its own test method (``test_reproducible``, ``test_accu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
-from diffkit.testing.api import resolve_schedule, run_sampler_group, run_schedule_group, run_spacing_group
+from diffkit.testing.api import (
+    SAMPLER_GROUPS,
+    SCHEDULE_GROUPS,
+    SPACING_GROUPS,
+    resolve_schedule,
+    run_sampler_group,
+    run_schedule_group,
+    run_spacing_group,
+)
 from diffkit.testing.report import CheckResult
-from diffkit.testing.spacing_checks import SpacingSubject, resolve_spacing
-from diffkit.testing.subject import SamplerSubject, resolve_sampler
+from diffkit.testing.spacing_checks import resolve_spacing
+from diffkit.testing.subject import resolve_sampler
 
 
 def _class_attribute(cls: type, name: str) -> Any:
@@ -51,7 +59,51 @@ def _assert_results(results: list[CheckResult]) -> None:
     assert not failures, "\n".join(r.format() for r in failures)
 
 
-class SamplerContract:
+def _group_test(group: str) -> Callable[[Any], None]:
+    """The test method of one check group: ``accuracy[mixture]`` becomes ``test_accuracy_mixture``."""
+
+    def test(self: _Contract) -> None:
+        _assert_results(self._run(group))
+
+    test.__name__ = "test_" + group.replace("[", "_").rstrip("]")
+    test.__doc__ = f"The {group!r} check group."
+    return test
+
+
+def _one_test_per_group(groups: Iterable[str]) -> Callable[[type], type]:
+    """Class decorator: a ``test_<group>`` method per check group, so a failure names the broken property."""
+
+    def add(cls: type) -> type:
+        for test in map(_group_test, groups):
+            test.__qualname__ = f"{cls.__qualname__}.{test.__name__}"
+            setattr(cls, test.__name__, test)
+        return cls
+
+    return add
+
+
+class _Contract:
+    """What the three contract classes share: the subject, resolved once per class from the class
+    attributes named in ``_attributes`` (in ``_resolve``'s order), and ``_run_group`` to check it."""
+
+    _attributes: ClassVar[tuple[str, ...]]
+    _resolve: ClassVar[Callable[..., Any]]
+    _run_group: ClassVar[Callable[[str, Any], list[CheckResult]]]
+
+    @classmethod
+    def _subject(cls) -> Any:
+        cached = vars(cls).get("_diffkit_subject")
+        if cached is None:
+            cached = cls._resolve(*(_class_attribute(cls, name) for name in cls._attributes))
+            cls._diffkit_subject = cached  # one subject per class: e.g. a sampler's kind is probed once
+        return cached
+
+    def _run(self, group: str) -> list[CheckResult]:
+        return type(self)._run_group(group, self._subject())
+
+
+@_one_test_per_group(SAMPLER_GROUPS)
+class SamplerContract(_Contract):
     """Base class: set ``sampler`` (name or function); optionally ``options``, ``order``, ``quick``."""
 
     sampler: ClassVar[Any]
@@ -59,78 +111,27 @@ class SamplerContract:
     order: ClassVar[float | None] = None
     quick: ClassVar[bool] = False
 
-    @classmethod
-    def _subject(cls) -> SamplerSubject:
-        cached = vars(cls).get("_diffkit_subject")
-        if cached is None:
-            cached = resolve_sampler(
-                _class_attribute(cls, "sampler"), _class_attribute(cls, "options"), _class_attribute(cls, "order")
-            )
-            cls._diffkit_subject = cached  # one subject per class: its kind is probed once
-        return cached
+    _attributes = ("sampler", "options", "order")
+    _resolve = staticmethod(resolve_sampler)
 
-    def _check(self, group: str) -> None:
-        _assert_results(run_sampler_group(group, self._subject(), quick=type(self).quick))
-
-    def test_shape_dtype_device(self) -> None:
-        self._check("shape_dtype_device")
-
-    def test_reproducible(self) -> None:
-        self._check("reproducible")
-
-    def test_batch_invariant(self) -> None:
-        self._check("batch_invariant")
-
-    def test_callback(self) -> None:
-        self._check("callback")
-
-    def test_finite_extremes(self) -> None:
-        self._check("finite_extremes")
-
-    def test_noise_sampler(self) -> None:
-        self._check("noise_sampler")
-
-    def test_accuracy_gaussian(self) -> None:
-        self._check("accuracy[gaussian]")
-
-    def test_accuracy_mixture(self) -> None:
-        self._check("accuracy[mixture]")
-
-    def test_reference_parity(self) -> None:
-        self._check("reference_parity")
+    def _run(self, group: str) -> list[CheckResult]:
+        return run_sampler_group(group, self._subject(), quick=type(self).quick)
 
 
-class ScheduleContract:
+@_one_test_per_group(SCHEDULE_GROUPS)
+class ScheduleContract(_Contract):
     """Base class: set ``schedule`` (name or object); optionally ``config`` for a name."""
 
     schedule: ClassVar[Any]
     config: ClassVar[Mapping[str, Any] | None] = None
 
-    @classmethod
-    def _built(cls) -> Any:
-        cached = vars(cls).get("_diffkit_schedule")
-        if cached is None:
-            cached, _ = resolve_schedule(_class_attribute(cls, "schedule"), _class_attribute(cls, "config"))
-            cls._diffkit_schedule = cached
-        return cached
-
-    def _check(self, group: str) -> None:
-        _assert_results(run_schedule_group(group, self._built()))
-
-    def test_alphas_cumprod(self) -> None:
-        self._check("alphas_cumprod")
-
-    def test_sigma_table(self) -> None:
-        self._check("sigma_table")
-
-    def test_sigmas_for(self) -> None:
-        self._check("sigmas_for")
-
-    def test_bad_steps(self) -> None:
-        self._check("bad_steps")
+    _attributes = ("schedule", "config")
+    _resolve = staticmethod(lambda schedule, config: resolve_schedule(schedule, config)[0])  # the object, not its label
+    _run_group = staticmethod(run_schedule_group)
 
 
-class SpacingContract:
+@_one_test_per_group(SPACING_GROUPS)
+class SpacingContract(_Contract):
     """Base class: set ``spacing`` (name or grid function); optionally ``options`` and, for a
     bare function placed at training timesteps, ``timesteps``."""
 
@@ -138,27 +139,6 @@ class SpacingContract:
     options: ClassVar[Mapping[str, Any] | None] = None
     timesteps: ClassVar[Any] = None
 
-    @classmethod
-    def _subject(cls) -> SpacingSubject:
-        cached = vars(cls).get("_diffkit_subject")
-        if cached is None:
-            cached = resolve_spacing(
-                _class_attribute(cls, "spacing"), _class_attribute(cls, "options"), _class_attribute(cls, "timesteps")
-            )
-            cls._diffkit_subject = cached
-        return cached
-
-    def _check(self, group: str) -> None:
-        _assert_results(run_spacing_group(group, self._subject()))
-
-    def test_grids(self) -> None:
-        self._check("grids")
-
-    def test_hits_sigma_max(self) -> None:
-        self._check("hits_sigma_max")
-
-    def test_timesteps(self) -> None:
-        self._check("timesteps")
-
-    def test_bad_steps(self) -> None:
-        self._check("bad_steps")
+    _attributes = ("spacing", "options", "timesteps")
+    _resolve = staticmethod(resolve_spacing)
+    _run_group = staticmethod(run_spacing_group)

@@ -10,9 +10,8 @@ import torch
 
 from diffkit import registry
 from diffkit.errors import ConfigError
+from diffkit.samplers.contract import SamplerFn
 from diffkit.samplers.probe import accepts_keyword, is_stochastic
-
-SamplerFn = Callable[..., torch.Tensor]
 
 
 class SamplerSubject:

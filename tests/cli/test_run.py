@@ -11,6 +11,7 @@ from PIL import Image
 from diffkit.cli.commands import main
 from diffkit.errors import ConfigError, UnknownNameError
 from diffkit.recipes import apply_overrides, get_recipe, recipe_names
+from tests.cli.runs import trained
 
 TINY = [
     "train.batch_size=16", "train.save_every=2", "train.sample_every=2", "train.warmup_steps=1",
@@ -20,9 +21,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--recipe", "digits", "--steps", "4", "--out", str(out), "--no-progress", *TINY]) == 0
-    return out
+    return trained(tmp_path_factory.mktemp("run"), "digits", 4, *TINY)
 
 
 def test_train_writes_checkpoints_grids_gifs_and_the_pipeline(trained_run):

@@ -19,7 +19,7 @@ from diffkit.errors import CheckpointError, UnknownNameError
 from diffkit.io.converters import DIFFUSERS_FORMATS, DiffusersConverter, converter_for
 from diffkit.io.diffusers import unet as diffusers_unet
 from diffkit.io.pretrained import load_pretrained
-from tests.io.test_pretrained import diffusers_model, diffusers_outputs, outputs
+from tests.io.test_pretrained import diffusers_model, outputs
 from tests.test_plugins import FakeEntryPoint, host, plugin_module
 
 LEGACY = "LegacyUNet2DModel"
@@ -77,7 +77,7 @@ def test_the_built_in_converters_are_registered_through_the_hook():
 def test_a_registered_converter_converts_a_diffusers_model_like_the_old_functions():
     theirs = diffusers_model("UNet2DModel")
     ours = diffkit.get("converter", "unet")(theirs)
-    for got, expected in zip(outputs(ours), diffusers_outputs(theirs)):
+    for got, expected in zip(outputs(ours), outputs(theirs)):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     old_name = diffusers_unet.unet_from_diffusers(theirs)
     assert all(torch.equal(a, b) for a, b in zip(old_name.state_dict().values(), ours.state_dict().values()))
@@ -97,7 +97,7 @@ def test_a_plugin_converter_makes_load_pretrained_read_its_format(plugin, tmp_pa
     theirs = _legacy_folder(tmp_path)
     ours = load_pretrained(tmp_path)
     assert type(ours).__name__ == "UNet"
-    for got, expected in zip(outputs(ours), diffusers_outputs(theirs)):
+    for got, expected in zip(outputs(ours), outputs(theirs)):
         assert expected.abs().max() > 0.1
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     entry = diffkit.get_entry("converter", "legacy_unet")

@@ -1,6 +1,7 @@
 """Saving and loading components: diffkit folders (round trip, atomic writes) and diffusers
-model folders (UNet2DModel, DiTTransformer2DModel / Transformer2DModel, AutoencoderKL), with
-the failure cases: pickle refused, corrupted files, non-fitting keys, unknown classes."""
+model folders (UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel / Transformer2DModel,
+AutoencoderKL), with the failure cases: pickle refused, corrupted files, non-fitting keys (in
+every converter too), unknown classes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from diffkit.io import components
 from diffkit.io.components import save_pretrained
 from diffkit.io.converters import DIFFUSERS_FORMATS
 from diffkit.io.pretrained import load_pretrained
+from tests.model_helpers import randomize, tiny_diffusers_dit
 
 # The converters' own tests' tiny configs (tests/models/backbones/test_dit.py, test_unet.py, tests/models/autoencoders/test_kl.py).
 TINY = {
@@ -33,33 +35,33 @@ TINY = {
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
-    """N(0, std²) parameters (norm scales around 1), so zero-initialised layers hide nothing."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g) * std
-            p.copy_(1 + noise if "norm" in name and name.endswith("weight") else noise)
-    return model.eval()
-
-
 def tiny(name: str, seed: int = 0) -> torch.nn.Module:
     kind, config = TINY[name]
-    return randomize(diffkit.build(kind, name, **config), seed=seed)
+    return randomize(diffkit.build(kind, name, **config), seed=seed).eval()
 
 
 def outputs(module: torch.nn.Module) -> list[torch.Tensor]:
-    """Deterministic outputs exercising every weight (encode μ, log σ² and decode for the VAE)."""
+    """Deterministic outputs exercising every weight (encode μ, log σ² and decode for the VAE) of a
+    diffkit component, or of a diffusers model on the same inputs (its outputs unwrapped)."""
+    theirs = type(module).__module__.startswith("diffusers.")
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         if hasattr(module, "decode"):
             x = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
             z = torch.randn(2, 3, 8, 8, generator=g)
-            posterior = module.encode(x)
-            return [posterior.mean, posterior.logvar, module.decode(z)]
-        size = module.config.input_size if hasattr(module.config, "input_size") else module.config.sample_size
-        x = torch.randn(2, module.config.in_channels, size, size, generator=g)
-        return [module(x, torch.tensor([3.0, 517.0]), torch.tensor([1, 4]))]
+            posterior, decoded = module.encode(x), module.decode(z)
+            if theirs:
+                posterior, decoded = posterior.latent_dist, decoded.sample
+            return [posterior.mean, posterior.logvar, decoded]
+        config = module.config
+        size = config.input_size if hasattr(config, "input_size") else config.sample_size
+        x = torch.randn(2, config.in_channels, size, size, generator=g)
+        t, labels = torch.tensor([3.0, 517.0]), torch.tensor([1, 4])
+        if not theirs:
+            return [module(x, t, labels)]
+        if hasattr(module, "transformer_blocks"):
+            return [module(x, t, labels).sample]
+        return [module(x, t, class_labels=labels).sample]
 
 
 def assert_same_outputs(a: torch.nn.Module, b: torch.nn.Module, atol: float = 0.0) -> None:
@@ -70,6 +72,23 @@ def assert_same_outputs(a: torch.nn.Module, b: torch.nn.Module, atol: float = 0.
 
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def damaged(state: dict[str, torch.Tensor], missing: str, unexpected: str, misshaped: str) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` without ``missing``, with ``unexpected`` added and ``misshaped`` of shape (7,)."""
+    state = {k: v.clone() for k, v in state.items()}
+    del state[missing]
+    state[unexpected] = torch.zeros(1)
+    state[misshaped] = torch.zeros(7)
+    return state
+
+
+def assert_lists_bad_keys(info, missing: str, unexpected: str, misshaped: str, expected_shape: tuple) -> None:
+    """The CheckpointError caught in ``info`` lists each key :func:`damaged` spoilt, one per line."""
+    message = str(info.value)
+    assert f"1 missing key(s):\n    {missing}" in message
+    assert f"1 unexpected key(s):\n    {unexpected}" in message
+    assert f"1 mis-shaped key(s):\n    {misshaped}: (7,), expected {expected_shape}" in message
 
 
 # -- diffkit folders ------------------------------------------------------------------------------
@@ -115,17 +134,11 @@ def test_missing_unexpected_and_misshaped_keys_are_listed(tmp_path):
 
     model = tiny("dit")
     save_pretrained(model, tmp_path)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    del state["blocks.1.attn.qkv.weight"]
-    state["blocks.0.extra.weight"] = torch.zeros(1)
-    state["final_layer.linear.bias"] = torch.zeros(7)
-    save_file(state, str(tmp_path / "model.safetensors"))
+    bad = ("blocks.1.attn.qkv.weight", "blocks.0.extra.weight", "final_layer.linear.bias")
+    save_file(damaged(model.state_dict(), *bad), str(tmp_path / "model.safetensors"))
     with pytest.raises(CheckpointError) as info:
         load_pretrained(tmp_path)
-    message = str(info.value)
-    assert "1 missing key(s):\n    blocks.1.attn.qkv.weight" in message
-    assert "1 unexpected key(s):\n    blocks.0.extra.weight" in message
-    assert "1 mis-shaped key(s):\n    final_layer.linear.bias: (7,), expected (32,)" in message
+    assert_lists_bad_keys(info, *bad, (32,))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "header", "empty"])
@@ -210,49 +223,35 @@ def test_newer_format_and_missing_weights_are_errors(tmp_path):
 # -- diffusers folders ----------------------------------------------------------------------------
 
 
+# Tiny diffusers models (randomized with seed 3 and this std); DiT's is tests.model_helpers.tiny_diffusers_dit.
+DIFFUSERS_TINY = {
+    "UNet2DModel": (
+        {"sample_size": 16, "block_out_channels": (16, 32), "layers_per_block": 1, "norm_num_groups": 8,
+         "attention_head_dim": 8, "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+         "up_block_types": ("AttnUpBlock2D", "UpBlock2D"), "num_class_embeds": 5},
+        0.05,
+    ),
+    "UNet2DConditionModel": (
+        {"sample_size": 8, "block_out_channels": (32, 64), "layers_per_block": 1, "cross_attention_dim": 32,
+         "attention_head_dim": 8, "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+         "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D")},
+        0.05,
+    ),
+    "AutoencoderKL": (
+        {"block_out_channels": (8, 16), "layers_per_block": 1, "latent_channels": 3, "norm_num_groups": 4,
+         "down_block_types": ("DownEncoderBlock2D",) * 2, "up_block_types": ("UpDecoderBlock2D",) * 2},
+        0.2,
+    ),
+}
+
+
 def diffusers_model(class_name: str) -> torch.nn.Module:
-    diffusers = pytest.importorskip("diffusers")
+    """The tiny randomized diffusers model of ``class_name``, in eval mode."""
     if class_name == "DiTTransformer2DModel":
-        model = diffusers.DiTTransformer2DModel(
-            num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
-            sample_size=8, patch_size=2, num_embeds_ada_norm=10,
-        )
-        randomize(model, seed=3)
-        state = model.state_dict()
-        with torch.no_grad():  # diffusers' per-block embedders: equal copies, as in converted DiT weights
-            for key, value in state.items():
-                if ".norm1.emb." in key:
-                    value.copy_(state["transformer_blocks.0." + key.split(".", 2)[2]])
-        return model
-    if class_name == "UNet2DModel":
-        model = diffusers.UNet2DModel(
-            sample_size=16, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
-            attention_head_dim=8, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-            up_block_types=("AttnUpBlock2D", "UpBlock2D"), num_class_embeds=5,
-        )
-        return randomize(model, seed=3, std=0.05)
-    model = diffusers.AutoencoderKL(
-        block_out_channels=(8, 16), layers_per_block=1, latent_channels=3, norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-    )
-    return randomize(model, seed=3)
-
-
-def diffusers_outputs(model: torch.nn.Module) -> list[torch.Tensor]:
-    """The same inputs as :func:`outputs`, through the diffusers model."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        if hasattr(model, "decode"):
-            x = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
-            z = torch.randn(2, 3, 8, 8, generator=g)
-            posterior = model.encode(x).latent_dist
-            return [posterior.mean, posterior.logvar, model.decode(z).sample]
-        size = model.config.sample_size
-        x = torch.randn(2, model.config.in_channels, size, size, generator=g)
-        t, labels = torch.tensor([3.0, 517.0]), torch.tensor([1, 4])
-        if hasattr(model, "transformer_blocks"):
-            return [model(x, t, labels).sample]
-        return [model(x, t, class_labels=labels).sample]
+        return tiny_diffusers_dit()
+    diffusers = pytest.importorskip("diffusers")
+    config, std = DIFFUSERS_TINY[class_name]
+    return randomize(getattr(diffusers, class_name)(**config), seed=3, std=std).eval()
 
 
 CLASSES = {"DiTTransformer2DModel": "dit", "UNet2DModel": "unet", "AutoencoderKL": "kl"}
@@ -266,7 +265,7 @@ def test_diffusers_folders_load_and_match(class_name, tmp_path):
     ours = load_pretrained(tmp_path)
     assert DIFFUSERS_FORMATS[class_name].name == CLASSES[class_name]
     assert type(ours).__name__ == {"dit": "DiT", "unet": "UNet", "kl": "KLAutoencoder"}[CLASSES[class_name]]
-    for got, expected in zip(outputs(ours), diffusers_outputs(theirs)):
+    for got, expected in zip(outputs(ours), outputs(theirs)):
         assert expected.abs().max() > 0.1
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     # ... and through a diffkit folder again, unchanged.
@@ -280,7 +279,7 @@ def test_transformer2dmodel_with_dit_settings_loads(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "_class_name": "Transformer2DModel"}))
     ours = load_pretrained(tmp_path)
-    torch.testing.assert_close(outputs(ours)[0], diffusers_outputs(theirs)[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(outputs(ours)[0], outputs(theirs)[0], rtol=0, atol=1e-5)
 
 
 def test_sharded_diffusers_weights(tmp_path):
@@ -288,7 +287,7 @@ def test_sharded_diffusers_weights(tmp_path):
     theirs.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "diffusion_pytorch_model.safetensors.index.json").exists()
     assert len(list(tmp_path.glob("*.safetensors"))) > 1
-    for got, expected in zip(outputs(load_pretrained(tmp_path)), diffusers_outputs(theirs)):
+    for got, expected in zip(outputs(load_pretrained(tmp_path)), outputs(theirs)):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
@@ -299,7 +298,7 @@ def test_pickle_weights_are_refused_unless_allowed(tmp_path):
     with pytest.raises(CheckpointError, match=r"only pickle weights \(diffusion_pytorch_model\.bin\).*allow_pickle=True"):
         load_pretrained(tmp_path)
     ours = load_pretrained(tmp_path, allow_pickle=True)
-    torch.testing.assert_close(outputs(ours)[0], diffusers_outputs(theirs)[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(outputs(ours)[0], outputs(theirs)[0], rtol=0, atol=1e-5)
 
 
 class _Payload:
@@ -375,7 +374,7 @@ def test_pipeline_folder_names_its_components(tmp_path):
     assert "vae (AutoencoderKL → autoencoder 'kl')" in message and "subfolder='vae'" in message
     assert "tokenizer" not in message
     ours = load_pretrained(tmp_path, subfolder="vae")
-    torch.testing.assert_close(outputs(ours)[2], diffusers_outputs(theirs)[2], rtol=0, atol=1e-5)
+    torch.testing.assert_close(outputs(ours)[2], outputs(theirs)[2], rtol=0, atol=1e-5)
 
 
 def test_diffusers_weight_variant(tmp_path):
@@ -385,7 +384,7 @@ def test_diffusers_weight_variant(tmp_path):
     with pytest.raises(CheckpointError, match=r"looked for diffusion_pytorch_model\.safetensors"):
         load_pretrained(tmp_path)
     ours = load_pretrained(tmp_path, variant="fp16")
-    torch.testing.assert_close(outputs(ours)[0], diffusers_outputs(theirs)[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(outputs(ours)[0], outputs(theirs)[0], rtol=0, atol=1e-5)
 
 
 def test_unet2dcondition_model_once_its_converter_is_listed(tmp_path):
@@ -393,13 +392,7 @@ def test_unet2dcondition_model_once_its_converter_is_listed(tmp_path):
     with diffusers in the converter's own tests; here: the folder loads and round-trips)."""
     if "UNet2DConditionModel" not in DIFFUSERS_FORMATS:
         pytest.skip("no UNet2DConditionModel converter listed in diffkit.io.DIFFUSERS_FORMATS yet")
-    diffusers = pytest.importorskip("diffusers")
-    theirs = diffusers.UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
-        attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    )
-    randomize(theirs, seed=3, std=0.05).save_pretrained(tmp_path / "unet")
+    diffusers_model("UNet2DConditionModel").save_pretrained(tmp_path / "unet")
     ours = load_pretrained(tmp_path / "unet")
     assert type(ours) is type(diffkit.build("backbone", "latent_unet", **ours.config.to_dict()))
     save_pretrained(ours, tmp_path / "diffkit")
@@ -407,6 +400,29 @@ def test_unet2dcondition_model_once_its_converter_is_listed(tmp_path):
     assert again.config == ours.config
     for key, value in ours.state_dict().items():
         assert torch.equal(again.state_dict()[key], value)
+
+
+# One missing, one unexpected and one mis-shaped key in the tiny model of each diffusers class, and the
+# shape its converter expects for the mis-shaped one.
+BAD_KEYS = {
+    "DiTTransformer2DModel": ("transformer_blocks.1.attn1.to_k.weight", "transformer_blocks.0.attn1.extra.weight",
+                              "proj_out_2.bias", (32,)),
+    "UNet2DModel": ("down_blocks.1.attentions.0.to_k.weight", "mid_block.attentions.0.extra.weight", "conv_out.bias",
+                    (3,)),
+    "UNet2DConditionModel": ("down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+                             "mid_block.attentions.0.extra.weight", "conv_out.bias", (4,)),
+    "AutoencoderKL": ("encoder.mid_block.attentions.0.to_k.weight", "decoder.up_blocks.0.extra.weight",
+                      "quant_conv.bias", (6,)),
+}
+
+
+@pytest.mark.parametrize("class_name", list(BAD_KEYS))
+def test_every_converter_lists_missing_unexpected_and_misshaped_keys(class_name):
+    theirs, converter = diffusers_model(class_name), DIFFUSERS_FORMATS[class_name]
+    *bad, expected_shape = BAD_KEYS[class_name]
+    with pytest.raises(CheckpointError) as info:
+        converter.convert_state_dict(damaged(theirs.state_dict(), *bad), converter.config_from_diffusers(theirs.config))
+    assert_lists_bad_keys(info, *bad, expected_shape)
 
 
 # -- weights of the wrong type or not finite, and arguments checked before reading ----------------------

@@ -64,17 +64,10 @@ def test_errors():
 @pytest.mark.parametrize(
     "T, steps, spacing, offset",
     [
-        (10, 3, "leading", 0),
-        (10, 3, "trailing", 0),
-        (10, 3, "linspace", 0),
-        (1000, 50, "leading", 1),
-        (1000, 3, "leading", 0),
-        (1000, 3, "trailing", 0),
-        (1000, 7, "trailing", 0),
-        (1000, 30, "trailing", 0),
-        (1000, 50, "trailing", 0),
-        (1000, 7, "linspace", 0),
-        (1000, 50, "linspace", 0),
+        (10, 3, "leading", 0), (10, 3, "trailing", 0), (10, 3, "linspace", 0),
+        (1000, 50, "leading", 1), (1000, 3, "leading", 0),
+        (1000, 3, "trailing", 0), (1000, 7, "trailing", 0), (1000, 30, "trailing", 0), (1000, 50, "trailing", 0),
+        (1000, 7, "linspace", 0), (1000, 50, "linspace", 0),
         (1000, 1000, "trailing", 0),
     ],
 )

@@ -699,41 +699,37 @@ for _key, _values in _SAMPLE_VALUES.items():
             train(f"sample.{_key}={_value}"), names=(f"sample.{_key}",),
         )
 
-for _slug, _value, _names in [
-    ("sampler", "pipeline.sampler=nosuch", ("nosuch",)),
-    ("parameterization", "pipeline.parameterization=z", ("parameterization",)),
-    ("schedule", "pipeline.schedule=nosuch", ("nosuch",)),
-    ("schedule_config_5", 'pipeline.schedule=["cosine", 5]', ("schedule",)),
-    ("schedule_5", "pipeline.schedule=5", ("schedule",)),
-    ("schedule_bogus_option", 'pipeline.schedule=["cosine", {"bogus": 1}]', ("bogus",)),
-    ("schedule_timesteps_0", 'pipeline.schedule=["linear", {"num_train_timesteps": 0}]', ("num_train_timesteps",)),
-    ("default_steps_0", "pipeline.default_steps=0", ("default_steps",)),
-    ("objective_bogus", 'pipeline.objective={"weighting": "bogus"}', ("bogus",)),
-    ("objective_string", 'pipeline.objective="x"', ("objective",)),
-    ("classes_0", 'pipeline.conditioner=["class_label", {"num_classes": 0}]', ("num_classes",)),
-    ("conditioner_unknown", 'pipeline.conditioner=["nosuch", {}]', ("nosuch",)),
-    ("backbone_unknown", "pipeline.backbone=nosuch", ("nosuch",)),
+for _slug, _setting, _names in [
+    ("sampler", "sampler=nosuch", ("nosuch",)), ("parameterization", "parameterization=z", ("parameterization",)),
+    ("schedule", "schedule=nosuch", ("nosuch",)), ("schedule_config_5", 'schedule=["cosine", 5]', ("schedule",)),
+    ("schedule_5", "schedule=5", ("schedule",)),
+    ("schedule_bogus_option", 'schedule=["cosine", {"bogus": 1}]', ("bogus",)),
+    ("schedule_timesteps_0", 'schedule=["linear", {"num_train_timesteps": 0}]', ("num_train_timesteps",)),
+    ("default_steps_0", "default_steps=0", ("default_steps",)),
+    ("objective_bogus", 'objective={"weighting": "bogus"}', ("bogus",)),
+    ("objective_string", 'objective="x"', ("objective",)),
+    ("classes_0", 'conditioner=["class_label", {"num_classes": 0}]', ("num_classes",)),
+    ("conditioner_unknown", 'conditioner=["nosuch", {}]', ("nosuch",)),
+    ("backbone_unknown", "backbone=nosuch", ("nosuch",)),
 ]:
+    _value = f"pipeline.{_setting}"
     case(f"pipeline.{_slug}", TRAIN, _value, train(_value), names=_names)
 
-for _slug, _value, _names in [
-    ("channels_empty", "backbones.unet.block_out_channels=[]", ("block_out_channels",)),
-    ("channels_zero", "backbones.unet.block_out_channels=[0]", ("block_out_channels",)),
-    ("channels_text", "backbones.unet.block_out_channels=x", ("block_out_channels",)),
-    ("channels_negative", "backbones.unet.block_out_channels=[-32,64]", ("block_out_channels",)),
-    ("norm_groups_7", "backbones.unet.norm_groups=7", ("norm_groups",)),
-    ("norm_groups_0", "backbones.unet.norm_groups=0", ("norm_groups",)),
-    ("sample_size_0", "backbones.unet.sample_size=0", ("sample_size",)),
-    ("sample_size_16", "backbones.unet.sample_size=16 (the data are 8×8)", ("16",)),
-    ("layers_0", "backbones.unet.layers_per_block=0", ("layers_per_block",)),
-    ("in_channels_3", "backbones.unet.in_channels=3 (the data have 1 channel)", ("3",)),
-    ("out_channels_3", "backbones.unet.out_channels=3", ("3",)),
-    ("attention_level_5", "backbones.unet.attention_levels=[5]", ("attention",)),
-    ("dropout_2", "backbones.unet.dropout=2", ("dropout",)),
-    ("unknown_key", "backbones.unet.foo=1", ("foo",)),
+for _slug, _setting, _names in [
+    ("channels_empty", "block_out_channels=[]", ("block_out_channels",)),
+    ("channels_zero", "block_out_channels=[0]", ("block_out_channels",)),
+    ("channels_text", "block_out_channels=x", ("block_out_channels",)),
+    ("channels_negative", "block_out_channels=[-32,64]", ("block_out_channels",)),
+    ("norm_groups_7", "norm_groups=7", ("norm_groups",)), ("norm_groups_0", "norm_groups=0", ("norm_groups",)),
+    ("sample_size_0", "sample_size=0", ("sample_size",)),
+    ("sample_size_16", "sample_size=16 (the data are 8×8)", ("16",)),
+    ("layers_0", "layers_per_block=0", ("layers_per_block",)),
+    ("in_channels_3", "in_channels=3 (the data have 1 channel)", ("3",)), ("out_channels_3", "out_channels=3", ("3",)),
+    ("attention_level_5", "attention_levels=[5]", ("attention",)),
+    ("dropout_2", "dropout=2", ("dropout",)), ("unknown_key", "foo=1", ("foo",)),
 ]:
-    _override = _value.split(" (")[0]
-    case(f"backbones.unet.{_slug}", TRAIN, _value, train(_override), names=_names)
+    _value = f"backbones.unet.{_setting}"
+    case(f"backbones.unet.{_slug}", TRAIN, _value, train(_value.split(" (")[0]), names=_names)
 
 case("backbones.dit.patch_3", TRAIN, "--backbone dit backbones.dit.patch_size=3 (8 is not a multiple)",
      train("--backbone", "dit", "backbones.dit.patch_size=3"), names=("patch_size",))
@@ -741,26 +737,18 @@ case("backbones.dit.heads_3", TRAIN, "--backbone dit backbones.dit.num_heads=3 (
      train("--backbone", "dit", "backbones.dit.num_heads=3"), names=("num_heads",))
 
 for _slug, _value, _names in [
-    ("size_0", "data.size=0", ("data.size",)),
-    ("size_text", "data.size=x", ("data.size",)),
-    ("size_16", "data.size=16 (the UNet is built for 8×8)", ("16",)),
-    ("name_unknown", "data.name=nosuch", ("nosuch",)),
+    ("size_0", "data.size=0", ("data.size",)), ("size_text", "data.size=x", ("data.size",)),
+    ("size_16", "data.size=16 (the UNet is built for 8×8)", ("16",)), ("name_unknown", "data.name=nosuch", ("nosuch",)),
     ("folder_missing_root", "data.name=folder", ("data.root",)),
 ]:
     case(f"data.{_slug}", TRAIN, _value, train(_value.split(" (")[0]), names=_names)
 
 for _slug, _value, _names in [
-    ("empty_key", "=5", ()),
-    ("no_equals", "train.steps", ("train.steps",)),
-    ("double_dot", "train..steps=1", ()),
-    ("into_value", "train.steps.x=1", ("train.steps",)),
-    ("leading_dot", ".steps=1", ()),
-    ("trailing_dot", "train.=1", ()),
-    ("unknown_section", "nosuch.x=1", ("nosuch",)),
-    ("typo_key", "train.stpes=4", ("stpes",)),
-    ("section_to_value", "train=5", ("train",)),
-    ("section_to_list", "pipeline=[]", ("pipeline",)),
-    ("section_to_null", "data=null", ("data",)),
+    ("empty_key", "=5", ()), ("no_equals", "train.steps", ("train.steps",)), ("double_dot", "train..steps=1", ()),
+    ("into_value", "train.steps.x=1", ("train.steps",)), ("leading_dot", ".steps=1", ()),
+    ("trailing_dot", "train.=1", ()), ("unknown_section", "nosuch.x=1", ("nosuch",)),
+    ("typo_key", "train.stpes=4", ("stpes",)), ("section_to_value", "train=5", ("train",)),
+    ("section_to_list", "pipeline=[]", ("pipeline",)), ("section_to_null", "data=null", ("data",)),
     ("prompts_on_digits", 'sample.prompts=["a 7"]', ("prompts",)),
 ]:
     case(f"override.{_slug}", TRAIN, f"override {_value!r}", train(_value), names=_names)
@@ -995,32 +983,21 @@ case("sample.from_symlink_loop", SAMPLE, "--from a symlink that points to itself
 case("sample.from_empty_string", SAMPLE, "--from '' (the working directory, holding a run)", sample(src=""), setup=run())
 case("sample.from_nul", SAMPLE, "--from with a NUL byte", sample(src="R\x00"), setup=run())
 for _slug, _args, _names in [
-    ("n_0", ["--n", "0"], ("--n",)),
-    ("n_negative", ["--n", "-1"], ("--n",)),
-    ("n_1e8", ["--n", "100000000"], ("100000000",)),
-    ("n_text", ["--n", "x"], ("--n",)),
-    ("seed_2_70", ["--seed", str(2**70)], ("seed",)),
-    ("seed_negative", ["--seed", "-1"], ("seed",)),
-    ("steps_0", ["--steps", "0"], ("--steps",)),
-    ("steps_negative", ["--steps", "-2"], ("--steps",)),
-    ("steps_5000", ["--steps", "5000"], ("steps",)),
-    ("sampler_unknown", ["--sampler", "nosuch"], ("nosuch",)),
-    ("class_10", ["--class", "10"], ("10",)),
-    ("class_negative", ["--class", "-1"], ("-1",)),
+    ("n_0", ["--n", "0"], ("--n",)), ("n_negative", ["--n", "-1"], ("--n",)),
+    ("n_1e8", ["--n", "100000000"], ("100000000",)), ("n_text", ["--n", "x"], ("--n",)),
+    ("seed_2_70", ["--seed", str(2**70)], ("seed",)), ("seed_negative", ["--seed", "-1"], ("seed",)),
+    ("steps_0", ["--steps", "0"], ("--steps",)), ("steps_negative", ["--steps", "-2"], ("--steps",)),
+    ("steps_5000", ["--steps", "5000"], ("steps",)), ("sampler_unknown", ["--sampler", "nosuch"], ("nosuch",)),
+    ("class_10", ["--class", "10"], ("10",)), ("class_negative", ["--class", "-1"], ("-1",)),
     ("prompt_on_class_pipeline", ["--prompt", "a seven"], ("prompt",)),
     ("prompt_and_class", ["--prompt", "a seven", "--class", "7"], ("--class",)),
     ("negative_on_class_pipeline", ["--negative", "blurry", "--guidance", "2"], ("negative",)),
-    ("guidance_nan", ["--guidance", "nan"], ("guidance",)),
-    ("guidance_inf", ["--guidance", "inf"], ("guidance",)),
+    ("guidance_nan", ["--guidance", "nan"], ("guidance",)), ("guidance_inf", ["--guidance", "inf"], ("guidance",)),
     ("guidance_negative", ["--guidance", "-1"], ("guidance",)),
-    ("guidance_1e30", ["--guidance", "1e30"], ("guidance",)),
-    ("precision_bf17", ["--precision", "bf17"], ("bf17",)),
-    ("out_folder", ["--out", "D"], ("D",)),
-    ("out_proc", ["--out", "/proc/diffkit-reliability.png"], ("/proc",)),
-    ("out_jpg", ["--out", "s.jpg"], ("png",)),
-    ("out_no_extension", ["--out", "s"], ("png",)),
-    ("out_empty", ["--out", ""], ()),
-    ("out_nul", ["--out", "s\x00.png"], ()),
+    ("guidance_1e30", ["--guidance", "1e30"], ("guidance",)), ("precision_bf17", ["--precision", "bf17"], ("bf17",)),
+    ("out_folder", ["--out", "D"], ("D",)), ("out_proc", ["--out", "/proc/diffkit-reliability.png"], ("/proc",)),
+    ("out_jpg", ["--out", "s.jpg"], ("png",)), ("out_no_extension", ["--out", "s"], ("png",)),
+    ("out_empty", ["--out", ""], ()), ("out_nul", ["--out", "s\x00.png"], ()),
     ("out_parent_is_file", ["--out", "f/s.png"], ("f",)),
 ]:
     _setup = chain(run(), mkdir("D"), write("f", "x"))
@@ -1037,10 +1014,8 @@ case("sample.out_read_only_folder", SAMPLE, "--out into a read-only folder", sam
 _P = sample(src="P")
 _PJ = "P/pipeline.json"
 for _slug, _what, _damage in [
-    ("list", "pipeline.json holds []", write(_PJ, "[]")),
-    ("null", "pipeline.json holds null", write(_PJ, "null")),
-    ("string", 'pipeline.json holds "x"', write(_PJ, '"x"')),
-    ("number", "pipeline.json holds 5", write(_PJ, "5")),
+    ("list", "pipeline.json holds []", write(_PJ, "[]")), ("null", "pipeline.json holds null", write(_PJ, "null")),
+    ("string", 'pipeline.json holds "x"', write(_PJ, '"x"')), ("number", "pipeline.json holds 5", write(_PJ, "5")),
     ("empty_object", "pipeline.json holds {}", write(_PJ, "{}")),
     ("truncated", "pipeline.json truncated", truncate(_PJ)),
     ("not_utf8", "pipeline.json not UTF-8", write(_PJ, b"\xff\xfe{\x00\x81")),
@@ -1127,8 +1102,7 @@ for _slug, _what, _damage in [
     ("all_nan", "every backbone weight NaN", tensors(_W, lambda v: {k: t * math.nan for k, t in v.items()})),
     ("truncated", "backbone weights truncated", truncate(_W)),
     ("garbage", "backbone weights random bytes", write(_W, garbage(4096, seed=1))),
-    ("empty", "backbone weights an empty file", write(_W, b"")),
-    ("missing", "backbone weights deleted", remove(_W)),
+    ("empty", "backbone weights an empty file", write(_W, b"")), ("missing", "backbone weights deleted", remove(_W)),
     ("fifo", "backbone weights a FIFO", fifo(_W)),
     ("header_2_60", "safetensors header length 2**60", write(_W, safetensors_bytes(b"{}", length=2**60))),
     ("offsets_beyond", "a tensor's data_offsets beyond the file", write(_W, safetensors_bytes(
@@ -1157,10 +1131,8 @@ _BUILD_NAMES = {
     "class_label_drop_2": ("drop_prob",),
 }
 for _slug, _args, _config in [
-    ("kind_unknown", ("nosuchkind", "x"), {}),
-    ("kind_number", (5, "x"), {}),
-    ("sampler_unknown", ("sampler", "nosuch"), {}),
-    ("sampler_bogus_option", ("sampler", "unipc"), {"bogus": 1}),
+    ("kind_unknown", ("nosuchkind", "x"), {}), ("kind_number", (5, "x"), {}),
+    ("sampler_unknown", ("sampler", "nosuch"), {}), ("sampler_bogus_option", ("sampler", "unipc"), {"bogus": 1}),
     ("schedule_bogus_option", ("schedule", "linear"), {"bogus": 1}),
     ("timesteps_0", ("schedule", "linear"), {"num_train_timesteps": 0}),
     ("timesteps_negative", ("schedule", "linear"), {"num_train_timesteps": -5}),
@@ -1194,23 +1166,16 @@ _PIPELINE_NAMES = {
     "conditioner_unknown": ("nosuch",), "sampler_options_bogus": ("bogus",),
 }
 for _slug, _kwargs in [
-    ("backbone_number", {"backbone": 5}),
-    ("backbone_unknown", {"backbone": "nosuch"}),
+    ("backbone_number", {"backbone": 5}), ("backbone_unknown", {"backbone": "nosuch"}),
     ("backbone_config_number", {"backbone": ("unet", 5)}),
-    ("backbone_bogus_option", {"backbone": ("unet", {**TINY_UNET, "bogus": 1})}),
-    ("schedule_number", {"schedule": 5}),
-    ("schedule_unknown", {"schedule": "nosuch"}),
-    ("sampler_unknown", {"sampler": "nosuch"}),
-    ("sampler_number", {"sampler": 5}),
-    ("parameterization", {"parameterization": "z"}),
-    ("default_steps_0", {"default_steps": 0}),
-    ("sample_shape_negative", {"sample_shape": (1, -8, 8)}),
-    ("sample_shape_text", {"sample_shape": "abc"}),
-    ("sample_shape_2d", {"sample_shape": (1, 8)}),
+    ("backbone_bogus_option", {"backbone": ("unet", {**TINY_UNET, "bogus": 1})}), ("schedule_number", {"schedule": 5}),
+    ("schedule_unknown", {"schedule": "nosuch"}), ("sampler_unknown", {"sampler": "nosuch"}),
+    ("sampler_number", {"sampler": 5}), ("parameterization", {"parameterization": "z"}),
+    ("default_steps_0", {"default_steps": 0}), ("sample_shape_negative", {"sample_shape": (1, -8, 8)}),
+    ("sample_shape_text", {"sample_shape": "abc"}), ("sample_shape_2d", {"sample_shape": (1, 8)}),
     ("objective_bogus", {"objective": {"bogus": 1}}),
     ("classes_mismatch", {"conditioner": ("class_label", {"num_classes": 5})}),
-    ("conditioner_unknown", {"conditioner": "nosuch"}),
-    ("sampler_options_bogus", {"sampler_options": {"bogus": 1}}),
+    ("conditioner_unknown", {"conditioner": "nosuch"}), ("sampler_options_bogus", {"sampler_options": {"bogus": 1}}),
 ]:
     case(f"Pipeline.{_slug}", API, f"diffkit.Pipeline({', '.join(f'{k}={v!r}' for k, v in _kwargs.items())})",
          make_pipeline(**_kwargs), names=_PIPELINE_NAMES[_slug])
@@ -1252,26 +1217,16 @@ _SAMPLE_FN_NAMES = {
     "denoiser_wrong_shape": ("shape",),
 }
 for _slug, _kwargs in [
-    ("sigmas_meta", {"sigmas": meta_sigmas}),
-    ("sigmas_increasing", {"sigmas": [0.5, 1.0]}),
-    ("sigmas_nan", {"sigmas": [1.0, math.nan]}),
-    ("sigmas_negative", {"sigmas": [1.0, -0.5]}),
-    ("sigmas_empty", {"sigmas": []}),
-    ("sigmas_2d", {"sigmas": [[1.0, 0.5]]}),
-    ("shape_zero", {"shape": (0, 1, 8, 8)}),
-    ("shape_negative", {"shape": (-1, 1, 8, 8)}),
-    ("shape_text", {"shape": "abc"}),
-    ("steps_0", {"steps": 0, "schedule": "linear"}),
-    ("steps_fraction", {"steps": 1.5, "schedule": "linear"}),
+    ("sigmas_meta", {"sigmas": meta_sigmas}), ("sigmas_increasing", {"sigmas": [0.5, 1.0]}),
+    ("sigmas_nan", {"sigmas": [1.0, math.nan]}), ("sigmas_negative", {"sigmas": [1.0, -0.5]}),
+    ("sigmas_empty", {"sigmas": []}), ("sigmas_2d", {"sigmas": [[1.0, 0.5]]}), ("shape_zero", {"shape": (0, 1, 8, 8)}),
+    ("shape_negative", {"shape": (-1, 1, 8, 8)}), ("shape_text", {"shape": "abc"}),
+    ("steps_0", {"steps": 0, "schedule": "linear"}), ("steps_fraction", {"steps": 1.5, "schedule": "linear"}),
     ("steps_and_sigmas", {"steps": 2, "schedule": "linear", "sigmas": [1.0, 0.5]}),
-    ("schedule_unknown", {"steps": 2, "schedule": "nosuch"}),
-    ("sampler_unknown", {"sampler": "nosuch"}),
-    ("dtype_int64", {"dtype": "int64"}),
-    ("device_cuda", {"device": "cuda"}),
-    ("sampler_returns_nan", {"sampler": nan_sampler}),
-    ("sampler_wrong_shape", {"sampler": wrong_shape_sampler}),
-    ("denoiser_returns_nan", {"denoiser": nan_denoiser}),
-    ("denoiser_wrong_shape", {"denoiser": short_denoiser}),
+    ("schedule_unknown", {"steps": 2, "schedule": "nosuch"}), ("sampler_unknown", {"sampler": "nosuch"}),
+    ("dtype_int64", {"dtype": "int64"}), ("device_cuda", {"device": "cuda"}),
+    ("sampler_returns_nan", {"sampler": nan_sampler}), ("sampler_wrong_shape", {"sampler": wrong_shape_sampler}),
+    ("denoiser_returns_nan", {"denoiser": nan_denoiser}), ("denoiser_wrong_shape", {"denoiser": short_denoiser}),
 ]:
     _action = diffkit_sample(**_kwargs)
     _shown = ", ".join(f"{k}={getattr(v, '__name__', repr(v))}" for k, v in _kwargs.items())

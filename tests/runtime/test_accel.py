@@ -18,6 +18,7 @@ from diffkit.runtime.accel import (
     enable_tf32,
     use_channels_last,
 )
+from tests.model_helpers import perturb
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -197,17 +198,8 @@ TINY_UNET = {
 }
 
 
-def randomized(model: nn.Module, seed: int = 0, std: float = 0.1) -> nn.Module:
-    """Random weights everywhere (zero-initialised output layers would hide differences)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(std * torch.randn(p.shape, generator=g))
-    return model
-
-
 def test_channels_last_unet_gives_the_same_outputs_and_state_dict():
-    unet = randomized(diffkit.build("backbone", "unet", **TINY_UNET)).eval()
+    unet = perturb(diffkit.build("backbone", "unet", **TINY_UNET), scale=0.1).eval()
     reference = copy.deepcopy(unet)
     g = torch.Generator().manual_seed(3)
     x, t, y = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([10.0, 700.0]), torch.tensor([1, 5])

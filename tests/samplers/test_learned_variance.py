@@ -17,9 +17,7 @@ from diffkit.samplers import ddpm
 from diffkit.sampling.guidance import CFGDenoiser
 from diffkit_reference.parameterizations import learned_variance_frac
 from tests.analytic_models import ExactVPModel, denoiser_numpy
-
-SCHEDULES = ["linear", "scaled_linear", "cosine", "sigmoid"]
-SPACINGS = ["leading", "trailing", "linspace"]
+from tests.sweeps import SCHEDULES, SPACINGS
 
 
 def v_raw_of(x_t):

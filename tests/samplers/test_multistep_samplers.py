@@ -22,12 +22,11 @@ from diffkit.testing import check_sampler, problems
 from diffkit.testing.grids import karras_sigmas
 from diffkit_reference import multistep_samplers as twins
 from tests.analytic_models import ExactVPModel, denoiser_numpy, denoiser_torch
+from tests.sweeps import SCHEDULES, SPACINGS
 
 # diffusers reads our float64 tables through np.array(tensor), which numpy 2 flags; not ours
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-SCHEDULES = ["linear", "scaled_linear", "cosine", "sigmoid"]
-SPACINGS = ["leading", "trailing", "linspace"]
 SAMPLERS = {
     "dpmpp_2m": (dpmpp_2m, twins.dpmpp_2m_sample),
     "dpmpp_3m": (dpmpp_3m, twins.dpmpp_3m_sample),

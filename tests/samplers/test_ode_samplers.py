@@ -22,9 +22,8 @@ from diffkit.testing.grids import karras_sigmas
 from diffkit_reference import ode_samplers as twins
 from diffkit_reference.analytic import GaussianData
 from tests.analytic_models import denoiser_numpy, denoiser_torch
+from tests.sweeps import SCHEDULES, SPACINGS
 
-SCHEDULES = ["linear", "scaled_linear", "cosine", "sigmoid"]
-SPACINGS = ["leading", "trailing", "linspace"]
 CHURNED = {
     "euler": (euler, twins.edm_euler_sample),
     "heun": (heun, twins.edm_heun_sample),

@@ -16,9 +16,7 @@ import diffkit_reference as ref
 from diffkit.errors import ConfigError, DiffkitError, ShapeError, UnknownNameError
 from diffkit.samplers import ddim, ddpm
 from tests.analytic_models import ExactVPModel, denoiser_numpy, denoiser_torch
-
-SCHEDULES = ["linear", "scaled_linear", "cosine", "sigmoid"]
-SPACINGS = ["leading", "trailing", "linspace"]
+from tests.sweeps import SCHEDULES, SPACINGS
 
 
 def noise_list(shape, count, seed=0):

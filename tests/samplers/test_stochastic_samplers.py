@@ -19,9 +19,8 @@ from diffkit.samplers.dpmpp_sde import dpmpp_2m_sde, dpmpp_3m_sde
 from diffkit.testing.grids import karras_sigmas
 from diffkit_reference import stochastic_samplers as ref
 from tests.analytic_models import MU, ExactVPModel, S, denoiser_numpy, denoiser_torch
+from tests.sweeps import SCHEDULES, SPACINGS
 
-SCHEDULES = ["linear", "scaled_linear", "cosine", "sigmoid"]
-SPACINGS = ["leading", "trailing", "linspace"]
 SAMPLERS = {
     "euler_ancestral": (euler_ancestral, ref.euler_ancestral_sample),
     "dpmpp_2s_ancestral": (dpmpp_2s_ancestral, ref.dpmpp_2s_ancestral_sample),

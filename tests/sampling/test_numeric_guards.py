@@ -77,11 +77,16 @@ def tiny_pipeline(**kwargs) -> diffkit.Pipeline:
 # -- 1. what a sampler returns is checked ------------------------------------------------------------
 
 
+def plugin_sampler_error(error: type[Exception], name: str, sampler, shape: tuple[int, ...]) -> str:
+    """The message of the ``error`` that sampling ``shape`` with ``sampler``, a plugin's sampler ``name``, raises."""
+    with_plugin_samplers(**{name: sampler})
+    with pytest.raises(error) as caught:
+        diffkit.sample(Counting(), shape, sampler=name, sigmas=SIGMAS)
+    return str(caught.value)
+
+
 def test_a_plugin_sampler_returning_nan_is_an_error_naming_it_and_its_plugin():
-    with_plugin_samplers(nan_out=nan_sampler)
-    with pytest.raises(NonFiniteError) as caught:
-        diffkit.sample(Counting(), (2, 1, 4, 4), sampler="nan_out", sigmas=SIGMAS)
-    message = str(caught.value)
+    message = plugin_sampler_error(NonFiniteError, "nan_out", nan_sampler, (2, 1, 4, 4))
     assert "'nan_out'" in message and "broken (diffkit-broken 2.0)" in message
     assert "32 non-finite values of 32 (32 NaN, 0 ±inf)" in message
 
@@ -92,10 +97,7 @@ def test_inf_values_are_counted():
 
 
 def test_a_plugin_sampler_returning_another_shape_is_an_error_naming_both_shapes():
-    with_plugin_samplers(misshapen=wrong_shape_sampler)
-    with pytest.raises(ShapeError) as caught:
-        diffkit.sample(Counting(), (2, 1, 8, 8), sampler="misshapen", sigmas=SIGMAS)
-    message = str(caught.value)
+    message = plugin_sampler_error(ShapeError, "misshapen", wrong_shape_sampler, (2, 1, 8, 8))
     assert "'misshapen'" in message and "diffkit-broken" in message
     assert "(2, 3, 40, 24)" in message and "(2, 1, 8, 8)" in message
 

@@ -121,16 +121,18 @@ def test_bad_step_counts_name_the_valid_range(steps):
         schedule.sigmas_for(steps)
 
 
-def test_bad_spacing_and_offset_are_clear_errors():
-    schedule = diffkit.build("schedule", "linear")
-    with pytest.raises(UnknownNameError, match="did you mean 'leading'"):
-        schedule.sigmas_for(10, "leadin")
-    with pytest.raises(ConfigError, match="only applies to 'leading'"):
-        schedule.sigmas_for(10, "trailing", steps_offset=1)
-    with pytest.raises(ConfigError, match="past the last training timestep"):
-        schedule.sigmas_for(10, "leading", steps_offset=200)
-    with pytest.raises(ConfigError, match="≥ 0"):
-        schedule.sigmas_for(10, "leading", steps_offset=-1)
+@pytest.mark.parametrize(
+    "spacing, offset, error, words",
+    [
+        ("leadin", 0, UnknownNameError, "did you mean 'leading'"),
+        ("trailing", 1, ConfigError, "only applies to 'leading'"),
+        ("leading", 200, ConfigError, "past the last training timestep"),
+        ("leading", -1, ConfigError, "≥ 0"),
+    ],
+)
+def test_bad_spacing_and_offset_are_clear_errors(spacing, offset, error, words):
+    with pytest.raises(error, match=words):
+        diffkit.build("schedule", "linear").sigmas_for(10, spacing, steps_offset=offset)
 
 
 @pytest.mark.parametrize(

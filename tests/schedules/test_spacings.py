@@ -16,9 +16,9 @@ from diffkit.errors import ConfigError, UnknownNameError
 from diffkit.schedules import SIGMA_SPACINGS, SPACINGS, TIMESTEP_SPACINGS, spacing_options
 from diffkit_reference import spacing as ref
 from tests.analytic_models import ExactVPModel
+from tests.sweeps import SCHEDULES
 
 SIX = ("leading", "trailing", "linspace", "karras", "exponential", "logsnr_uniform")
-BUILTIN = ("linear", "scaled_linear", "cosine", "sigmoid")
 
 
 def build(name: str = "linear", rescale: bool = False, **config):
@@ -64,7 +64,8 @@ def test_every_spacing_gives_a_valid_grid(spacing, name, rescale):
 
 @st.composite
 def sigma_spacing_cases(draw):
-    schedule = build(draw(st.sampled_from(BUILTIN)), draw(st.booleans()), num_train_timesteps=draw(st.integers(2, 1500)))
+    name, rescale = draw(st.sampled_from(SCHEDULES)), draw(st.booleans())
+    schedule = build(name, rescale, num_train_timesteps=draw(st.integers(2, 1500)))
     spacing = draw(st.sampled_from(sorted(SIGMA_SPACINGS)))
     steps = draw(st.one_of(st.integers(1, 60), st.integers(61, 3000)))
     options = {}
@@ -122,7 +123,7 @@ def test_hand_checked_sigma_grids():
         assert schedule.sigmas_for(1, spacing).tolist() == [schedule.sigma_max, 0.0]
 
 
-@pytest.mark.parametrize("name", BUILTIN)
+@pytest.mark.parametrize("name", SCHEDULES)
 @pytest.mark.parametrize("rescale", [False, True])
 def test_logsnr_uniform_is_exponential_derived_independently_through_alpha_bar(name, rescale):
     """DPM-Solver's λ = log(α_t/σ_t) with α_t = √ᾱ, σ_t = √(1−ᾱ): uniform λ, back to σ = √((1−ᾱ)/ᾱ)."""

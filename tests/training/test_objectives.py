@@ -20,10 +20,10 @@ import diffkit
 import diffkit_reference as ref
 from diffkit.errors import ConfigError, ShapeError, UnknownNameError
 from diffkit.training.objectives import Objective, diffusion_loss, min_snr_weight, sample_sigmas, training_target
+from tests.sweeps import SCHEDULES
 
 seeds = st.integers(0, 2**31 - 1)
 predictions = st.sampled_from(["eps", "x0", "v"])
-SCHEDULES = ["linear", "scaled_linear", "cosine", "sigmoid"]
 schedule_specs = st.tuples(st.sampled_from(SCHEDULES), st.booleans())  # (name, zero terminal SNR)
 SHAPE = (3, 2, 4, 4)  # [B, C, H, W]
 GRID = np.linspace(-1.0, 1.0, 256)

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 import diffkit
 import diffkit_reference as ref
 from diffkit.training.vlb import discretized_gaussian_log_likelihood, normal_kl, posterior_mean_logvar, vlb_loss
+from tests.sweeps import SCHEDULES
 
 seeds = st.integers(0, 2**31 - 1)
 predictions = st.sampled_from(["eps", "x0", "v"])
-SCHEDULES = ["linear", "scaled_linear", "cosine", "sigmoid"]
 schedule_specs = st.tuples(st.sampled_from(SCHEDULES), st.booleans())  # (name, zero terminal SNR)
 GRID = np.linspace(-1.0, 1.0, 256)
 SHAPE = (4, 2, 3, 3)  # [B, C, H, W]

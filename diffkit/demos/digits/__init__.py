@@ -11,7 +11,5 @@ from diffkit.demos.digits.judge import (
     train_digits_classifier,
 )
 
-__all__ = [
-    "DigitsClassifier", "DigitsDataset", "DigitsTrainingConfig", "class_accuracy", "digits_fid",
-    "load_digits", "load_or_train_digits_classifier", "real_baseline_fid", "train_digits_classifier",
-]
+__all__ = ["DigitsClassifier", "DigitsDataset", "DigitsTrainingConfig", "class_accuracy", "digits_fid", "load_digits",
+           "load_or_train_digits_classifier", "real_baseline_fid", "train_digits_classifier"]

@@ -17,8 +17,9 @@ and caches its weights (safetensors + JSON) under ``$DIFFKIT_CACHE`` or ``~/.cac
 
 from __future__ import annotations
 
-import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
@@ -36,7 +37,7 @@ from diffkit.demos.digits.data import (
     load_digits,
 )
 from diffkit.demos.frechet import frechet_distance
-from diffkit.demos.judge_cache import load_or_train, one_cpu_thread
+from diffkit.demos.judge_cache import batched, load_or_train, train_judge
 from diffkit.errors import ConfigError, ShapeError
 from diffkit.validators import int_at_least, is_integer, positive_real
 
@@ -127,29 +128,15 @@ def _random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generat
 
 
 def _train(config: DigitsTrainingConfig, device: torch.device | str) -> DigitsClassifier:
-    with one_cpu_thread(device):
-        return _train_steps(config, device)
-
-
-def _train_steps(config: DigitsTrainingConfig, device: torch.device | str) -> DigitsClassifier:
     generator = torch.Generator().manual_seed(config.seed)  # minibatches and shifts
-    with torch.random.fork_rng(devices=[]):  # initial weights from the seed, global RNG untouched
-        torch.manual_seed(config.seed)
-        model = DigitsClassifier()
-    model.to(device).train()
     train = DigitsDataset(NATIVE_SIZE, "train", config.split_seed)
     images, labels = train.images.to(device), train.labels.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    for step in range(config.steps):
-        for group in optimizer.param_groups:  # cosine decay lr·½(1 + cos(π·step/steps))
-            group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.randint(0, len(train), (config.batch_size,), generator=generator).to(device)
-        batch = _random_shift(images[index], config.max_shift, generator)
-        loss = F.cross_entropy(model(batch), labels[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+        return _random_shift(images[index], config.max_shift, generator), labels[index]
+
+    return train_judge(DigitsClassifier, batch, seed=config.seed, steps=config.steps, lr=config.lr, device=device)
 
 
 def train_digits_classifier(
@@ -169,10 +156,7 @@ def train_digits_classifier(
 
 
 def load_or_train_digits_classifier(
-    cache_dir: str | os.PathLike[str] | None = None,
-    *,
-    seed: int = 0,
-    steps: int = DEFAULT_STEPS,
+    cache_dir: str | os.PathLike[str] | None = None, *, seed: int = 0, steps: int = DEFAULT_STEPS,
     device: torch.device | str = "cpu",
 ) -> DigitsClassifier:
     """The classifier of :func:`train_digits_classifier`, trained once and then read from a cache.
@@ -185,25 +169,24 @@ def load_or_train_digits_classifier(
     """
     config = DigitsTrainingConfig(seed=seed, steps=steps)
     record = {"architecture": ARCHITECTURE_VERSION, "config": config.to_dict(), "data_sha256": digits_file_sha256()}
-    model = load_or_train(
+    return load_or_train(
         stem=_CACHE_STEM, record=record, make=DigitsClassifier, train=lambda: _train(config, "cpu"),
-        cache_dir=cache_dir, what="digits classifier",
+        cache_dir=cache_dir, what="digits classifier", device=device,
     )
-    return model.to(device).eval()
 
 
 # -- the metrics --------------------------------------------------------------------------------
 
 
-def _device_of(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
-@torch.no_grad()
-def _batched(fn: Any, images: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
-    if not is_integer(batch_size) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return torch.cat([fn(images[i : i + batch_size].to(device)) for i in range(0, images.shape[0], batch_size)])
+@contextmanager
+def _eval_mode(classifier: DigitsClassifier) -> Iterator[torch.device]:
+    """``classifier`` in eval mode for a ``with`` block, its mode restored after; yields its device."""
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        yield next(classifier.parameters()).device
+    finally:
+        classifier.train(was_training)
 
 
 def class_accuracy(
@@ -216,12 +199,8 @@ def class_accuracy(
             f"class_accuracy needs images [N, 1, H, W] and labels [N] with N ≥ 1, got {tuple(images.shape)} "
             f"and {tuple(labels.shape)}"
         )
-    was_training = classifier.training
-    classifier.eval()
-    try:
-        logits = _batched(classifier, images, _device_of(classifier), batch_size)
-    finally:
-        classifier.train(was_training)
+    with _eval_mode(classifier) as device:
+        logits = batched(classifier, images, batch_size, device)
     return float((logits.argmax(dim=1).cpu() == labels.cpu()).double().mean())
 
 
@@ -238,14 +217,9 @@ def digits_fid(
     shrinks with N for identical distributions too, so compare it with
     :func:`real_baseline_fid` at the same N.
     """
-    was_training = classifier.training
-    classifier.eval()
-    try:
-        device = _device_of(classifier)
-        a = _batched(classifier.features, images, device, batch_size)
-        b = _batched(classifier.features, reference_images, device, batch_size)
-    finally:
-        classifier.train(was_training)
+    with _eval_mode(classifier) as device:
+        a = batched(classifier.features, images, batch_size, device)
+        b = batched(classifier.features, reference_images, batch_size, device)
     return frechet_distance(a, b)
 
 

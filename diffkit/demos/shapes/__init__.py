@@ -22,8 +22,6 @@ from diffkit.demos.shapes.judge import (
     train_shape_classifier,
 )
 
-__all__ = [
-    "COLORS", "POSITIONS", "SHAPES", "SIZES", "ShapeClassifier", "ShapeSpec", "ShapeTrainingConfig",
-    "ShapesConfig", "ShapesDataset", "ShapesEvaluator", "caption", "heldout_combinations", "heldout_prompts",
-    "parse_prompt", "render", "train_shape_classifier", "load_or_train_shape_classifier",
-]
+__all__ = ["COLORS", "POSITIONS", "SHAPES", "SIZES", "ShapeClassifier", "ShapeSpec", "ShapeTrainingConfig",
+           "ShapesConfig", "ShapesDataset", "ShapesEvaluator", "caption", "heldout_combinations", "heldout_prompts",
+           "parse_prompt", "render", "train_shape_classifier", "load_or_train_shape_classifier"]

@@ -28,6 +28,7 @@ caches it (safetensors + JSON) under ``$DIFFKIT_CACHE`` or ``~/.cache/diffkit``.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -39,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffkit.demos.judge_cache import load_or_train, one_cpu_thread
+from diffkit.demos.judge_cache import batched, load_or_train, train_judge
 from diffkit.demos.shapes import data as shapes_data
 from diffkit.demos.shapes.data import COLORS, POSITION_CENTERS, POSITIONS, SHAPES, SIZE_FRACTIONS, SIZES, ShapeSpec
 from diffkit.errors import ConfigError, ShapeError
-from diffkit.validators import int_at_least, is_integer, non_negative_real, positive_real
+from diffkit.validators import int_at_least, non_negative_real, positive_real
 
 EVAL_SIZE = 32
 """Images are resized to EVAL_SIZE × EVAL_SIZE before anything is measured."""
@@ -203,26 +204,9 @@ def _training_batch(config: ShapeTrainingConfig, rng: np.random.Generator) -> tu
 
 
 def _train(config: ShapeTrainingConfig, device: torch.device | str) -> ShapeClassifier:
-    with one_cpu_thread(device):
-        return _train_steps(config, device)
-
-
-def _train_steps(config: ShapeTrainingConfig, device: torch.device | str) -> ShapeClassifier:
     rng = np.random.default_rng(config.seed)  # the images
-    with torch.random.fork_rng(devices=[]):  # initial weights from the seed, global RNG untouched
-        torch.manual_seed(config.seed)
-        model = ShapeClassifier()
-    model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    for step in range(config.steps):
-        for group in optimizer.param_groups:  # cosine decay lr·½(1 + cos(π·step/steps))
-            group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
-        images, labels = _training_batch(config, rng)
-        loss = F.cross_entropy(model(images.to(device)), labels.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+    batches = functools.partial(_training_batch, config, rng)
+    return train_judge(ShapeClassifier, batches, seed=config.seed, steps=config.steps, lr=config.lr, device=device)
 
 
 def train_shape_classifier(
@@ -255,10 +239,7 @@ def _generator_record() -> dict[str, Any]:
 
 
 def load_or_train_shape_classifier(
-    cache_dir: str | os.PathLike[str] | None = None,
-    *,
-    seed: int = 0,
-    steps: int = DEFAULT_STEPS,
+    cache_dir: str | os.PathLike[str] | None = None, *, seed: int = 0, steps: int = DEFAULT_STEPS,
     device: torch.device | str = "cpu",
 ) -> ShapeClassifier:
     """The classifier of :func:`train_shape_classifier`, trained once and then read from a cache.
@@ -271,11 +252,10 @@ def load_or_train_shape_classifier(
     """
     config = ShapeTrainingConfig(seed=seed, steps=steps)
     record = {"architecture": ARCHITECTURE_VERSION, "config": config.to_dict(), "generator": _generator_record()}
-    model = load_or_train(
+    return load_or_train(
         stem=_CACHE_STEM, record=record, make=ShapeClassifier, train=lambda: _train(config, "cpu"),
-        cache_dir=cache_dir, what="shape classifier",
+        cache_dir=cache_dir, what="shape classifier", device=device,
     )
-    return model.to(device).eval()
 
 
 # -- the evaluator -------------------------------------------------------------------------------------
@@ -322,12 +302,6 @@ def measure(images: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"found": found, "color": color, "centroid": centroid, "position": position, "extent": extent}
 
 
-def _check_batch_size(batch_size: Any) -> int:
-    if not is_integer(batch_size) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
-
-
 class ShapesEvaluator:
     """Measures which colour, shape, position and size images show, and scores prompt adherence.
 
@@ -339,21 +313,13 @@ class ShapesEvaluator:
     """
 
     def __init__(
-        self,
-        classifier: ShapeClassifier | None = None,
-        *,
-        cache_dir: str | os.PathLike[str] | None = None,
+        self, classifier: ShapeClassifier | None = None, *, cache_dir: str | os.PathLike[str] | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
         if classifier is None:
             classifier = load_or_train_shape_classifier(cache_dir, device=device)
         self.classifier = classifier.to(device).eval()
         self.device = torch.device(device)
-
-    @torch.no_grad()
-    def _shapes(self, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-        logits = [self.classifier(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)]
-        return torch.cat(logits).argmax(dim=1).cpu()
 
     def predict(self, images: torch.Tensor, *, batch_size: int = 256) -> list[dict[str, str | None]]:
         """What each image shows: a dict with ``color``, ``shape``, ``position`` and ``size``.
@@ -363,9 +329,8 @@ class ShapesEvaluator:
         no object (no pixel is :data:`MIN_CONTRAST` away from the border's colour).
         """
         images = _check_images(images, "ShapesEvaluator.predict").detach().cpu()
-        batch_size = _check_batch_size(batch_size)
+        shapes = batched(self.classifier, images, batch_size).argmax(dim=1).cpu()
         measured = measure(images)
-        shapes = self._shapes(images, batch_size)
         threshold = math.sqrt(SIZE_FRACTIONS["small"] * SIZE_FRACTIONS["large"])
         results: list[dict[str, str | None]] = []
         for i in range(images.shape[0]):

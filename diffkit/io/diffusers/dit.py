@@ -45,6 +45,11 @@ from diffkit.io.converters import (
 )
 from diffkit.models.backbones.dit import DiT, DiTConfig
 
+__all__ = [
+    "CONVERTER", "CheckpointError", "config_from_diffusers", "convert_diffusers_state_dict",
+    "dit_from_diffusers", "expected_diffusers_shapes", "load_diffusers_dit",
+]
+
 DIFFUSERS_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")
 
 # diffusers' defaults for keys a config may leave out, per class.
@@ -211,17 +216,7 @@ def load_diffusers_dit(path: str | Path, **overrides: Any) -> DiT:
 
 
 CONVERTER = DiffusersConverter(
-    diffusers_classes=DIFFUSERS_CLASSES,
-    kind="backbone",
-    name="dit",
-    config_from_diffusers=config_from_diffusers,
-    convert_state_dict=convert_diffusers_state_dict,
-    subfolder="transformer",
+    diffusers_classes=DIFFUSERS_CLASSES, kind="backbone", name="dit", subfolder="transformer",
+    config_from_diffusers=config_from_diffusers, convert_state_dict=convert_diffusers_state_dict,
 )
 """The registered converter (``diffkit.get("converter", "dit")``)."""
-
-
-__all__ = [
-    "CONVERTER", "CheckpointError", "config_from_diffusers", "convert_diffusers_state_dict",
-    "dit_from_diffusers", "expected_diffusers_shapes", "load_diffusers_dit",
-]

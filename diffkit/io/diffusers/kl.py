@@ -32,16 +32,13 @@ from typing import Any
 import torch
 
 from diffkit.errors import CheckpointError
-from diffkit.io.converters import (
-    DiffusersConverter,
-    describe,
-    diffusers_settings,
-    meta_shapes,
-    refuse,
-    stack_weights,
-    stacked_shapes,
-)
+from diffkit.io.converters import DiffusersConverter, describe, diffusers_settings, refuse, remap, stack_weights
 from diffkit.models.autoencoders.kl import KLAutoencoder, KLConfig
+
+__all__ = [
+    "CONVERTER", "CheckpointError", "config_from_diffusers", "convert_diffusers_state_dict",
+    "expected_diffusers_shapes", "kl_from_diffusers", "load_diffusers_kl",
+]
 
 DIFFUSERS_CLASS = "AutoencoderKL"
 
@@ -131,8 +128,7 @@ def _sources(key: str) -> tuple[str, ...]:
 
 def expected_diffusers_shapes(config: KLConfig) -> dict[str, tuple[int, ...]]:
     """Every key of a diffusers ``AutoencoderKL`` state dict for ``config``, with its shape."""
-    shapes = meta_shapes(KLAutoencoder, config)
-    return stacked_shapes({key: _sources(key) for key in shapes}, shapes)
+    return remap(KLAutoencoder, config, _sources)[1]
 
 
 def _modernise(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -155,11 +151,11 @@ def convert_diffusers_state_dict(
     """diffusers ``AutoencoderKL`` weights → :class:`KLAutoencoder` weights for ``config``.
 
     Raises :class:`CheckpointError` listing every missing, unexpected and mis-shaped key
-    (diffusers names).
+    (diffusers names); older attention names (``query`` … ``proj_attn``, 1×1 convs) are read too.
     """
-    plan = {key: _sources(key) for key in meta_shapes(KLAutoencoder, config)}
+    plan, expected = remap(KLAutoencoder, config, _sources)
     what = f"the diffusers AutoencoderKL weights do not fit {describe(config, 'KLAutoencoder', _DESCRIBED)}"
-    return stack_weights(_modernise(state_dict), plan, expected_diffusers_shapes(config), what=what)
+    return stack_weights(_modernise(state_dict), plan, expected, what=what)
 
 
 def kl_from_diffusers(
@@ -184,17 +180,7 @@ def load_diffusers_kl(path: str | Path, **overrides: Any) -> KLAutoencoder:
 
 
 CONVERTER = DiffusersConverter(
-    diffusers_classes=(DIFFUSERS_CLASS,),
-    kind="autoencoder",
-    name="kl",
-    config_from_diffusers=config_from_diffusers,
-    convert_state_dict=convert_diffusers_state_dict,
-    subfolder="vae",
+    diffusers_classes=(DIFFUSERS_CLASS,), kind="autoencoder", name="kl", subfolder="vae",
+    config_from_diffusers=config_from_diffusers, convert_state_dict=convert_diffusers_state_dict,
 )
 """The registered converter (``diffkit.get("converter", "kl")``)."""
-
-
-__all__ = [
-    "CONVERTER", "CheckpointError", "config_from_diffusers", "convert_diffusers_state_dict",
-    "expected_diffusers_shapes", "kl_from_diffusers", "load_diffusers_kl",
-]

@@ -39,120 +39,56 @@ from typing import Any
 import torch
 
 from diffkit.errors import CheckpointError
-from diffkit.io.converters import (
-    DiffusersConverter,
-    describe,
-    diffusers_settings,
-    meta_shapes,
-    refuse,
-    stack_weights,
-    stacked_shapes,
-    unmet,
-)
+from diffkit.io.converters import DiffusersConverter, describe, diffusers_settings, refuse, remap, stack_weights, unmet
 from diffkit.io.diffusers.unet import level_blocks, level_fields, level_key, levels_with
 from diffkit.models.backbones.latent_unet import LatentUNet, LatentUNetConfig
+
+__all__ = [
+    "CONVERTER", "CheckpointError", "config_from_diffusers", "convert_diffusers_state_dict",
+    "expected_diffusers_shapes", "latent_unet_from_diffusers", "load_diffusers_latent_unet",
+]
 
 DIFFUSERS_CLASS = "UNet2DConditionModel"
 
 # diffusers' UNet2DConditionModel defaults (0.2x–0.4x) for keys a config may leave out.
 _DEFAULTS: dict[str, Any] = {
-    "sample_size": None,
-    "in_channels": 4,
-    "out_channels": 4,
-    "center_input_sample": False,
-    "flip_sin_to_cos": True,
+    "sample_size": None, "in_channels": 4, "out_channels": 4, "center_input_sample": False, "flip_sin_to_cos": True,
     "freq_shift": 0,
-    "down_block_types": (
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ),
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "up_block_types": (
-        "UpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-    ),
-    "only_cross_attention": False,
-    "block_out_channels": (320, 640, 1280, 1280),
-    "layers_per_block": 2,
-    "downsample_padding": 1,
-    "mid_block_scale_factor": 1,
-    "dropout": 0.0,
-    "act_fn": "silu",
-    "norm_num_groups": 32,
-    "norm_eps": 1e-5,
-    "cross_attention_dim": 1280,
-    "transformer_layers_per_block": 1,
-    "reverse_transformer_layers_per_block": None,
-    "encoder_hid_dim": None,
-    "encoder_hid_dim_type": None,
-    "attention_head_dim": 8,
-    "num_attention_heads": None,
-    "dual_cross_attention": False,
-    "use_linear_projection": False,
-    "class_embed_type": None,
-    "addition_embed_type": None,
-    "addition_time_embed_dim": None,
-    "num_class_embeds": None,
-    "upcast_attention": False,
-    "resnet_time_scale_shift": "default",
-    "resnet_skip_time_act": False,
-    "resnet_out_scale_factor": 1.0,
-    "time_embedding_type": "positional",
-    "time_embedding_dim": None,
-    "time_embedding_act_fn": None,
-    "timestep_post_act": None,
-    "time_cond_proj_dim": None,
-    "conv_in_kernel": 3,
-    "conv_out_kernel": 3,
-    "projection_class_embeddings_input_dim": None,
-    "attention_type": "default",
-    "class_embeddings_concat": False,
-    "mid_block_only_cross_attention": None,
-    "cross_attention_norm": None,
-    "addition_embed_type_num_heads": 64,
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "only_cross_attention": False, "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2,
+    "downsample_padding": 1, "mid_block_scale_factor": 1, "dropout": 0.0, "act_fn": "silu", "norm_num_groups": 32,
+    "norm_eps": 1e-5, "cross_attention_dim": 1280, "transformer_layers_per_block": 1,
+    "reverse_transformer_layers_per_block": None, "encoder_hid_dim": None, "encoder_hid_dim_type": None,
+    "attention_head_dim": 8, "num_attention_heads": None, "dual_cross_attention": False,
+    "use_linear_projection": False, "class_embed_type": None, "addition_embed_type": None,
+    "addition_time_embed_dim": None, "num_class_embeds": None, "upcast_attention": False,
+    "resnet_time_scale_shift": "default", "resnet_skip_time_act": False, "resnet_out_scale_factor": 1.0,
+    "time_embedding_type": "positional", "time_embedding_dim": None, "time_embedding_act_fn": None,
+    "timestep_post_act": None, "time_cond_proj_dim": None, "conv_in_kernel": 3, "conv_out_kernel": 3,
+    "projection_class_embeddings_input_dim": None, "attention_type": "default", "class_embeddings_concat": False,
+    "mid_block_only_cross_attention": None, "cross_attention_norm": None, "addition_embed_type_num_heads": 64,
 }
-# Settings LatentUNet needs; another value is a feature it does not have (the key names it).
+# Settings LatentUNet needs, at their defaults; another value is a feature it does not have (the key names it).
 _REQUIRED: dict[str, Any] = {
-    "center_input_sample": False,
-    "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "only_cross_attention": False,
-    "mid_block_scale_factor": 1,
-    "act_fn": "silu",
-    "reverse_transformer_layers_per_block": None,
-    "encoder_hid_dim": None,
-    "encoder_hid_dim_type": None,
-    "dual_cross_attention": False,
-    "class_embed_type": None,
-    "addition_embed_type": None,
-    "addition_time_embed_dim": None,
-    "num_class_embeds": None,
-    "resnet_time_scale_shift": "default",
-    "resnet_skip_time_act": False,
-    "resnet_out_scale_factor": 1.0,
-    "time_embedding_type": "positional",
-    "time_embedding_act_fn": None,
-    "timestep_post_act": None,
-    "time_cond_proj_dim": None,
-    "conv_in_kernel": 3,
-    "conv_out_kernel": 3,
-    "projection_class_embeddings_input_dim": None,
-    "attention_type": "default",
-    "class_embeddings_concat": False,
-    "mid_block_only_cross_attention": None,
-    "cross_attention_norm": None,
+    key: _DEFAULTS[key]
+    for key in (
+        "center_input_sample", "mid_block_type", "only_cross_attention", "mid_block_scale_factor", "act_fn",
+        "reverse_transformer_layers_per_block", "encoder_hid_dim", "encoder_hid_dim_type", "dual_cross_attention",
+        "class_embed_type", "addition_embed_type", "addition_time_embed_dim", "num_class_embeds",
+        "resnet_time_scale_shift", "resnet_skip_time_act", "resnet_out_scale_factor", "time_embedding_type",
+        "time_embedding_act_fn", "timestep_post_act", "time_cond_proj_dim", "conv_in_kernel", "conv_out_kernel",
+        "projection_class_embeddings_input_dim", "attention_type", "class_embeddings_concat",
+        "mid_block_only_cross_attention", "cross_attention_norm",
+    )
 }
 # Keys that do not change the fp32 network: upcast_attention only upcasts fp16 attention
 # scores; addition_embed_type_num_heads only matters with an addition embedding (refused).
 _IGNORED = ("upcast_attention", "addition_embed_type_num_heads")
 
-_DOWN_BLOCKS = {
-    "DownBlock2D": False,
-    "CrossAttnDownBlock2D": True,
-}  # block type → has transformers
+# Block type → has transformers.
+_DOWN_BLOCKS = {"DownBlock2D": False, "CrossAttnDownBlock2D": True}
 _UP_BLOCKS = {"UpBlock2D": False, "CrossAttnUpBlock2D": True}
 
 
@@ -249,8 +185,7 @@ def _sources(key: str) -> tuple[str, ...]:
 
 def expected_diffusers_shapes(config: LatentUNetConfig) -> dict[str, tuple[int, ...]]:
     """Every key of a diffusers ``UNet2DConditionModel`` state dict for ``config``, with its shape."""
-    shapes = meta_shapes(LatentUNet, config)
-    return stacked_shapes({key: _sources(key) for key in shapes}, shapes)
+    return remap(LatentUNet, config, _sources)[1]
 
 
 def convert_diffusers_state_dict(
@@ -261,9 +196,9 @@ def convert_diffusers_state_dict(
     Raises :class:`CheckpointError` listing every missing, unexpected and mis-shaped key
     (diffusers names).
     """
-    plan = {key: _sources(key) for key in meta_shapes(LatentUNet, config)}
+    plan, expected = remap(LatentUNet, config, _sources)
     what = f"the diffusers UNet2DConditionModel weights do not fit {describe(config, 'LatentUNet', _DESCRIBED)}"
-    return stack_weights(state_dict, plan, expected_diffusers_shapes(config), what=what)
+    return stack_weights(state_dict, plan, expected, what=what)
 
 
 def latent_unet_from_diffusers(
@@ -288,17 +223,7 @@ def load_diffusers_latent_unet(path: str | Path, **overrides: Any) -> LatentUNet
 
 
 CONVERTER = DiffusersConverter(
-    diffusers_classes=(DIFFUSERS_CLASS,),
-    kind="backbone",
-    name="latent_unet",
-    config_from_diffusers=config_from_diffusers,
-    convert_state_dict=convert_diffusers_state_dict,
-    subfolder="unet",
+    diffusers_classes=(DIFFUSERS_CLASS,), kind="backbone", name="latent_unet", subfolder="unet",
+    config_from_diffusers=config_from_diffusers, convert_state_dict=convert_diffusers_state_dict,
 )
 """The registered converter (``diffkit.get("converter", "latent_unet")``)."""
-
-
-__all__ = [
-    "CONVERTER", "CheckpointError", "config_from_diffusers", "convert_diffusers_state_dict",
-    "expected_diffusers_shapes", "latent_unet_from_diffusers", "load_diffusers_latent_unet",
-]

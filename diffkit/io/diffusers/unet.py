@@ -39,64 +39,36 @@ from typing import Any
 import torch
 
 from diffkit.errors import CheckpointError, ConfigError
-from diffkit.io.converters import (
-    DiffusersConverter,
-    describe,
-    diffusers_settings,
-    meta_shapes,
-    refuse,
-    stack_weights,
-    stacked_shapes,
-    unmet,
-)
+from diffkit.io.converters import DiffusersConverter, describe, diffusers_settings, refuse, remap, stack_weights, unmet
 from diffkit.models.backbones.unet import UNet, UNetConfig
+
+__all__ = [
+    "CONVERTER", "CheckpointError", "config_from_diffusers", "convert_diffusers_state_dict",
+    "expected_diffusers_shapes", "load_diffusers_unet", "unet_from_diffusers",
+]
 
 DIFFUSERS_CLASS = "UNet2DModel"
 
 # diffusers' UNet2DModel defaults for keys a config may leave out.
 _DEFAULTS: dict[str, Any] = {
-    "sample_size": None,
-    "in_channels": 3,
-    "out_channels": 3,
-    "center_input_sample": False,
-    "time_embedding_type": "positional",
-    "time_embedding_dim": None,
-    "freq_shift": 0,
-    "flip_sin_to_cos": True,
-    "down_block_types": (
-        "DownBlock2D",
-        "AttnDownBlock2D",
-        "AttnDownBlock2D",
-        "AttnDownBlock2D",
-    ),
+    "sample_size": None, "in_channels": 3, "out_channels": 3, "center_input_sample": False,
+    "time_embedding_type": "positional", "time_embedding_dim": None, "freq_shift": 0, "flip_sin_to_cos": True,
+    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
     "mid_block_type": "UNetMidBlock2D",
     "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    "block_out_channels": (224, 448, 672, 896),
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "downsample_padding": 1,
-    "downsample_type": "conv",
-    "upsample_type": "conv",
-    "dropout": 0.0,
-    "act_fn": "silu",
-    "attention_head_dim": 8,
-    "norm_num_groups": 32,
-    "attn_norm_num_groups": None,
-    "norm_eps": 1e-5,
-    "resnet_time_scale_shift": "default",
-    "add_attention": True,
-    "class_embed_type": None,
-    "num_class_embeds": None,
+    "block_out_channels": (224, 448, 672, 896), "layers_per_block": 2, "mid_block_scale_factor": 1,
+    "downsample_padding": 1, "downsample_type": "conv", "upsample_type": "conv", "dropout": 0.0, "act_fn": "silu",
+    "attention_head_dim": 8, "norm_num_groups": 32, "attn_norm_num_groups": None, "norm_eps": 1e-5,
+    "resnet_time_scale_shift": "default", "add_attention": True, "class_embed_type": None, "num_class_embeds": None,
     "num_train_timesteps": None,
 }
-# Settings diffkit's UNet needs; another value is an architecture it does not have.
+# Settings diffkit's UNet needs, at their defaults; another value is an architecture it does not have.
 _REQUIRED = {
-    "center_input_sample": False,
-    "time_embedding_type": "positional",
-    "mid_block_type": "UNetMidBlock2D",
-    "mid_block_scale_factor": 1,
-    "act_fn": "silu",
-    "class_embed_type": None,
+    key: _DEFAULTS[key]
+    for key in (
+        "center_input_sample", "time_embedding_type", "mid_block_type", "mid_block_scale_factor", "act_fn",
+        "class_embed_type",
+    )
 }
 # Keys that do not change the network (num_train_timesteps only sizes a learned time table).
 _IGNORED = ("num_train_timesteps",)
@@ -247,7 +219,7 @@ _RENAMES = (
     (".attn.proj.", ".to_out.0."),
     (".norm.", ".group_norm."),  # only attention layers have a plain ``norm``
 )
-_CLASS_TABLE = "class_embed.embedding_table.weight"
+_CLASS_TABLE, _DIFFUSERS_CLASS_TABLE = "class_embed.embedding_table.weight", "class_embedding.weight"
 # The settings a weights mismatch names.
 _DESCRIBED = ("block_out_channels", "layers_per_block", "attention_levels", "in_channels", "out_channels", "num_classes")
 
@@ -255,7 +227,7 @@ _DESCRIBED = ("block_out_channels", "layers_per_block", "attention_levels", "in_
 def _sources(key: str) -> tuple[str, ...]:
     """The diffusers key(s) of a diffkit key; several are stacked along dim 0 (fused qkv)."""
     if key == _CLASS_TABLE:
-        return ("class_embedding.weight",)
+        return (_DIFFUSERS_CLASS_TABLE,)
     key = level_key(key, _RENAMES)
     if ".attn.qkv." in key:
         head, kind = key.split(".attn.qkv.")
@@ -265,11 +237,11 @@ def _sources(key: str) -> tuple[str, ...]:
 
 def expected_diffusers_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
     """Every key of a diffusers ``UNet2DModel`` state dict for ``config``, with its shape."""
-    shapes = meta_shapes(UNet, config)
-    if _CLASS_TABLE in shapes:
-        classes, width = shapes[_CLASS_TABLE]
-        shapes[_CLASS_TABLE] = (classes - 1, width)  # no null row in diffusers
-    return stacked_shapes({key: _sources(key) for key in shapes}, shapes)
+    shapes = remap(UNet, config, _sources)[1]
+    if _DIFFUSERS_CLASS_TABLE in shapes:
+        classes, width = shapes[_DIFFUSERS_CLASS_TABLE]
+        shapes[_DIFFUSERS_CLASS_TABLE] = (classes - 1, width)  # no null row in diffusers
+    return shapes
 
 
 def convert_diffusers_state_dict(state_dict: Mapping[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:
@@ -278,7 +250,7 @@ def convert_diffusers_state_dict(state_dict: Mapping[str, torch.Tensor], config:
     Raises :class:`CheckpointError` listing every missing, unexpected and mis-shaped key
     (diffusers names). The class table gains a zero null-class row.
     """
-    plan = {key: _sources(key) for key in meta_shapes(UNet, config)}
+    plan = remap(UNet, config, _sources)[0]
     what = f"the diffusers UNet2DModel weights do not fit {describe(config, 'UNet', _DESCRIBED)}"
     weights = stack_weights(state_dict, plan, expected_diffusers_shapes(config), what=what)
     if _CLASS_TABLE in weights:
@@ -308,17 +280,7 @@ def load_diffusers_unet(path: str | Path, **overrides: Any) -> UNet:
 
 
 CONVERTER = DiffusersConverter(
-    diffusers_classes=(DIFFUSERS_CLASS,),
-    kind="backbone",
-    name="unet",
-    config_from_diffusers=config_from_diffusers,
-    convert_state_dict=convert_diffusers_state_dict,
-    subfolder="unet",
+    diffusers_classes=(DIFFUSERS_CLASS,), kind="backbone", name="unet", subfolder="unet",
+    config_from_diffusers=config_from_diffusers, convert_state_dict=convert_diffusers_state_dict,
 )
 """The registered converter (``diffkit.get("converter", "unet")``)."""
-
-
-__all__ = [
-    "CONVERTER", "CheckpointError", "config_from_diffusers", "convert_diffusers_state_dict",
-    "expected_diffusers_shapes", "load_diffusers_unet", "unet_from_diffusers",
-]

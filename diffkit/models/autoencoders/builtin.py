@@ -9,10 +9,6 @@ from diffkit.registry import Registrar
 
 @hookimpl
 def diffkit_register_autoencoders(autoencoders: Registrar) -> None:
-    autoencoders.add(
-        "kl",
-        build_kl,
-        options=KLConfig,
-        paper="Rombach et al. 2022, High-Resolution Image Synthesis with Latent Diffusion Models",
-    )
+    autoencoders.add("kl", build_kl, options=KLConfig,
+                     paper="Rombach et al. 2022, High-Resolution Image Synthesis with Latent Diffusion Models")
 

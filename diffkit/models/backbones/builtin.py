@@ -15,10 +15,6 @@ def diffkit_register_backbones(backbones: Registrar) -> None:
         "dit", build_dit, options=DiTConfig, paper="Peebles & Xie 2023, Scalable Diffusion Models with Transformers"
     )
     backbones.add("unet", build_unet, options=UNetConfig, paper="Ho et al. 2020; Dhariwal & Nichol 2021")
-    backbones.add(
-        "latent_unet",
-        build_latent_unet,
-        options=LatentUNetConfig,
-        paper="Rombach et al. 2022, High-Resolution Image Synthesis with Latent Diffusion Models",
-    )
+    backbones.add("latent_unet", build_latent_unet, options=LatentUNetConfig,
+                  paper="Rombach et al. 2022, High-Resolution Image Synthesis with Latent Diffusion Models")
 

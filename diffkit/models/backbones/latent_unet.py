@@ -59,8 +59,8 @@ from torch import nn
 from diffkit.errors import ConfigError, ShapeError
 from diffkit.models.backbones.embeddings import check_conditioning
 from diffkit.models.backbones.layers import Attention, Downsample2D, FeedForward, ResBlock, Upsample2D, zero_init
-from diffkit.models.backbones.unet import PyramidGeometry, PyramidUNet, _level_indices, _padding
-from diffkit.validators import as_tuple, boolean, int_at_least, optional, positive_ints, positive_real, probability
+from diffkit.models.backbones.unet import PyramidGeometry, PyramidUNet, _level_indices, _model_defaults, level_resblock
+from diffkit.validators import as_tuple, boolean, int_at_least, positive_ints
 
 # Fixed by LDM / diffusers' Transformer2DModel and BasicTransformerBlock (not configurable there).
 TRANSFORMER_GROUPNORM_EPS = 1e-6
@@ -137,7 +137,7 @@ def _heads_validator(instance: Any, attribute: attrs.Attribute, value: Any) -> N
         int_at_least(1)(instance, attribute, value)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=_model_defaults)
 class LatentUNetConfig(PyramidGeometry):
     """Configuration of :class:`LatentUNet`; the defaults are Stable Diffusion 1.x's UNet (860 M).
 
@@ -145,19 +145,10 @@ class LatentUNetConfig(PyramidGeometry):
     :meth:`from_preset`.
     """
 
-    sample_size: int = attrs.field(default=64, validator=int_at_least(1))
-    """Nominal latent height = width (SD 1.x: 512 px / 8); any multiple of 2^(levels−1) works."""
-    in_channels: int = attrs.field(default=4, validator=int_at_least(1))
-    """C_in, the latent channels (4 for SD's KL-f8 autoencoder; any count works), plus the
-    channels of a conditioning record's ``concat``, if any."""
-    out_channels: int = attrs.field(default=4, validator=int_at_least(1))
-    """C_out."""
-    block_out_channels: tuple[int, ...] = attrs.field(
-        default=(320, 640, 1280, 1280), converter=as_tuple, validator=positive_ints
-    )
-    """ch_ℓ, the width of each level, finest first (SD: 320 × (1, 2, 4, 4))."""
-    layers_per_block: int = attrs.field(default=2, validator=int_at_least(1))
-    """ResBlocks per level on the way down (the up path has one more per level)."""
+    DEFAULTS: ClassVar[Mapping[str, Any]] = MappingProxyType(dict(
+        sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
+        timestep_cos_first=True, timestep_freq_shift=0, dropout=0.0, downsample_padding=1, norm_eps=1e-5,
+    ))
     cross_attention_levels: tuple[int, ...] = attrs.field(
         default=(0, 1, 2), converter=as_tuple, validator=_level_indices
     )
@@ -170,26 +161,8 @@ class LatentUNetConfig(PyramidGeometry):
     """Transformer blocks per spatial transformer."""
     context_dim: int = attrs.field(default=768, validator=int_at_least(1))
     """d_ctx, the width of the context tokens (CLIP ViT-L/14: 768; OpenCLIP ViT-H: 1024)."""
-    vector_dim: int = attrs.field(default=0, validator=int_at_least(0))
-    """D_v > 0: a Linear(D_v → E) adds the conditioning record's ``vector`` [B, D_v] to the embedding."""
     use_linear_projection: bool = attrs.field(default=False, validator=boolean)
     """proj_in / proj_out: linear layers on the tokens (SD 2.x) or 1×1 convolutions (SD 1.x)."""
-    time_embed_dim: int | None = attrs.field(default=None, validator=optional(int_at_least(1)))
-    """E, the embedding width; ``None``: 4·ch_0."""
-    timestep_cos_first: bool = attrs.field(default=True, validator=boolean)
-    """Sinusoidal features [cos, sin] (SD, diffusers' ``flip_sin_to_cos=True``) or [sin, cos]."""
-    timestep_freq_shift: int = attrs.field(default=0, validator=_padding)
-    """Frequencies 10000^(−i/(half − shift)): 0 for SD."""
-    dropout: float = attrs.field(default=0.0, validator=probability)
-    """Dropout in every ResBlock, before its second convolution."""
-    downsample_padding: int = attrs.field(default=1, validator=_padding)
-    """Of the stride-2 conv: 1 symmetric (SD); 0 one zero row/column at the bottom/right."""
-    norm_groups: int = attrs.field(default=32, validator=int_at_least(1))
-    """GroupNorm groups (every norm, the transformers' included)."""
-    norm_eps: float = attrs.field(default=1e-5, validator=positive_real)
-    """GroupNorm ε of the ResBlocks and the output norm (the transformers' is fixed at 1e-6)."""
-    gradient_checkpointing: bool = attrs.field(default=False, validator=boolean)
-    """Recompute each block's activations in the backward pass (saves memory when training)."""
 
     def __attrs_post_init__(self) -> None:
         levels = len(self.block_out_channels)
@@ -267,10 +240,7 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(dim, FF_MULT * dim, activation="geglu")
 
     def forward(
-        self,
-        h: torch.Tensor,
-        context: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
+        self, h: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         h = h + self.attn1(self.norm1(h))  # (B, N, C)
         if context is not None and mask is None:
@@ -293,15 +263,7 @@ class SpatialTransformer(nn.Module):
     with ``linear``, linear layers on the tokens), ``transformer_blocks``.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        heads: int,
-        depth: int,
-        context_dim: int,
-        groups: int,
-        linear: bool,
-    ) -> None:
+    def __init__(self, channels: int, heads: int, depth: int, context_dim: int, groups: int, linear: bool) -> None:
         super().__init__()
         self.linear = linear
         self.norm = nn.GroupNorm(groups, channels, eps=TRANSFORMER_GROUPNORM_EPS)
@@ -311,10 +273,7 @@ class SpatialTransformer(nn.Module):
         self.proj_out = proj()
 
     def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
+        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         b, c, height, width = x.shape
         h = self.norm(x)  # (B, C, H, W)
@@ -341,7 +300,7 @@ class DownLevel(nn.Module):
         super().__init__()
         width = cfg.block_out_channels[level]
         self.resnets = nn.ModuleList(
-            _resblock(cfg, in_channels if i == 0 else width, width) for i in range(cfg.layers_per_block)
+            level_resblock(cfg, in_channels if i == 0 else width, width) for i in range(cfg.layers_per_block)
         )
         count = cfg.layers_per_block if level in cfg.cross_attention_levels else 0
         self.attentions = nn.ModuleList(_transformer(cfg, level) for _ in range(count))
@@ -353,17 +312,12 @@ class DownLevel(nn.Module):
 class UpLevel(nn.Module):
     """One level of the up path: ResBlocks on [h, skip] (+ a spatial transformer after each), then an optional upsample."""
 
-    def __init__(
-        self,
-        cfg: LatentUNetConfig,
-        level: int,
-        in_channels: int,
-        skip_channels: list[int],
-    ) -> None:
+    def __init__(self, cfg: LatentUNetConfig, level: int, in_channels: int, skip_channels: list[int]) -> None:
         super().__init__()
         width = cfg.block_out_channels[level]
         self.resnets = nn.ModuleList(
-            _resblock(cfg, (in_channels if i == 0 else width) + skip, width) for i, skip in enumerate(skip_channels)
+            level_resblock(cfg, (in_channels if i == 0 else width) + skip, width)
+            for i, skip in enumerate(skip_channels)
         )
         count = len(skip_channels) if level in cfg.cross_attention_levels else 0
         self.attentions = nn.ModuleList(_transformer(cfg, level) for _ in range(count))
@@ -376,29 +330,14 @@ class MidBlock(nn.Module):
     def __init__(self, cfg: LatentUNetConfig) -> None:
         super().__init__()
         width = cfg.block_out_channels[-1]
-        self.resnets = nn.ModuleList([_resblock(cfg, width, width), _resblock(cfg, width, width)])
+        self.resnets = nn.ModuleList([level_resblock(cfg, width, width), level_resblock(cfg, width, width)])
         self.attention = _transformer(cfg, cfg.num_levels - 1)
 
 
-def _resblock(cfg: LatentUNetConfig, cin: int, cout: int) -> ResBlock:
-    return ResBlock(
-        cin,
-        cout,
-        temb_channels=cfg.embed_dim,
-        groups=cfg.norm_groups,
-        eps=cfg.norm_eps,
-        dropout=cfg.dropout,
-    )
-
-
 def _transformer(cfg: LatentUNetConfig, level: int) -> SpatialTransformer:
+    width, heads = cfg.block_out_channels[level], cfg.heads(level)
     return SpatialTransformer(
-        cfg.block_out_channels[level],
-        cfg.heads(level),
-        cfg.transformer_depth,
-        cfg.context_dim,
-        cfg.norm_groups,
-        cfg.use_linear_projection,
+        width, heads, cfg.transformer_depth, cfg.context_dim, cfg.norm_groups, cfg.use_linear_projection
     )
 
 

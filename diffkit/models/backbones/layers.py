@@ -81,14 +81,8 @@ class Attention(nn.Module):
     """
 
     def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        *,
-        context_dim: int | None = None,
-        head_dim: int | None = None,
-        qkv_bias: bool = True,
-        out_bias: bool = True,
+        self, dim: int, num_heads: int, *, context_dim: int | None = None, head_dim: int | None = None,
+        qkv_bias: bool = True, out_bias: bool = True,
     ) -> None:
         super().__init__()
         if head_dim is None:
@@ -110,10 +104,7 @@ class Attention(nn.Module):
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
+        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x: [B, N, D]; context: [B, M, d_ctx] or None; mask: bool [B, M], True = attend.
 

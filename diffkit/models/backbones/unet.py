@@ -34,6 +34,7 @@ block, the output projection of every attention layer and ``conv_out`` set to ze
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -84,14 +85,52 @@ def _level_indices(instance: Any, attribute: attrs.Attribute, value: Any) -> Non
         raise ConfigError(f"{attribute.name} must be a tuple of level indices, got {value!r}")
 
 
-class PyramidGeometry(ModelConfig):
-    """What the UNet configs share: levels of ``block_out_channels``, the time-embedding width,
-    and the check that ``sample_size`` survives every downsampling."""
+def _model_defaults(cls: type, fields: list[attrs.Attribute]) -> list[attrs.Attribute]:
+    """attrs ``field_transformer`` of the UNet configs: the class's ``DEFAULTS`` replace the shared fields' defaults."""
+    return [f.evolve(default=cls.DEFAULTS[f.name]) if f.name in cls.DEFAULTS else f for f in fields]
 
-    __slots__ = ()
-    block_out_channels: tuple[int, ...]
-    time_embed_dim: int | None
-    sample_size: int
+
+@attrs.frozen(kw_only=True)
+class PyramidGeometry(ModelConfig):
+    """What the UNet configs share: the fields below, levels of ``block_out_channels``, the
+    time-embedding width, and the check that ``sample_size`` survives every downsampling.
+
+    A subclass is declared ``@attrs.frozen(kw_only=True, field_transformer=_model_defaults)``
+    and gives the defaults that differ between the models in its ``DEFAULTS`` mapping.
+    """
+
+    DEFAULTS: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    sample_size: int = attrs.field(validator=int_at_least(1))
+    """Nominal height = width of the images or latents (SD 1.x: 512 px / 8); the network accepts
+    any H, W divisible by 2^(levels−1)."""
+    in_channels: int = attrs.field(validator=int_at_least(1))
+    """C_in, the image or latent channels (4 for SD's KL-f8 autoencoder; any count works), plus the
+    channels of a conditioning record's ``concat``, if any."""
+    out_channels: int = attrs.field(validator=int_at_least(1))
+    """C_out (2·C_in for ADM's learned σ: the prediction, then the variance channels)."""
+    block_out_channels: tuple[int, ...] = attrs.field(converter=as_tuple, validator=positive_ints)
+    """ch_ℓ, the width of each level, finest first (DDPM: 128 × (1, 2, 2, 2); SD: 320 × (1, 2, 4, 4))."""
+    layers_per_block: int = attrs.field(default=2, validator=int_at_least(1))
+    """ResBlocks per level on the way down (the up path has one more per level)."""
+    time_embed_dim: int | None = attrs.field(default=None, validator=optional(int_at_least(1)))
+    """E, the embedding width; ``None``: 4·ch_0."""
+    timestep_cos_first: bool = attrs.field(validator=boolean)
+    """Sinusoidal features [cos, sin] (ADM, SD, diffusers' ``flip_sin_to_cos=True``) or [sin, cos] (DDPM)."""
+    timestep_freq_shift: int = attrs.field(validator=_padding)
+    """Frequencies 10000^(−i/(half − shift)): 1 for DDPM, 0 for ADM and SD."""
+    vector_dim: int = attrs.field(default=0, validator=int_at_least(0))
+    """D_v > 0: a Linear(D_v → E) adds the conditioning record's ``vector`` [B, D_v] to the embedding."""
+    dropout: float = attrs.field(validator=probability)
+    """Dropout in every ResBlock, before its second convolution (DDPM CIFAR-10: 0.1)."""
+    downsample_padding: int = attrs.field(validator=_padding)
+    """Of the stride-2 conv: 1 symmetric (SD); 0 one zero row/column at the bottom/right (DDPM's TF "SAME")."""
+    norm_groups: int = attrs.field(default=32, validator=int_at_least(1))
+    """GroupNorm groups (every norm, the latent UNet's transformers' included)."""
+    norm_eps: float = attrs.field(validator=positive_real)
+    """GroupNorm ε of the ResBlocks, the output norm and the pixel UNet's attention (DDPM 1e-6; ADM,
+    SD and diffusers' default 1e-5); the latent UNet's transformers' is fixed at 1e-6."""
+    gradient_checkpointing: bool = attrs.field(default=False, validator=boolean)
+    """Recompute each block's activations in the backward pass (saves memory when training)."""
 
     @property
     def num_levels(self) -> int:
@@ -115,7 +154,7 @@ class PyramidGeometry(ModelConfig):
             )
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=_model_defaults)
 class UNetConfig(PyramidGeometry):
     """Configuration of :class:`UNet`; the defaults are DDPM's CIFAR-10 model (35.7 M parameters).
 
@@ -123,49 +162,23 @@ class UNetConfig(PyramidGeometry):
     ``attrs.evolve(PRESETS[...], num_classes=10)`` or :meth:`from_preset`.
     """
 
-    sample_size: int = attrs.field(default=32, validator=int_at_least(1))
-    """Nominal height = width of the images (the network accepts any H, W divisible by 2^(levels−1))."""
-    in_channels: int = attrs.field(default=3, validator=int_at_least(1))
-    """C_in, the image channels (plus the channels of a conditioning record's ``concat``, if any)."""
-    out_channels: int = attrs.field(default=3, validator=int_at_least(1))
-    """C_out (2·C_in for ADM's learned σ: the prediction, then the variance channels)."""
-    block_out_channels: tuple[int, ...] = attrs.field(
-        default=(128, 256, 256, 256), converter=as_tuple, validator=positive_ints
-    )
-    """ch_ℓ, the width of each level, finest first (DDPM: 128 × (1, 2, 2, 2))."""
-    layers_per_block: int = attrs.field(default=2, validator=int_at_least(1))
-    """ResBlocks per level on the way down (the up path has one more per level)."""
+    DEFAULTS: ClassVar[Mapping[str, Any]] = MappingProxyType(dict(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256),
+        timestep_cos_first=False, timestep_freq_shift=1, dropout=0.1, downsample_padding=0, norm_eps=1e-6,
+    ))
     attention_levels: tuple[int, ...] = attrs.field(default=(1,), converter=as_tuple, validator=_level_indices)
     """Levels (0 = finest) whose ResBlocks are followed by self-attention, down and up."""
     mid_attention: bool = attrs.field(default=True, validator=boolean)
     """Self-attention between the two middle ResBlocks."""
     attention_head_dim: int | None = attrs.field(default=None, validator=optional(int_at_least(1)))
     """Channels per attention head; ``None``: one head over all channels (DDPM)."""
-    time_embed_dim: int | None = attrs.field(default=None, validator=optional(int_at_least(1)))
-    """E, the embedding width; ``None``: 4·ch_0."""
-    timestep_cos_first: bool = attrs.field(default=False, validator=boolean)
-    """Sinusoidal features [cos, sin] (ADM, diffusers' ``flip_sin_to_cos=True``) or [sin, cos] (DDPM)."""
-    timestep_freq_shift: int = attrs.field(default=1, validator=_padding)
-    """Frequencies 10000^(−i/(half − shift)): 1 for DDPM, 0 for ADM."""
     num_classes: int = attrs.field(default=0, validator=int_at_least(0))
     """Class labels 0 … num_classes−1 plus the null class ``num_classes``; 0 = unconditional."""
-    vector_dim: int = attrs.field(default=0, validator=int_at_least(0))
-    """D_v > 0: a Linear(D_v → E) adds the conditioning record's ``vector`` [B, D_v] to the embedding."""
-    dropout: float = attrs.field(default=0.1, validator=probability)
-    """Dropout in every ResBlock, before its second convolution (DDPM CIFAR-10: 0.1)."""
     scale_shift: bool = attrs.field(default=False, validator=boolean)
     """ADM's scale-shift norm in the ResBlocks instead of adding the embedding."""
     resample: str = attrs.field(default="conv", validator=attrs.validators.in_(RESAMPLE_KINDS))
     """Down/upsampling: ``"conv"`` (stride-2 conv / nearest + conv), ``"pool"`` (average pool /
     nearest, no weights) or ``"resnet"`` (ResBlocks that resample inside, ADM's resblock_updown)."""
-    downsample_padding: int = attrs.field(default=0, validator=_padding)
-    """Of the stride-2 conv: 1 symmetric; 0 one zero row/column at the bottom/right (DDPM's TF "SAME")."""
-    norm_groups: int = attrs.field(default=32, validator=int_at_least(1))
-    """GroupNorm groups (every norm)."""
-    norm_eps: float = attrs.field(default=1e-6, validator=positive_real)
-    """GroupNorm ε (DDPM 1e-6; ADM and diffusers' default 1e-5)."""
-    gradient_checkpointing: bool = attrs.field(default=False, validator=boolean)
-    """Recompute each block's activations in the backward pass (saves memory when training)."""
 
     def __attrs_post_init__(self) -> None:
         levels = len(self.block_out_channels)
@@ -287,21 +300,17 @@ class MidBlock(nn.Module):
         self.attention = _attention(cfg, width) if cfg.mid_attention else None
 
 
-def _block_factory(cfg: UNetConfig):
-    def block(cin: int, cout: int, *, up: bool = False, down: bool = False) -> ResBlock:
-        return ResBlock(
-            cin,
-            cout,
-            temb_channels=cfg.embed_dim,
-            groups=cfg.norm_groups,
-            eps=cfg.norm_eps,
-            dropout=cfg.dropout,
-            scale_shift=cfg.scale_shift,
-            up=up,
-            down=down,
-        )
+def level_resblock(cfg: PyramidGeometry, cin: int, cout: int, **options: Any) -> ResBlock:
+    """A ResBlock C_in → C_out taking the embedding e, with ``cfg``'s norms and dropout; ``options``
+    are ResBlock's others (``scale_shift``, ``up``, ``down``)."""
+    return ResBlock(
+        cin, cout, temb_channels=cfg.embed_dim, groups=cfg.norm_groups, eps=cfg.norm_eps, dropout=cfg.dropout, **options
+    )
 
-    return block
+
+def _block_factory(cfg: UNetConfig) -> Callable[..., ResBlock]:
+    """``block(cin, cout, up=False, down=False)``: a ResBlock of this UNet."""
+    return functools.partial(level_resblock, cfg, scale_shift=cfg.scale_shift)
 
 
 def _attention(cfg: UNetConfig, width: int) -> SpatialSelfAttention:

@@ -2,51 +2,29 @@
 
 from __future__ import annotations
 
-import json
-import time
-import warnings
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from diffkit.demos import judge_cache as cache_module
-from diffkit.demos.digits import (
-    DigitsClassifier,
-    DigitsDataset,
-    DigitsTrainingConfig,
-    class_accuracy,
-    digits_fid,
-    load_digits,
-    load_or_train_digits_classifier,
-    real_baseline_fid,
-    train_digits_classifier,
-)
+from diffkit.demos.digits import DigitsClassifier, DigitsTrainingConfig, class_accuracy, digits_fid, real_baseline_fid
 from diffkit.demos.digits import judge as digits_module
+from diffkit.demos.digits.data import DigitsDataset, load_digits
 from diffkit.errors import ConfigError, ShapeError
+from tests.demos.judge_checks import CachedJudge
 
-QUICK_STEPS = 5  # for cache-mechanics tests, where the accuracy does not matter
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("diffkit-cache")
+JUDGE = CachedJudge(digits_module, "digits-classifier", load=digits_module.load_or_train_digits_classifier,
+                    train=digits_module.train_digits_classifier, quick_steps=5)
 
 
 @pytest.fixture(scope="module")
 def classifier(cache_dir):
     """The default classifier, trained once for this module into a temporary cache."""
-    return load_or_train_digits_classifier(cache_dir)
+    return JUDGE.load(cache_dir)
 
 
 @pytest.fixture(scope="module")
 def test_split():
     return DigitsDataset(split="test", seed=0)
-
-
-def _weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 # -- the network ------------------------------------------------------------------------------
@@ -88,12 +66,7 @@ def test_held_out_accuracy_on_resized_digits(classifier):
 
 
 def test_training_is_deterministic_and_leaves_global_state_alone():
-    rng_before, threads_before = torch.get_rng_state(), torch.get_num_threads()
-    first = train_digits_classifier(seed=3, steps=10)
-    assert torch.equal(torch.get_rng_state(), rng_before)
-    assert torch.get_num_threads() == threads_before
-    assert _weights_equal(first, train_digits_classifier(seed=3, steps=10))
-    assert not _weights_equal(first, train_digits_classifier(seed=4, steps=10))
+    JUDGE.check_training_is_deterministic(steps=10)
 
 
 @pytest.mark.parametrize("field", [{"steps": 0}, {"seed": -1}, {"batch_size": 1.5}, {"lr": 0.0}, {"max_shift": True}])
@@ -105,63 +78,22 @@ def test_bad_training_config_is_a_config_error(field):
 # -- the cache --------------------------------------------------------------------------------
 
 
-def _entries(folder):
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-
-
 def test_second_load_reads_the_cache(classifier, cache_dir, monkeypatch):
-    names = _entries(cache_dir)
-    assert any(n.endswith(".safetensors") for n in names) and any(n.endswith(".json") for n in names)
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("the cached classifier was retrained")
-
-    monkeypatch.setattr(digits_module, "_train", no_training)
-    start = time.perf_counter()
-    again = load_or_train_digits_classifier(cache_dir)
-    assert time.perf_counter() - start < 2.0
-    assert _weights_equal(classifier, again) and not again.training
-    assert _entries(cache_dir) == names
+    JUDGE.check_second_load_reads_the_cache(cache_dir, classifier, monkeypatch)
 
 
 def test_cache_key_follows_the_training_config(tmp_path):
-    load_or_train_digits_classifier(tmp_path, steps=QUICK_STEPS)
-    load_or_train_digits_classifier(tmp_path, steps=QUICK_STEPS + 1)
-    records = [json.loads((tmp_path / n).read_text()) for n in _entries(tmp_path) if n.endswith(".json")]
-    assert sorted(r["config"]["steps"] for r in records) == [QUICK_STEPS, QUICK_STEPS + 1]
-    assert len({r["key"] for r in records}) == 2
+    records = JUDGE.check_cache_key_follows_the_training_config(tmp_path)
     assert all(len(r["data_sha256"]) == 64 for r in records)
 
 
 def test_cache_dir_defaults_to_the_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIFFKIT_CACHE", str(tmp_path))
-    assert cache_module.default_cache_dir() == tmp_path
-    load_or_train_digits_classifier(steps=QUICK_STEPS)
-    assert any(n.endswith(".safetensors") for n in _entries(tmp_path))
-    monkeypatch.delenv("DIFFKIT_CACHE")
-    assert cache_module.default_cache_dir().parts[-2:] == (".cache", "diffkit")
+    JUDGE.check_cache_dir_defaults_to_the_environment(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("damage", ["truncate_weights", "garbage_json", "other_save"])
 def test_a_damaged_cache_entry_is_retrained(tmp_path, damage):
-    first = load_or_train_digits_classifier(tmp_path, steps=QUICK_STEPS)
-    (weights,) = tmp_path.glob("*.safetensors")
-    (meta,) = tmp_path.glob("*.json")
-    if damage == "truncate_weights":
-        weights.write_bytes(weights.read_bytes()[:100])
-    elif damage == "garbage_json":
-        meta.write_text("{not json")
-    else:  # the JSON of one save beside the weights of another
-        record = json.loads(meta.read_text())
-        record["save_id"] = "0" * 32
-        meta.write_text(json.dumps(record))
-    with pytest.warns(UserWarning, match="damaged digits-classifier cache"):
-        retrained = load_or_train_digits_classifier(tmp_path, steps=QUICK_STEPS)
-    assert _weights_equal(first, retrained)  # same seed, same weights
-    # the entry was rewritten whole: the next load reads it without a warning
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert _weights_equal(first, load_or_train_digits_classifier(tmp_path, steps=QUICK_STEPS))
+    JUDGE.check_a_damaged_entry_is_retrained(tmp_path, damage)
 
 
 # -- the metrics ------------------------------------------------------------------------------

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
-import time
-import warnings
 
 import numpy as np
 import pytest
@@ -13,29 +10,14 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from diffkit.demos.shapes import (
-    COLORS,
-    POSITIONS,
-    SHAPES,
-    ShapeClassifier,
-    ShapesConfig,
-    ShapesDataset,
-    ShapesEvaluator,
-    ShapeSpec,
-    ShapeTrainingConfig,
-    load_or_train_shape_classifier,
-    render,
-    train_shape_classifier,
-)
+from diffkit.demos.shapes import ShapeClassifier, ShapesEvaluator, ShapeTrainingConfig
 from diffkit.demos.shapes import judge as shapes_metrics
+from diffkit.demos.shapes.data import COLORS, POSITIONS, SHAPES, ShapesConfig, ShapesDataset, ShapeSpec, render
 from diffkit.errors import ConfigError, ShapeError
+from tests.demos.judge_checks import CachedJudge
 
-QUICK_STEPS = 3  # for cache-mechanics tests, where the accuracy does not matter
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("diffkit-cache")
+JUDGE = CachedJudge(shapes_metrics, "shape-classifier", load=shapes_metrics.load_or_train_shape_classifier,
+                    train=shapes_metrics.train_shape_classifier, quick_steps=3)
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +35,6 @@ def heldout():
 def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur of σ pixels over H and W with SciPy (an implementation independent of diffkit's)."""
     return torch.from_numpy(gaussian_filter(images.numpy(), sigma=(0, 0, sigma, sigma), mode="nearest"))
-
-
-def _weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 # -- accuracy on real images -------------------------------------------------------------------
@@ -184,13 +161,7 @@ def test_foreground_map_ignores_colour_and_background_tone():
 
 
 def test_training_is_deterministic_and_leaves_global_state_alone():
-    rng_before, threads_before = torch.get_rng_state(), torch.get_num_threads()
-    first = train_shape_classifier(seed=3, steps=QUICK_STEPS)
-    assert torch.equal(torch.get_rng_state(), rng_before)
-    assert torch.get_num_threads() == threads_before
-    assert _weights_equal(first, train_shape_classifier(seed=3, steps=QUICK_STEPS))
-    assert not _weights_equal(first, train_shape_classifier(seed=4, steps=QUICK_STEPS))
-    assert not first.training
+    assert not JUDGE.check_training_is_deterministic(steps=JUDGE.quick_steps).training
 
 
 @pytest.mark.parametrize("field", [{"steps": 0}, {"seed": -1}, {"lr": 0.0}, {"max_blur": -1.0}, {"batch_size": True}])
@@ -212,57 +183,22 @@ def test_training_blur_matches_scipy():
 # -- the cache --------------------------------------------------------------------------------------
 
 
-def _entries(folder):
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-
-
 def test_second_load_reads_the_cache(evaluator, cache_dir, monkeypatch):
-    names = _entries(cache_dir)
-    assert any(n.startswith("shape-classifier-") and n.endswith(".safetensors") for n in names)
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("the cached classifier was retrained")
-
-    monkeypatch.setattr(shapes_metrics, "_train", no_training)
-    start = time.perf_counter()
-    again = load_or_train_shape_classifier(cache_dir)
-    assert time.perf_counter() - start < 2.0
-    assert _weights_equal(evaluator.classifier, again) and not again.training
-    assert _entries(cache_dir) == names
+    JUDGE.check_second_load_reads_the_cache(cache_dir, evaluator.classifier, monkeypatch)
 
 
 def test_cache_key_follows_the_training_config(tmp_path):
-    load_or_train_shape_classifier(tmp_path, steps=QUICK_STEPS)
-    load_or_train_shape_classifier(tmp_path, steps=QUICK_STEPS + 1)
-    records = [json.loads((tmp_path / n).read_text()) for n in _entries(tmp_path) if n.endswith(".json")]
-    assert sorted(r["config"]["steps"] for r in records) == [QUICK_STEPS, QUICK_STEPS + 1]
-    assert len({r["key"] for r in records}) == 2
+    records = JUDGE.check_cache_key_follows_the_training_config(tmp_path)
     assert all(r["generator"]["shapes"] == list(SHAPES) for r in records)
 
 
 def test_cache_dir_defaults_to_the_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIFFKIT_CACHE", str(tmp_path))
-    load_or_train_shape_classifier(steps=QUICK_STEPS)
-    assert any(n.endswith(".safetensors") for n in _entries(tmp_path))
+    JUDGE.check_cache_dir_defaults_to_the_environment(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("damage", ["truncate_weights", "other_save"])
 def test_a_damaged_cache_entry_is_retrained(tmp_path, damage):
-    first = load_or_train_shape_classifier(tmp_path, steps=QUICK_STEPS)
-    (weights,) = tmp_path.glob("*.safetensors")
-    (meta,) = tmp_path.glob("*.json")
-    if damage == "truncate_weights":
-        weights.write_bytes(weights.read_bytes()[:100])
-    else:  # the JSON of one save beside the weights of another
-        record = json.loads(meta.read_text())
-        record["save_id"] = "0" * 32
-        meta.write_text(json.dumps(record))
-    with pytest.warns(UserWarning, match="damaged shape-classifier cache"):
-        retrained = load_or_train_shape_classifier(tmp_path, steps=QUICK_STEPS)
-    assert _weights_equal(first, retrained)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert _weights_equal(first, load_or_train_shape_classifier(tmp_path, steps=QUICK_STEPS))
+    JUDGE.check_a_damaged_entry_is_retrained(tmp_path, damage)
 
 
 def test_every_palette_colour_and_position_is_measured(evaluator):

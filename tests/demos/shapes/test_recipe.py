@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 
+import diffkit.recipes
 from diffkit import load_pretrained
 from diffkit.cli.commands import main
+from diffkit.recipes import base
+from tests.cli.runs import trained
 
 TINY = [
     "data.count=48", "data.heldout_count=24", "autoencoder.train.steps=3", "autoencoder.train.batch_size=8",
@@ -24,9 +28,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def shapes_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shapes")
-    assert main(["train", "--recipe", "shapes", "--steps", "2", "--out", str(out), "--no-progress", *TINY]) == 0
-    return out
+    return trained(tmp_path_factory.mktemp("shapes"), "shapes", 2, *TINY)
 
 
 def test_the_autoencoder_is_trained_scaled_and_reported(shapes_run):
@@ -62,13 +64,10 @@ def test_a_text_pipeline_without_a_prompt_is_a_clear_error(shapes_run, tmp_path,
 
 
 def test_extending_the_run_reuses_its_trained_autoencoder(shapes_run, tmp_path):
-    import shutil
-
     out = tmp_path / "again"
     shutil.copytree(shapes_run, out)
     before = (out / "autoencoder" / "model.safetensors").read_bytes()
-    assert main(["train", "--recipe", "shapes", "--steps", "3", "--out", str(out), "--no-progress", *TINY,
-                 "--resume"]) == 0
+    trained(out, "shapes", 3, *TINY, "--resume")
     assert (out / "autoencoder" / "model.safetensors").read_bytes() == before
     assert json.loads((out / "run.json").read_text())["finished_step"] == 3
 
@@ -79,20 +78,14 @@ def test_the_default_dit_reads_the_pooled_text_vector(shapes_run):
 
 
 def test_the_latent_unet_variant_trains_with_cross_attention(tmp_path):
-    out = tmp_path / "unet"
-    assert main(["train", "--recipe", "shapes", "--backbone", "latent_unet", "--steps", "1", "--out", str(out),
-                 "--no-progress", *TINY]) == 0
+    out = trained(tmp_path / "unet", "shapes", 1, "--backbone", "latent_unet", *TINY)
     assert type(load_pretrained(out / "pipeline").backbone).__name__ == "LatentUNet"
 
 
 def test_demo_shapes_prints_the_three_accuracies_last(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DIFFKIT_CACHE", str(tmp_path / "cache"))
-    from diffkit.recipes import base
-
     original = base.get_recipe
     monkeypatch.setattr(base, "get_recipe", lambda name, overrides=(), **kw: original(name, [*TINY, *overrides], **kw))
-    import diffkit.recipes
-
     monkeypatch.setattr(diffkit.recipes, "get_recipe", base.get_recipe)
     assert main(["demo", "shapes", "--steps", "1", "--eval-n", "1", "--out", str(tmp_path / "d"), "--no-progress"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import diffkit
-from diffkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError
+from diffkit.errors import ConfigError, ShapeError, UnknownNameError
 from diffkit.io.diffusers.kl import (
     config_from_diffusers,
     convert_diffusers_state_dict,
@@ -18,18 +17,10 @@ from diffkit.io.diffusers.kl import (
     load_diffusers_kl,
 )
 from diffkit.models.autoencoders import KL_PRESETS, DiagonalGaussian, KLAutoencoder, KLConfig
+from tests.model_checks import check_registered
+from tests.model_helpers import randomize
 
 TINY = KLConfig(block_out_channels=(8, 16, 16), layers_per_block=1, latent_channels=3, norm_num_groups=4)
-
-
-def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
-    """Overwrite every parameter with N(0, std²) (group-norm scales around 1)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g) * std
-            p.copy_(1 + noise if "norm" in name and name.endswith("weight") else noise)
-    return model
 
 
 def images(config: KLConfig, batch: int = 2, size: int = 16, seed: int = 1) -> torch.Tensor:
@@ -269,16 +260,9 @@ def test_cuda_fp32_and_bf16_match_cpu():
 
 
 def test_registered_as_autoencoder_kl():
-    entry = diffkit.get_entry("autoencoder", "kl")
-    assert entry.options is KLConfig and entry.origin.builtin
+    entry = check_registered("autoencoder", "kl", KLAutoencoder, TINY, ("kl-f8", {"latent_channels": 16}),
+                             ("latent_channel", "latent_channels"))
     assert "Rombach" in entry.metadata["paper"]
-    model = diffkit.build("autoencoder", "kl", **TINY.to_dict())
-    assert isinstance(model, KLAutoencoder) and model.config == TINY
-    with torch.device("meta"):
-        preset = diffkit.build("autoencoder", "kl", preset="kl-f8", latent_channels=16)
-    assert preset.config == KLConfig.from_preset("kl-f8", latent_channels=16)
-    with pytest.raises(UnknownNameError, match="did you mean 'latent_channels'"):
-        diffkit.build("autoencoder", "kl", latent_channel=4)
 
 
 # -- diffusers ------------------------------------------------------------------------------------------
@@ -335,21 +319,6 @@ def test_deprecated_attention_names_are_accepted():
     converted, expected = convert_diffusers_state_dict(old, config), convert_diffusers_state_dict(modern, config)
     assert converted.keys() == expected.keys()
     assert all(torch.equal(converted[k], expected[k]) for k in expected)
-
-
-def test_conversion_lists_missing_unexpected_and_misshaped_keys():
-    theirs = diffusers_kl()
-    config = config_from_diffusers(theirs.config)
-    state = dict(theirs.state_dict())
-    del state["encoder.mid_block.attentions.0.to_k.weight"]
-    state["decoder.up_blocks.0.extra.weight"] = torch.zeros(1)
-    state["quant_conv.bias"] = torch.zeros(7)
-    with pytest.raises(CheckpointError) as info:
-        convert_diffusers_state_dict(state, config)
-    message = str(info.value)
-    assert "1 missing key(s):\n    encoder.mid_block.attentions.0.to_k.weight" in message
-    assert "1 unexpected key(s):\n    decoder.up_blocks.0.extra.weight" in message
-    assert "1 mis-shaped key(s):\n    quant_conv.bias: (7,), expected (6,)" in message
 
 
 @pytest.mark.parametrize(

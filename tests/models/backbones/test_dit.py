@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import diffkit
 from diffkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError
 from diffkit.io.diffusers.dit import (
     config_from_diffusers,
@@ -29,17 +28,10 @@ from diffkit.models.backbones import (
     sincos_position_embedding_2d,
     timestep_embedding,
 )
+from tests.model_checks import check_registered
+from tests.model_helpers import randomize, tiny_diffusers_dit
 
 TINY = DiTConfig(input_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=4, num_classes=10)
-
-
-def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
-    """Overwrite every parameter with N(0, std²), so zero-initialised layers do not hide errors."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return model
 
 
 def inputs(config: DiTConfig, batch: int = 3, seed: int = 1):
@@ -265,14 +257,8 @@ def test_cuda_fp32_and_bf16_match_cpu():
 
 
 def test_registered_as_backbone_dit():
-    entry = diffkit.get_entry("backbone", "dit")
-    assert entry.options is DiTConfig and entry.origin.builtin
-    model = diffkit.build("backbone", "dit", preset="DiT-S/8", input_size=16, num_classes=10)
-    assert isinstance(model, DiT)
-    assert model.config == DiTConfig.from_preset("DiT-S/8", input_size=16, num_classes=10)
-    assert diffkit.build("backbone", "dit", **TINY.to_dict()).config == TINY
-    with pytest.raises(UnknownNameError, match="did you mean 'num_heads'"):
-        diffkit.build("backbone", "dit", num_head=4)
+    check_registered("backbone", "dit", DiT, TINY, ("DiT-S/8", {"input_size": 16, "num_classes": 10}),
+                     ("num_head", "num_heads"))
 
 
 # -- shared layers and embeddings ----------------------------------------------------------------
@@ -348,26 +334,13 @@ def test_position_embedding_matches_mae_layout_and_diffusers():
 # -- diffusers -------------------------------------------------------------------------------------
 
 
-def diffusers_dit(**config):
-    diffusers = pytest.importorskip("diffusers")
-    settings = {"num_attention_heads": 2, "attention_head_dim": 8, "in_channels": 4, "out_channels": 8,
-                "num_layers": 2, "sample_size": 8, "patch_size": 2, "num_embeds_ada_norm": 10}
-    model = randomize(diffusers.DiTTransformer2DModel(**{**settings, **config}), seed=3, std=0.3).eval()
-    state = model.state_dict()
-    with torch.no_grad():  # diffusers' per-block embedders: equal copies, as in converted DiT weights
-        for key, value in state.items():
-            if ".norm1.emb." in key:
-                value.copy_(state["transformer_blocks.0." + key.split(".", 2)[2]])
-    return model
-
-
 @pytest.mark.parametrize(
     "config",
     [{}, {"out_channels": None, "patch_size": 4, "sample_size": 16, "num_layers": 3, "norm_eps": 1e-6}],
     ids=["learned-sigma", "plain"],
 )
 def test_outputs_agree_with_diffusers(config, tmp_path):
-    theirs = diffusers_dit(**config)
+    theirs = tiny_diffusers_dit(**config)
     ours = dit_from_diffusers(theirs)
     assert ours.config.learn_sigma == (config.get("out_channels", 8) == 8)
     x, t, y = inputs(ours.config)
@@ -381,23 +354,8 @@ def test_outputs_agree_with_diffusers(config, tmp_path):
         torch.testing.assert_close(load_diffusers_dit(tmp_path)(x, t, y), expected, rtol=0, atol=1e-5)
 
 
-def test_conversion_lists_missing_unexpected_and_misshaped_keys():
-    theirs = diffusers_dit()
-    config = config_from_diffusers(theirs.config)
-    state = dict(theirs.state_dict())
-    del state["transformer_blocks.1.attn1.to_k.weight"]
-    state["transformer_blocks.0.attn1.extra.weight"] = torch.zeros(1)
-    state["proj_out_2.bias"] = torch.zeros(7)
-    with pytest.raises(CheckpointError) as info:
-        convert_diffusers_state_dict(state, config)
-    message = str(info.value)
-    assert "1 missing key(s):\n    transformer_blocks.1.attn1.to_k.weight" in message
-    assert "1 unexpected key(s):\n    transformer_blocks.0.attn1.extra.weight" in message
-    assert "1 mis-shaped key(s):\n    proj_out_2.bias: (7,), expected (32,)" in message
-
-
 def test_conversion_rejects_embedder_copies_that_differ():
-    theirs = diffusers_dit()
+    theirs = tiny_diffusers_dit()
     state = {k: v.clone() for k, v in theirs.state_dict().items()}
     state["transformer_blocks.1.norm1.emb.timestep_embedder.linear_1.bias"] += 1
     with pytest.raises(CheckpointError, match=r"blocks \[1\] differ"):

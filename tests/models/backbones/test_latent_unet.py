@@ -11,29 +11,20 @@ import attrs
 import pytest
 import torch
 
-import diffkit
-from diffkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError
+from diffkit.errors import ConfigError, ShapeError, UnknownNameError
 from diffkit.io.diffusers.latent_unet import (
     config_from_diffusers,
-    convert_diffusers_state_dict,
     latent_unet_from_diffusers,
     load_diffusers_latent_unet,
 )
 from diffkit.models.backbones.latent_unet import PRESETS, LatentUNet, LatentUNetConfig, cross_attention_context
+from tests.model_checks import check_bf16, check_channels_last, check_checkpointing, check_cuda, check_registered
+from tests.model_helpers import perturb, perturbed_diffusers
 
 TINY = PRESETS["tiny"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def randomized(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
-    """Perturb every parameter (the zero-initialised layers would hide most of the network)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen))
-    return model
 
 
 def inputs(batch: int = 2, tokens: int = 5, config: LatentUNetConfig = TINY):
@@ -174,7 +165,7 @@ def test_conditioning_rule():
         def __init__(self, context, mask=None):
             self.context, self.mask = context, mask
 
-    model = randomized(LatentUNet(TINY)).eval()
+    model = perturb(LatentUNet(TINY)).eval()
     with torch.no_grad():
         plain = model(x, t, context)
         torch.testing.assert_close(model(x, t, {"context": context}), plain, rtol=0, atol=0)
@@ -213,7 +204,7 @@ def test_shape_errors_and_any_latent_channel_count():
         model(torch.randn(2, 3, 16, 16), t, context)
     with pytest.raises(ShapeError, match="t must have shape"):
         model(x, torch.zeros(3), context)
-    wide = randomized(LatentUNet(attrs.evolve(TINY, in_channels=16, out_channels=32, context_dim=12)))
+    wide = perturb(LatentUNet(attrs.evolve(TINY, in_channels=16, out_channels=32, context_dim=12)))
     with torch.no_grad():
         out = wide(torch.randn(1, 16, 8, 24), 5.0, torch.randn(1, 3, 12))  # a scalar t is broadcast
     assert out.shape == (1, 32, 8, 24)
@@ -221,73 +212,28 @@ def test_shape_errors_and_any_latent_channel_count():
 
 @pytest.mark.parametrize("linear", [False, True], ids=["conv-proj", "linear-proj"])
 def test_gradient_checkpointing_and_channels_last_give_the_same_results(linear):
-    model = randomized(LatentUNet(attrs.evolve(TINY, use_linear_projection=linear, transformer_depth=2)))
+    model = perturb(LatentUNet(attrs.evolve(TINY, use_linear_projection=linear, transformer_depth=2)))
     x, t, context = inputs()
-    cond = {
-        "context": context,
-        "mask": torch.tensor([[True] * 5, [True, False, True, False, False]]),
-    }
-    out = model(x, t, cond)
-    out.square().sum().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    assert all(g.abs().sum() > 0 for g in grads.values())  # every parameter is reached
-    model.zero_grad()
-    model.gradient_checkpointing = True
-    out2 = model(x, t, cond)
-    out2.square().sum().backward()
-    torch.testing.assert_close(out2, out)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-6)
+    cond = {"context": context, "mask": torch.tensor([[True] * 5, [True, False, True, False, False]])}
+    out = check_checkpointing(model, x, t, cond)
     model(x, t, None).sum().backward()  # no context: checkpointing passes None through
     model.gradient_checkpointing = False
-    cl = model.to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        got = cl(x.to(memory_format=torch.channels_last), t, cond)
-    torch.testing.assert_close(got, out.detach(), rtol=1e-4, atol=1e-5)
+    check_channels_last(model, out, x, t, cond)
 
 
 def test_bf16_weights_and_autocast():
-    model = randomized(LatentUNet(TINY)).eval()
-    x, t, context = inputs()
-    with torch.no_grad():
-        reference = model(x, t, context)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            auto = model(x, t, context)
-        bf16 = model.to(torch.bfloat16)(x.bfloat16(), t, context)  # an fp32 context is cast
-    assert bf16.dtype == torch.bfloat16 and torch.isfinite(bf16).all() and torch.isfinite(auto).all()
-    for got in (auto.float(), bf16.float()):
-        assert (got - reference).norm() <= 0.05 * reference.norm()
+    check_bf16(perturb(LatentUNet(TINY)).eval(), *inputs())  # an fp32 context is cast
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fp32_bf16_and_channels_last_match_cpu():
-    model = randomized(LatentUNet(TINY)).eval()
-    x, t, context = inputs()
-    with torch.no_grad():
-        reference = model(x, t, context)
-        gpu = model.cuda()
-        fp32 = gpu(x.cuda(), t.cuda(), context.cuda()).cpu()
-        cl = gpu.to(memory_format=torch.channels_last)(
-            x.cuda().to(memory_format=torch.channels_last), t.cuda(), context.cuda()
-        )
-        bf16 = gpu.to(torch.bfloat16)(x.cuda().bfloat16(), t.cuda(), context.cuda().bfloat16())
-    torch.testing.assert_close(fp32, reference, rtol=1e-3, atol=1e-3)  # TF32 allowed
-    torch.testing.assert_close(cl.cpu(), reference, rtol=1e-3, atol=1e-3)
-    assert bf16.dtype == torch.bfloat16 and (bf16.float().cpu() - reference).norm() <= 0.05 * reference.norm()
+    check_cuda(perturb(LatentUNet(TINY)).eval(), *inputs())
 
 
 def test_registered_as_backbone_latent_unet():
-    entry = diffkit.get_entry("backbone", "latent_unet")
-    assert (
-        entry.options is LatentUNetConfig and entry.origin.builtin and "Rombach et al. 2022" in entry.metadata["paper"]
-    )
-    model = diffkit.build("backbone", "latent_unet", **TINY.to_dict())
-    assert isinstance(model, LatentUNet) and model.config == TINY
-    with torch.device("meta"):
-        built = diffkit.build("backbone", "latent_unet", preset="sd15", in_channels=16)
-    assert built.config == LatentUNetConfig.from_preset("sd15", in_channels=16)
-    with pytest.raises(UnknownNameError, match="did you mean 'context_dim'"):
-        diffkit.build("backbone", "latent_unet", context_dimm=2)
+    entry = check_registered("backbone", "latent_unet", LatentUNet, TINY, ("sd15", {"in_channels": 16}),
+                             ("context_dimm", "context_dim"))
+    assert "Rombach et al. 2022" in entry.metadata["paper"]
 
 
 # -- diffusers UNet2DConditionModel ---------------------------------------------------------------
@@ -295,45 +241,24 @@ def test_registered_as_backbone_latent_unet():
 DIFFUSERS_CASES = {
     # SD 1.x style: 1×1-conv projections, one head count, cross-attention at the two finest levels.
     "sd1-style": {
-        "block_out_channels": (32, 64, 64),
-        "layers_per_block": 1,
-        "norm_num_groups": 8,
-        "cross_attention_dim": 24,
-        "attention_head_dim": 2,
-        "down_block_types": (
-            "CrossAttnDownBlock2D",
-            "CrossAttnDownBlock2D",
-            "DownBlock2D",
-        ),
+        "block_out_channels": (32, 64, 64), "layers_per_block": 1, "norm_num_groups": 8, "cross_attention_dim": 24,
+        "attention_head_dim": 2, "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     },
     # SD 2.x style: linear projections, per-level head counts, two transformer blocks, 8 latent channels.
     "sd2-style": {
-        "in_channels": 8,
-        "out_channels": 6,
-        "block_out_channels": (32, 64),
-        "layers_per_block": 2,
-        "norm_num_groups": 8,
-        "cross_attention_dim": 40,
-        "attention_head_dim": (2, 4),
-        "transformer_layers_per_block": 2,
-        "use_linear_projection": True,
-        "upcast_attention": True,
+        "in_channels": 8, "out_channels": 6, "block_out_channels": (32, 64), "layers_per_block": 2,
+        "norm_num_groups": 8, "cross_attention_dim": 40, "attention_head_dim": (2, 4),
+        "transformer_layers_per_block": 2, "use_linear_projection": True, "upcast_attention": True,
         "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
         "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
     },
 }
 
 
-def diffusers_latent_unet(**config):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    return randomized(diffusers.UNet2DConditionModel(sample_size=16, **config)).eval()
-
-
 @pytest.mark.parametrize("case", list(DIFFUSERS_CASES))
 def test_outputs_agree_with_diffusers(case, tmp_path):
-    theirs = diffusers_latent_unet(**DIFFUSERS_CASES[case])
+    theirs = perturbed_diffusers("UNet2DConditionModel", **DIFFUSERS_CASES[case])
     ours = latent_unet_from_diffusers(theirs)
     cfg = ours.config
     gen = torch.Generator().manual_seed(2)
@@ -359,21 +284,6 @@ def test_outputs_agree_with_diffusers(case, tmp_path):
         with torch.no_grad():
             loaded = load_diffusers_latent_unet(tmp_path)(x, t, context)
         torch.testing.assert_close(loaded, expected, rtol=0, atol=1e-5)
-
-
-def test_conversion_lists_missing_unexpected_and_misshaped_keys():
-    theirs = diffusers_latent_unet(**DIFFUSERS_CASES["sd1-style"])
-    config = config_from_diffusers(theirs.config)
-    state = dict(theirs.state_dict())
-    del state["down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"]
-    state["mid_block.attentions.0.extra.weight"] = torch.zeros(1)
-    state["conv_out.bias"] = torch.zeros(7)
-    with pytest.raises(CheckpointError) as info:
-        convert_diffusers_state_dict(state, config)
-    message = str(info.value)
-    assert "1 missing key(s):\n    down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight" in message
-    assert "1 unexpected key(s):\n    mid_block.attentions.0.extra.weight" in message
-    assert "1 mis-shaped key(s):\n    conv_out.bias: (7,), expected (4,)" in message
 
 
 @pytest.mark.parametrize(

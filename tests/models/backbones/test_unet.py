@@ -9,17 +9,14 @@ import re
 import attrs
 import pytest
 import torch
+import torch.nn.functional as F
 
-import diffkit
-from diffkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError
-from diffkit.io.diffusers.unet import (
-    config_from_diffusers,
-    convert_diffusers_state_dict,
-    load_diffusers_unet,
-    unet_from_diffusers,
-)
-from diffkit.models.backbones.layers import Downsample2D, ResBlock, Upsample2D
+from diffkit.errors import ConfigError, ShapeError, UnknownNameError
+from diffkit.io.diffusers.unet import config_from_diffusers, load_diffusers_unet, unet_from_diffusers
+from diffkit.models.backbones.layers import Downsample2D, ResBlock, Upsample2D, nearest_upsample_2x
 from diffkit.models.backbones.unet import PRESETS, UNet, UNetConfig
+from tests.model_checks import check_bf16, check_channels_last, check_checkpointing, check_cuda, check_registered
+from tests.model_helpers import perturb, perturbed_diffusers
 
 # A tiny class-conditional UNet: 3 levels, attention at levels 1 and 2 and in the middle.
 TINY = UNetConfig(
@@ -37,13 +34,8 @@ TINY = UNetConfig(
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def randomized(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
-    """Perturb every parameter (the zero-initialised layers would hide most of the network)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen))
-    return model
+def inputs():
+    return torch.randn(2, 3, 16, 16), torch.tensor([3.0, 700.0]), torch.tensor([0, 3])
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -110,23 +102,11 @@ def test_unknown_fields_and_presets_name_close_matches():
 # six DownBlock2D / UpBlock2D) on a (32, 3, 128, 128) batch: "Down-ℓ" is level ℓ's output before
 # its downsample, "Up-i" the output of up level i (after its upsample). The output has
 # out_channels = 3 channels (the seed's text says 128: its erratum).
-SEED_DOWN = [
-    (32, 128, 128, 128),
-    (32, 128, 64, 64),
-    (32, 256, 32, 32),
-    (32, 256, 16, 16),
-    (32, 512, 8, 8),
-    (32, 512, 4, 4),
-]
+SEED_DOWN = [(32, 128, 128, 128), (32, 128, 64, 64), (32, 256, 32, 32), (32, 256, 16, 16), (32, 512, 8, 8),
+             (32, 512, 4, 4)]
 SEED_MID = (32, 512, 4, 4)
-SEED_UP = [
-    (32, 512, 8, 8),
-    (32, 512, 16, 16),
-    (32, 256, 32, 32),
-    (32, 256, 64, 64),
-    (32, 128, 128, 128),
-    (32, 128, 128, 128),
-]
+SEED_UP = [(32, 512, 8, 8), (32, 512, 16, 16), (32, 256, 32, 32), (32, 256, 64, 64), (32, 128, 128, 128),
+           (32, 128, 128, 128)]
 
 
 def test_seed_config_level_shapes():
@@ -177,7 +157,7 @@ def test_zero_initialisation_gives_exactly_zero_output():
 
 
 def test_conditioning_rule_and_shape_errors():
-    model = randomized(UNet(TINY)).eval()
+    model = perturb(UNet(TINY)).eval()
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         null = model(x, 10, None)  # a scalar t is broadcast; None = the null class
@@ -211,71 +191,24 @@ def test_conditioning_rule_and_shape_errors():
     ids=["ddpm", "adm", "pool"],
 )
 def test_gradient_checkpointing_and_channels_last_give_the_same_results(changes):
-    config = attrs.evolve(TINY, **changes)
-    model = randomized(UNet(config))
-    x, t, y = (
-        torch.randn(2, 3, 16, 16),
-        torch.tensor([3.0, 700.0]),
-        torch.tensor([0, 3]),
-    )
-    out = model(x, t, y)
-    out.square().sum().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    assert all(g.abs().sum() > 0 for g in grads.values())  # every parameter is reached
-    model.zero_grad()
-    model.gradient_checkpointing = True
-    out2 = model(x, t, y)
-    out2.square().sum().backward()
-    torch.testing.assert_close(out2, out)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-6)
+    model = perturb(UNet(attrs.evolve(TINY, **changes)))
+    x, t, y = inputs()
+    out = check_checkpointing(model, x, t, y)
     model.gradient_checkpointing = False
-    cl = model.to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            cl(x.to(memory_format=torch.channels_last), t, y),
-            out.detach(),
-            rtol=1e-4,
-            atol=1e-5,
-        )
+    check_channels_last(model, out, x, t, y)
 
 
 def test_bf16_weights_and_autocast():
-    model = randomized(UNet(TINY)).eval()
-    x, t, y = (
-        torch.randn(2, 3, 16, 16),
-        torch.tensor([3.0, 700.0]),
-        torch.tensor([0, 3]),
-    )
-    with torch.no_grad():
-        reference = model(x, t, y)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            auto = model(x, t, y)
-        bf16 = model.to(torch.bfloat16)(x.bfloat16(), t, y)
-    assert bf16.dtype == torch.bfloat16 and torch.isfinite(bf16).all() and torch.isfinite(auto).all()
-    for got in (auto.float(), bf16.float()):
-        assert (got - reference).norm() <= 0.05 * reference.norm()
+    check_bf16(perturb(UNet(TINY)).eval(), *inputs())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fp32_bf16_and_channels_last_match_cpu():
-    model = randomized(UNet(TINY)).eval()
-    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([3.0, 700.0]), torch.tensor([0, 3])
-    with torch.no_grad():
-        reference = model(x, t, y)
-        gpu = model.cuda()
-        fp32 = gpu(x.cuda(), t.cuda(), y.cuda()).cpu()
-        cl = gpu.to(memory_format=torch.channels_last)(
-            x.cuda().to(memory_format=torch.channels_last), t.cuda(), y.cuda()
-        )
-        bf16 = gpu.to(torch.bfloat16)(x.cuda().bfloat16(), t.cuda(), y.cuda())
-    torch.testing.assert_close(fp32, reference, rtol=1e-3, atol=1e-3)  # TF32 convolutions allowed
-    torch.testing.assert_close(cl.cpu(), reference, rtol=1e-3, atol=1e-3)
-    assert bf16.dtype == torch.bfloat16 and (bf16.float().cpu() - reference).norm() <= 0.05 * reference.norm()
+    check_cuda(perturb(UNet(TINY)).eval(), *inputs())
 
 
 def test_dropout_is_active_only_in_training():
-    model = randomized(UNet(attrs.evolve(TINY, dropout=0.5)))
+    model = perturb(UNet(attrs.evolve(TINY, dropout=0.5)))
     x, t = torch.randn(1, 3, 16, 16), torch.tensor([5.0])
     model.train()
     assert not torch.equal(model(x, t), model(x, t))
@@ -320,7 +253,7 @@ def test_resblock_matches_diffusers_resnetblock2d(norm, channels, resample):
         down=resample == "down",
         eps=1e-6,
     ).eval()
-    randomized(theirs)
+    perturb(theirs)
     ours = ResBlock(
         cin,
         cout,
@@ -341,7 +274,7 @@ def test_resblock_without_embedding_and_resamplers_match_diffusers():
     down = pytest.importorskip("diffusers.models.downsampling")
     up = pytest.importorskip("diffusers.models.upsampling")
     torch.manual_seed(0)
-    theirs = randomized(resnet.ResnetBlock2D(in_channels=16, out_channels=32, temb_channels=None, groups=8)).eval()
+    theirs = perturb(resnet.ResnetBlock2D(in_channels=16, out_channels=32, temb_channels=None, groups=8)).eval()
     ours = ResBlock(16, 32, groups=8).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     x = torch.randn(2, 16, 8, 8)
@@ -368,15 +301,8 @@ def test_resblock_without_embedding_and_resamplers_match_diffusers():
 
 
 def test_registered_as_backbone_unet():
-    entry = diffkit.get_entry("backbone", "unet")
-    assert entry.options is UNetConfig and entry.origin.builtin
-    model = diffkit.build("backbone", "unet", **TINY.to_dict())
-    assert isinstance(model, UNet) and model.config == TINY
-    with torch.device("meta"):
-        built = diffkit.build("backbone", "unet", preset="ddpm-cifar10", num_classes=10)
-    assert built.config == UNetConfig.from_preset("ddpm-cifar10", num_classes=10)
-    with pytest.raises(UnknownNameError, match="did you mean 'layers_per_block'"):
-        diffkit.build("backbone", "unet", layers_per_blok=2)
+    check_registered("backbone", "unet", UNet, TINY, ("ddpm-cifar10", {"num_classes": 10}),
+                     ("layers_per_blok", "layers_per_block"))
 
 
 # -- diffusers UNet2DModel -------------------------------------------------------------------------
@@ -384,52 +310,28 @@ def test_registered_as_backbone_unet():
 DIFFUSERS_CASES = {
     # Attention blocks at two levels, several heads, class embedding (diffusers' defaults otherwise).
     "attn-class": {
-        "block_out_channels": (16, 32, 32),
-        "layers_per_block": 1,
-        "norm_num_groups": 8,
-        "attention_head_dim": 8,
+        "block_out_channels": (16, 32, 32), "layers_per_block": 1, "norm_num_groups": 8, "attention_head_dim": 8,
         "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-        "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        "num_class_embeds": 5,
+        "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), "num_class_embeds": 5,
     },
     # ADM-style: scale-shift norm, ResBlock up/downsampling, one attention head, sin-first DDPM features.
     "adm-style": {
-        "block_out_channels": (16, 32),
-        "layers_per_block": 2,
-        "norm_num_groups": 8,
-        "attention_head_dim": None,
-        "down_block_types": ("AttnDownBlock2D", "AttnDownBlock2D"),
-        "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D"),
-        "resnet_time_scale_shift": "scale_shift",
-        "attn_norm_num_groups": 8,
-        "downsample_type": "resnet",
-        "upsample_type": "resnet",
-        "flip_sin_to_cos": False,
-        "freq_shift": 1,
-        "norm_eps": 1e-6,
+        "block_out_channels": (16, 32), "layers_per_block": 2, "norm_num_groups": 8, "attention_head_dim": None,
+        "down_block_types": ("AttnDownBlock2D",) * 2, "up_block_types": ("AttnUpBlock2D",) * 2,
+        "resnet_time_scale_shift": "scale_shift", "attn_norm_num_groups": 8, "downsample_type": "resnet",
+        "upsample_type": "resnet", "flip_sin_to_cos": False, "freq_shift": 1, "norm_eps": 1e-6,
     },
     # DDPM-style plain blocks with the TF "SAME" downsample padding and a custom embedding width.
     "ddpm-plain": {
-        "block_out_channels": (16, 16, 32),
-        "layers_per_block": 1,
-        "norm_num_groups": 8,
-        "downsample_padding": 0,
-        "down_block_types": ("DownBlock2D",) * 3,
-        "up_block_types": ("UpBlock2D",) * 3,
-        "time_embedding_dim": 40,
+        "block_out_channels": (16, 16, 32), "layers_per_block": 1, "norm_num_groups": 8, "downsample_padding": 0,
+        "down_block_types": ("DownBlock2D",) * 3, "up_block_types": ("UpBlock2D",) * 3, "time_embedding_dim": 40,
     },
 }
 
 
-def diffusers_unet(**config):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    return randomized(diffusers.UNet2DModel(sample_size=16, **config)).eval()
-
-
 @pytest.mark.parametrize("case", list(DIFFUSERS_CASES))
 def test_outputs_agree_with_diffusers(case, tmp_path):
-    theirs = diffusers_unet(**DIFFUSERS_CASES[case])
+    theirs = perturbed_diffusers("UNet2DModel", **DIFFUSERS_CASES[case])
     ours = unet_from_diffusers(theirs)
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([3.0, 517.0])
     labels = torch.tensor([1, 4]) if ours.config.num_classes else None
@@ -447,21 +349,6 @@ def test_outputs_agree_with_diffusers(case, tmp_path):
             ours.class_embed.embedding_table.weight[-1],
             torch.zeros(ours.config.embed_dim),
         )
-
-
-def test_conversion_lists_missing_unexpected_and_misshaped_keys():
-    theirs = diffusers_unet(**DIFFUSERS_CASES["attn-class"])
-    config = config_from_diffusers(theirs.config)
-    state = dict(theirs.state_dict())
-    del state["down_blocks.1.attentions.0.to_k.weight"]
-    state["mid_block.attentions.0.extra.weight"] = torch.zeros(1)
-    state["conv_out.bias"] = torch.zeros(7)
-    with pytest.raises(CheckpointError) as info:
-        convert_diffusers_state_dict(state, config)
-    message = str(info.value)
-    assert "1 missing key(s):\n    down_blocks.1.attentions.0.to_k.weight" in message
-    assert "1 unexpected key(s):\n    mid_block.attentions.0.extra.weight" in message
-    assert "1 mis-shaped key(s):\n    conv_out.bias: (7,), expected (3,)" in message
 
 
 @pytest.mark.parametrize(
@@ -504,10 +391,6 @@ def test_config_conversion_rejects_what_the_unet_does_not_have(change, words):
 
 
 def test_nearest_upsample_matches_interpolate_in_both_layouts():
-    import torch.nn.functional as F
-
-    from diffkit.models.backbones.layers import nearest_upsample_2x
-
     x = torch.randn(2, 3, 5, 7)
     for tensor in (x, x.to(memory_format=torch.channels_last)):
         assert torch.equal(nearest_upsample_2x(tensor), F.interpolate(tensor, scale_factor=2.0, mode="nearest"))

@@ -15,6 +15,7 @@ from diffkit.models.backbones.latent_unet import PRESETS as LATENT_PRESETS
 from diffkit.models.backbones.latent_unet import LatentUNet, cross_attention_context
 from diffkit.models.backbones.unet import UNet, UNetConfig
 from diffkit.models.conditioners import Conditioning, TextConfig
+from tests.model_helpers import perturb
 
 UNET = UNetConfig(
     sample_size=8,
@@ -28,13 +29,9 @@ UNET = UNetConfig(
 LATENT = LATENT_PRESETS["tiny"]
 
 
-def randomized(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch.nn.Module:
-    """Perturb every parameter: the zero-initialised output layers would hide the conditioning."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen))
-    return model.eval()
+def randomized(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
+    """Perturbed weights: the zero-initialised output layers would hide the conditioning."""
+    return perturb(model, scale=scale).eval()
 
 
 def noise(*shape: int, seed: int = 1) -> torch.Tensor:
