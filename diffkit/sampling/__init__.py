@@ -1,8 +1,8 @@
 """Sampling: :func:`sample` (noise, σ grid, sampler), the denoisers that turn a network into
-D(x, σ) (:class:`VPDenoiser`, :class:`EDMDenoiser`), classifier-free guidance
+D(x, σ) (:class:`VPDenoiser`, :class:`EDMDenoiser`, :class:`FlowDenoiser`), classifier-free guidance
 (:class:`CFGDenoiser`) and the calibration of few-step σ grids (:func:`optimize_sigmas`)."""
 
-from diffkit.sampling.denoisers import PREDICTIONS, EDMDenoiser, VPDenoiser
+from diffkit.sampling.denoisers import FLOW_PREDICTIONS, PREDICTIONS, EDMDenoiser, FlowDenoiser, VPDenoiser
 from diffkit.sampling.draw import DEFAULT_SAMPLER, sample
 from diffkit.sampling.guidance import CFGDenoiser
 from diffkit.sampling.optimize import (
@@ -15,6 +15,6 @@ from diffkit.sampling.optimize import (
 
 __all__ = [  # by topic: drawing samples; denoisers and guidance; calibrating σ grids
     "DEFAULT_SAMPLER", "sample",
-    "PREDICTIONS", "EDMDenoiser", "VPDenoiser", "CFGDenoiser",
+    "PREDICTIONS", "FLOW_PREDICTIONS", "EDMDenoiser", "FlowDenoiser", "VPDenoiser", "CFGDenoiser",
     "ReferenceWarning", "SigmaOptimization", "optimize_sigmas", "optimize_sigmas_report", "reference_endpoint",
 ]

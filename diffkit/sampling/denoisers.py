@@ -14,7 +14,14 @@ with these coefficients (VP: ᾱ = 1/(1+σ²), x_t = √ᾱ · y is what the net
     v   (VP)           1/(1+σ²)          −σ/√(1+σ²)        1/√(1+σ²)        t
     EDM                σd²/(σ²+σd²)      σσd/√(σ²+σd²)     1/√(σ²+σd²)      c_noise = ¼ ln σ
 
-(v = √ᾱ ε − √(1−ᾱ) x0, Salimans & Ho 2022).
+(v = √ᾱ ε − √(1−ᾱ) x0, Salimans & Ho 2022). A flow-matching network (x_t = (1−t)x0 + tε,
+σ = t/(1−t), so x_t = y/(1+σ); :mod:`diffkit.schedules.flow`) has
+
+    velocity (flow)    1/(1+σ)           −σ/(1+σ)          1/(1+σ)          t·T = σ/(1+σ)·T
+    x0       (flow)    0                 1                 1/(1+σ)          t·T
+    ε        (flow)    1                 −σ                1/(1+σ)          t·T
+
+(v = ε − x0, so x0 = x_t − t·v).
 
 Learned variance (Nichol & Dhariwal 2021): a VP network may output 2C channels, the C
 prediction channels followed by C channels v_raw ∈ [−1, 1] that set the DDPM step variance;
@@ -31,9 +38,11 @@ from torch import nn
 
 from diffkit.errors import ConfigError, ShapeError, check_choice
 from diffkit.schedules.base import DiscreteSchedule
+from diffkit.schedules.flow import FlowSchedule
 from diffkit.validators import is_real
 
 PREDICTIONS = ("eps", "x0", "v")
+FLOW_PREDICTIONS = ("velocity", "x0", "epsilon")
 
 
 def _check_sigma(x: torch.Tensor, sigma: torch.Tensor) -> None:
@@ -86,6 +95,11 @@ class VPDenoiser(nn.Module):
         learned_variance: bool = False,
     ) -> None:
         super().__init__()
+        if isinstance(schedule, FlowSchedule):
+            raise ConfigError(
+                "VPDenoiser scales the network input by √ᾱ for a VP schedule; a flow schedule's network sees "
+                "x_t = (1 − t)·x0 + t·ε: use diffkit.FlowDenoiser(network, schedule, prediction='velocity')"
+            )
         self.model = model
         self.schedule = schedule
         self.prediction = check_choice("prediction type", prediction, PREDICTIONS)
@@ -149,6 +163,55 @@ class VPDenoiser(nn.Module):
             # D = √ᾱ x_t − √(1−ᾱ) v̂ = y/(1+σ²) − σ/√(1+σ²)·v̂
             x0 = c_in * c_in * x - s * c_in * out
         return x0.to(x.dtype), v_raw
+
+
+class FlowDenoiser(nn.Module):
+    """Wraps a flow-matching network ``model(x_t, t·T[, cond])`` into ``D(x, σ, cond)``.
+
+    The network sees x_t = y/(1 + σ) = (1 − t)·x0 + t·ε at time t·T with t = σ/(1 + σ), as
+    diffusers' flow pipelines call it (SD3, Flux); what it returns is turned into the x0
+    estimate (the table in the module docstring).
+
+    Args:
+        model: the network; called as ``model(x_t, t)`` or ``model(x_t, t, cond)``, t of shape [B].
+        schedule: a :class:`~diffkit.schedules.flow.FlowSchedule` (gives T).
+        prediction: ``"velocity"`` (v = ε − x0, what SD3 and Flux predict), ``"x0"`` or
+            ``"epsilon"``. An ε-prediction cannot recover x0 at t = 1 (x0 = y − σ·ε̂ with
+            σ = ∞), the flow twin of VP's zero-terminal-SNR restriction; it is allowed, but
+            its first step from pure noise carries no information about x0.
+    """
+
+    def __init__(self, model: nn.Module, schedule: FlowSchedule, prediction: str = "velocity") -> None:
+        super().__init__()
+        if not isinstance(schedule, FlowSchedule):
+            raise ConfigError(
+                f"FlowDenoiser needs a FlowSchedule (diffkit.build('schedule', 'flow', ...)), got "
+                f"{type(schedule).__name__}; a VP schedule goes with VPDenoiser"
+            )
+        self.model = model
+        self.schedule = schedule
+        self.prediction = check_choice("flow prediction type", prediction, FLOW_PREDICTIONS)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """x: [B, ...] in σ form; sigma: [B]. Returns the x0 estimate, shaped like x."""
+        _check_sigma(x, sigma)
+        s = _per_sample(sigma, x)  # [B, 1, ..., 1]
+        t = s / (1 + s)  # flow time
+        x_t = x / (1 + s)  # (1 − t)·y
+        out = _call(self.model, x_t.to(x.dtype), self.schedule.sigma_to_t(sigma.to(s.dtype)), cond)
+        if out.shape != x.shape:
+            raise ShapeError(
+                f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}; a flow "
+                f"{self.prediction!r}-prediction model must return a tensor shaped like its input"
+            )
+        out = out.to(s.dtype)
+        if self.prediction == "velocity":
+            x0 = x_t - t * out  # x0 = x_t − t·v
+        elif self.prediction == "x0":
+            x0 = out
+        else:
+            x0 = x - s * out  # x0 = y − σ·ε
+        return x0.to(x.dtype)
 
 
 def edm_preconditioning(

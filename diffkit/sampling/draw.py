@@ -25,7 +25,7 @@ from diffkit.errors import ConfigError, InsufficientMemoryError, NonFiniteError,
 from diffkit.io.state_dicts import available_devices, check_device
 from diffkit.samplers.common import Callback, Generator, as_generator, check_flag, is_integer, randn_like
 from diffkit.schedules.base import DiscreteSchedule
-from diffkit.schedules.spacings import DEFAULT_SPACING, user_sigmas
+from diffkit.schedules.spacings import user_sigmas
 
 # The recommended default (docs/benchmarks.md, "Accuracy against NFE"): UniPC is the most
 # accurate built-in at 5–50 NFE on the benchmark data, with diffusers' identical solver. The
@@ -349,7 +349,9 @@ def sigma_grid(
         if "steps_offset" in kwargs:
             raise ConfigError("steps_offset is given twice: as steps_offset= and in spacing_options")
         kwargs["steps_offset"] = steps_offset
-    return schedule.sigmas_for(steps, spacing if spacing is not None else DEFAULT_SPACING, **kwargs)
+    if spacing is None:  # the schedule's own default: DEFAULT_SPACING on a VP table, "uniform" in t on flow
+        return schedule.sigmas_for(steps, **kwargs)
+    return schedule.sigmas_for(steps, spacing, **kwargs)
 
 
 def _bind(fn: Callable[..., Any], options: dict[str, Any]) -> Callable[..., Any]:

@@ -1,7 +1,8 @@
-"""Noise schedules: ᾱ_t tables and the spacings that turn N steps into a σ sequence."""
+"""Noise schedules: ᾱ_t tables, the flow-matching path, and the spacings that turn N steps into a σ sequence."""
 
 from diffkit.moved import moved_names
 from diffkit.schedules.base import ALPHA_BAR_FLOOR, DiscreteSchedule
+from diffkit.schedules.flow import FLOW_SIGMA_MAX, FLOW_SPACING, FlowSchedule
 from diffkit.schedules.spacings import (
     DEFAULT_SPACING,
     SIGMA_SPACINGS,
@@ -15,7 +16,8 @@ from diffkit.schedules.vp import CosineSchedule, LinearSchedule, ScaledLinearSch
 Schedule = DiscreteSchedule
 
 __all__ = [
-    "ALPHA_BAR_FLOOR", "CosineSchedule", "DEFAULT_SPACING", "DiscreteSchedule", "LinearSchedule",
+    "ALPHA_BAR_FLOOR", "CosineSchedule", "DEFAULT_SPACING", "DiscreteSchedule", "FLOW_SIGMA_MAX", "FLOW_SPACING",
+    "FlowSchedule", "LinearSchedule",
     "ScaledLinearSchedule", "SIGMA_SPACINGS", "SPACINGS", "Schedule", "SigmoidSchedule", "TIMESTEP_SPACINGS",
     "places_timesteps", "spacing_options",
 ]

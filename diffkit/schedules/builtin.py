@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from diffkit.hookspecs import hookimpl
 from diffkit.registry import Registrar
+from diffkit.schedules.flow import FlowSchedule
 from diffkit.schedules.spacings import register_builtin_spacings
 from diffkit.schedules.vp import CosineSchedule, LinearSchedule, ScaledLinearSchedule, SigmoidSchedule
 
@@ -14,6 +15,7 @@ def diffkit_register_schedules(schedules: Registrar) -> None:
     schedules.add("scaled_linear", ScaledLinearSchedule, options=ScaledLinearSchedule)
     schedules.add("cosine", CosineSchedule, options=CosineSchedule)
     schedules.add("sigmoid", SigmoidSchedule, options=SigmoidSchedule)
+    schedules.add("flow", FlowSchedule, options=FlowSchedule, summary="flow matching x_t = (1 − t)·x0 + t·ε (SD3, Flux)")
 
 
 @hookimpl

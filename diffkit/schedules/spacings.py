@@ -130,6 +130,19 @@ def check_timesteps(timesteps: object, num_train_timesteps: int) -> torch.Tensor
     return t
 
 
+def check_timesteps_values(timesteps: object, num_train_timesteps: int) -> torch.Tensor:
+    """Continuous user timesteps (a flow model's t·T) as float64, strictly decreasing, inside (0, T]."""
+    t = torch.as_tensor(timesteps)
+    if t.is_meta or t.ndim != 1 or t.numel() == 0 or t.dtype == torch.bool or t.is_complex():
+        raise ConfigError(f"timesteps must be a non-empty 1-D sequence of numbers, got {t.dtype} of shape {tuple(t.shape)}")
+    t = t.to(torch.float64)
+    if not bool(torch.isfinite(t).all()) or float(t.min()) <= 0 or float(t.max()) > num_train_timesteps:
+        raise ConfigError(f"timesteps must be finite and lie in (0, {num_train_timesteps}], got {t.tolist()[:8]}")
+    if t.numel() > 1 and not bool((t[1:] < t[:-1]).all()):
+        raise ConfigError(f"timesteps must be strictly decreasing, got {t.tolist()[:8]}")
+    return t
+
+
 # -- timestep formulas: int64 [N], strictly decreasing, inside 0..T−1 ----------------------------
 
 

@@ -3,7 +3,10 @@
 A schedule (see :mod:`diffkit.hookspecs`) has ``num_train_timesteps`` T, float64 tables
 ``alphas_cumprod`` (ᾱ_t, [T]) and ``sigmas`` (σ_t = √((1 − ᾱ_t)/ᾱ_t), [T]) and
 ``sigmas_for(steps, spacing, *, steps_offset=0)`` returning a float64 CPU tensor [steps + 1],
-strictly decreasing and ending at exactly 0.
+strictly decreasing and ending at exactly 0. The spacings checked are the schedule's
+``GRID_SPACINGS`` (those placed on its own time axis; the flow schedule's ``uniform`` and the σ
+spacings) or, on a VP table, the timestep spacings; a grid of T + 1 steps must be refused by a
+timestep spacing, of more than :data:`~diffkit.schedules.spacings.MAX_SIGMA_STEPS` by any.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from typing import Any
 import torch
 
 from diffkit.errors import DiffkitError
+from diffkit.schedules.spacings import MAX_SIGMA_STEPS
 from diffkit.testing.report import CheckResult, failed, passed, verdict
 
 SPACINGS = ("leading", "trailing", "linspace")
+"""The timestep spacings: what a VP table is checked with."""
 # ᾱ may be floored before σ is computed (zero-terminal-SNR schedules floor ᾱ at 2⁻²⁴);
 # σ is compared with √((1 − ᾱ)/ᾱ) only where ᾱ is above this.
 SIGMA_CHECK_FLOOR = 1e-6
@@ -99,8 +104,12 @@ def check_sigmas_for(schedule: Any) -> list[CheckResult]:
     counts = sorted({1, 2, min(7, steps_t), min(50, steps_t), steps_t})
     return [
         grids_result(f"sigmas_for[{spacing}]", lambda steps: schedule.sigmas_for(steps, spacing), counts, table)
-        for spacing in SPACINGS
+        for spacing in _spacings(schedule)
     ]
+
+
+def _spacings(schedule: Any) -> tuple[str, ...]:
+    return tuple(getattr(schedule, "GRID_SPACINGS", SPACINGS))
 
 
 def grids_result(name: str, make_grid: Callable[[int], Any], counts: list[int], table: torch.Tensor) -> CheckResult:
@@ -122,15 +131,16 @@ def check_bad_steps(schedule: Any) -> list[CheckResult]:
     """steps = 0, −1, 2.5 and T + 1 must raise (DiffkitError, ValueError or TypeError) for every spacing."""
     name = "bad_steps"
     steps_t = int(schedule.num_train_timesteps)
+    spacings = _spacings(schedule)
     silent = [
         f"{spacing}, steps={steps}: {problem}"
-        for spacing in SPACINGS
-        for steps in (0, -1, 2.5, steps_t + 1)
+        for spacing in spacings
+        for steps in (0, -1, 2.5, steps_t + 1 if spacing in SPACINGS else MAX_SIGMA_STEPS + 1)
         if (problem := not_refused(lambda: schedule.sigmas_for(steps, spacing))) is not None
     ]
     if silent:
         return [failed(name, "; ".join(silent[:4]) + " (need a DiffkitError/ValueError)")]
-    return [passed(name, f"0, -1, 2.5 and {steps_t + 1} rejected for {', '.join(SPACINGS)}")]
+    return [passed(name, f"0, -1, 2.5 and too many steps rejected for {', '.join(spacings)}")]
 
 
 def not_refused(call: Callable[[], Any]) -> str | None:
