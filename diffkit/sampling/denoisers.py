@@ -60,6 +60,15 @@ def _per_sample(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return sigma.to(_work_dtype(x)).reshape(-1, *([1] * (x.ndim - 1)))
 
 
+def _shaped_like(out: torch.Tensor, x: torch.Tensor, what: str) -> None:
+    """ShapeError unless the network output ``out`` is shaped like its input ``x``."""
+    if out.shape != x.shape:
+        raise ShapeError(
+            f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}; {what} must return a "
+            "tensor shaped like its input"
+        )
+
+
 def _call(model: Any, x_in: torch.Tensor, noise_input: torch.Tensor, cond: Any) -> torch.Tensor:
     # the conditioning record is passed only when there is one, so unconditional networks
     # may take two arguments
@@ -149,11 +158,8 @@ class VPDenoiser(nn.Module):
                     f"model must return 2C channels along dim 1 (the {self.prediction!r} prediction, then v_raw)"
                 )
             out, v_raw = out.chunk(2, dim=1)  # [B, C, ...] each
-        elif out.shape != x.shape:
-            raise ShapeError(
-                f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}; a "
-                f"{self.prediction!r}-prediction model must return a tensor shaped like its input"
-            )
+        else:
+            _shaped_like(out, x, f"a {self.prediction!r}-prediction model")
         out = out.to(s.dtype)
         if self.prediction == "eps":
             x0 = x - s * out  # D = y − σ·ε̂
@@ -199,11 +205,7 @@ class FlowDenoiser(nn.Module):
         t = s / (1 + s)  # flow time
         x_t = x / (1 + s)  # (1 − t)·y
         out = _call(self.model, x_t.to(x.dtype), self.schedule.sigma_to_t(sigma.to(s.dtype)), cond)
-        if out.shape != x.shape:
-            raise ShapeError(
-                f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}; a flow "
-                f"{self.prediction!r}-prediction model must return a tensor shaped like its input"
-            )
+        _shaped_like(out, x, f"a flow {self.prediction!r}-prediction model")
         out = out.to(s.dtype)
         if self.prediction == "velocity":
             x0 = x_t - t * out  # x0 = x_t − t·v
@@ -263,9 +265,5 @@ class EDMDenoiser(nn.Module):
         _check_sigma(x, sigma)
         c_skip, c_out, c_in, c_noise = edm_preconditioning(_per_sample(sigma, x), self.sigma_data)
         out = _call(self.model, (c_in * x).to(x.dtype), c_noise.reshape(-1), cond)  # F(c_in·x; c_noise)
-        if out.shape != x.shape:
-            raise ShapeError(
-                f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}; the EDM network F "
-                "must return a tensor shaped like its input"
-            )
+        _shaped_like(out, x, "the EDM network F")
         return (c_skip * x + c_out * out.to(c_out.dtype)).to(x.dtype)

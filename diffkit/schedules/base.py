@@ -50,8 +50,22 @@ def unit_interval(instance: Any, attribute: attrs.Attribute, value: Any) -> None
         raise ConfigError(f"{attribute.name} must be a number in (0, 1), got {value!r}")
 
 
+class SigmaTableEnds:
+    """``sigma_min`` and ``sigma_max``: the ends of a schedule's increasing ``sigmas`` table."""
+
+    sigmas: torch.Tensor
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+
 @attrs.frozen(kw_only=True, slots=False)
-class DiscreteSchedule:
+class DiscreteSchedule(SigmaTableEnds):
     """Base class of the built-in schedules; subclasses implement :meth:`raw_betas`.
 
     Args:
@@ -128,14 +142,6 @@ class DiscreteSchedule:
     @functools.cached_property
     def _log_sigmas(self) -> torch.Tensor:
         return self.sigmas.log()
-
-    @property
-    def sigma_min(self) -> float:
-        return float(self.sigmas[0])
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
 
     # -- inference grids ------------------------------------------------------------------
 

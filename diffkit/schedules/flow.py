@@ -30,7 +30,7 @@ import attrs
 import torch
 
 from diffkit.errors import ConfigError
-from diffkit.schedules.base import _train_timesteps
+from diffkit.schedules.base import SigmaTableEnds, _train_timesteps
 from diffkit.schedules.spacings import (
     SPACINGS,
     check_sigma_steps,
@@ -62,7 +62,7 @@ def _above_base(instance: FlowSchedule, attribute: attrs.Attribute, value: int) 
 
 
 @attrs.frozen(kw_only=True, slots=False)
-class FlowSchedule:
+class FlowSchedule(SigmaTableEnds):
     """The flow-matching path x_t = (1 − t)·x0 + t·ε with SD3's or Flux's time shift.
 
     Args (named as in diffusers' ``FlowMatchEulerDiscreteScheduler``):
@@ -121,14 +121,6 @@ class FlowSchedule:
         alpha_bar = 1 / (1 + self.sigmas**2)
         alpha_bar[-1] = 0.0
         return alpha_bar
-
-    @property
-    def sigma_min(self) -> float:
-        return float(self.sigmas[0])
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
 
     # -- σ ↔ the network's time input ---------------------------------------------------
 
