@@ -226,3 +226,33 @@ def test_sample_uses_the_flow_schedules_own_spacing():
         want = diffkit.get("sampler", "euler")(denoiser, start, schedule.sigmas_for(6, "uniform"))
     torch.testing.assert_close(got, want.to(got.dtype))
 
+
+
+class TruncatedTime(Velocity):
+    """The field at the integer time diffusers' multistep schedulers pass with ``use_flow_sigmas``
+    (``timesteps`` are t·T cast to int64, truncated, while the step uses the exact t)."""
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return super().forward(x, torch.floor(timestep.to(torch.float64) + 1e-6).to(x.dtype))
+
+
+@pytest.mark.parametrize("name, class_name", [("dpmpp_2m", "DPMSolverMultistepScheduler"),
+                                              ("unipc", "UniPCMultistepScheduler")])
+@pytest.mark.parametrize("steps", [5, 12, 25])
+def test_multistep_samplers_on_flow_match_diffusers_flow_sigmas(name, class_name, steps):
+    """dpmpp_2m / unipc on diffusers' own flow grid = DPMSolverMultistep / UniPCMultistep with
+    use_flow_sigmas, flow_shift=3, prediction_type='flow_prediction', to float32 round-off.
+
+    Two diffusers conventions are matched on our side, not copied into diffkit: the network
+    sees the truncated integer t·T (TruncatedTime), and the loop starts from x = ε at the grid's
+    first t = shift(1 − 1/T) < 1, i.e. y = (1 + σ₀)·ε, not σ₀·ε.
+    """
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = getattr(diffusers, class_name)(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
+    theirs = run_diffusers(scheduler, steps, model=TruncatedTime())
+    t = scheduler.sigmas.to(torch.float64)  # diffusers' flow t, last 0
+    grid = t / (1 - t)
+    denoiser = diffkit.FlowDenoiser(TruncatedTime(), diffkit.build("schedule", "flow", shift=3.0))
+    with torch.no_grad():
+        ours = diffkit.get("sampler", name)(denoiser, noise() * (1 + float(grid[0])), grid)
+    torch.testing.assert_close(ours.float(), theirs, rtol=0, atol=2e-6)
