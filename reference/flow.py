@@ -84,3 +84,53 @@ def flow_euler_sample(velocity, x: np.ndarray, ts: np.ndarray) -> np.ndarray:
     for t, t_next in zip(ts[:-1], ts[1:]):
         x = x + (t_next - t) * velocity(x, t)
     return x
+
+
+# -- training: time densities and loss weights (SD3, Esser et al. 2024, §3.1 and §5.1) --------
+
+
+def logit_normal_time(n: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """t = sigmoid(mean + std n) for n ~ N(0, 1): SD3's logit-normal density (t -> 1 is noise)."""
+    return 1.0 / (1.0 + np.exp(-(mean + std * np.asarray(n, dtype=np.float64))))
+
+
+def logit_normal_density(t: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """pi_ln(t; m, s) = exp(-(logit t - m)^2 / (2 s^2)) / (s sqrt(2 pi) t (1 - t))   (SD3 eq. 19)."""
+    t = np.asarray(t, dtype=np.float64)
+    logit = np.log(t / (1.0 - t))
+    return np.exp(-((logit - mean) ** 2) / (2 * std**2)) / (std * np.sqrt(2 * np.pi) * t * (1.0 - t))
+
+
+def mode_time(u: np.ndarray, scale: float) -> np.ndarray:
+    """t = f_mode(u; s) = 1 - u - s (cos^2(pi u / 2) - 1 + u) for u ~ U(0, 1)   (SD3 eq. 20).
+
+    f maps [0, 1] onto [0, 1] decreasingly for -1 <= s <= 2/(pi - 2); s = 0 is uniform.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    return 1.0 - u - scale * (np.cos(np.pi * u / 2) ** 2 - 1.0 + u)
+
+
+MODE_SCALE_MAX = 2.0 / (np.pi - 2.0)
+"""The largest mode scale for which f_mode is monotone: f'(u) = -1 - s + (s pi/2) sin(pi u) < 0."""
+
+
+def flow_loss_weight(t: np.ndarray, scheme: str, snr_gamma: float = 5.0) -> np.ndarray:
+    """Per-sample weight of the velocity loss |v_hat - v|^2 at time t.
+
+    none:       1
+    sigma_sqrt: 1/t^2 (diffusers' name; their flow "sigma" is t). Since |x0_hat - x0|^2 = t^2 |v_hat - v|^2,
+                it turns diffusers' preconditioned x0-space loss back into the velocity loss
+    cosmap:     2 / (pi (1 - 2t + 2t^2))   (SD3 eq. 21's CosMap weight in diffusers' form)
+    min_snr:    t^2 min(SNR, gamma), SNR = ((1 - t)/t)^2: Min-SNR-gamma's x0-space weight min(SNR, gamma)
+                (Hang et al. 2023) written for the velocity target, = min((1 - t)^2, gamma t^2)
+    """
+    t = np.asarray(t, dtype=np.float64)
+    if scheme == "none":
+        return np.ones_like(t)
+    if scheme == "sigma_sqrt":
+        return 1.0 / t**2
+    if scheme == "cosmap":
+        return 2.0 / (np.pi * (1.0 - 2.0 * t + 2.0 * t**2))
+    if scheme == "min_snr":
+        return np.minimum((1.0 - t) ** 2, snr_gamma * t**2)
+    raise ValueError(f"unknown flow loss weighting {scheme!r}")

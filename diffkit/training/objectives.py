@@ -18,6 +18,9 @@ Nichol & Dhariwal 2021 (§3.1): L_simple + λ·L_vlb, λ = 0.001 (:mod:`diffkit.
 
 These are the same equations the VP adapter :class:`diffkit.sampling.denoisers.VPDenoiser` inverts at
 sampling time, so a network trained here is sampled through that adapter unchanged.
+
+``prediction="flow"`` is flow matching instead (a velocity target on the path
+x_t = (1 − t)·x0 + t·ε of a ``flow`` schedule): :mod:`diffkit.training.flow_objective`.
 """
 
 from __future__ import annotations
@@ -28,14 +31,22 @@ from typing import Any
 import attrs
 import torch
 
-from diffkit.errors import ConfigError, ShapeError
+from diffkit.errors import ConfigError
 from diffkit.sampling.denoisers import PREDICTIONS
 from diffkit.schedules.base import DiscreteSchedule
+from diffkit.schedules.flow import FlowSchedule
+from diffkit.training.flow_objective import FLOW_TIME_SAMPLING, FLOW_WEIGHTINGS, MODE_SCALE_MAX, flow_matching_loss
+from diffkit.training.network_output import call_network, onto
 from diffkit.training.vlb import vlb_loss
-from diffkit.validators import finite_real, one_of, positive_real
+from diffkit.validators import finite_real, one_of, positive_real, real_in
 
-WEIGHTINGS = ("none", "min_snr")
-TIMESTEP_SAMPLING = ("uniform", "lognormal")
+FLOW = "flow"
+"""The flow-matching parameterization: the network predicts the velocity v = ε − x0."""
+PARAMETERIZATIONS = (*PREDICTIONS, FLOW)
+VP_WEIGHTINGS = ("none", "min_snr")
+VP_TIMESTEP_SAMPLING = ("uniform", "lognormal")
+WEIGHTINGS = tuple(dict.fromkeys(VP_WEIGHTINGS + FLOW_WEIGHTINGS))
+TIMESTEP_SAMPLING = tuple(dict.fromkeys(VP_TIMESTEP_SAMPLING + FLOW_TIME_SAMPLING))
 
 
 
@@ -47,23 +58,46 @@ class Objective:
     """What a diffusion network is trained to predict, at which noise levels, with which weights.
 
     Args:
-        prediction: the network's target: ``"eps"``, ``"x0"`` or ``"v"``.
-        weighting: ``"none"`` (L_simple) or ``"min_snr"`` (Min-SNR-γ).
+        prediction: the network's target: ``"eps"``, ``"x0"`` or ``"v"`` on a VP schedule, or
+            ``"flow"`` (the velocity ε − x0 on a ``flow`` schedule).
+        weighting: ``"none"`` (L_simple) or ``"min_snr"`` (Min-SNR-γ); for flow also
+            ``"sigma_sqrt"`` and ``"cosmap"`` (SD3; :mod:`diffkit.training.flow_objective`).
         snr_gamma: γ of Min-SNR-γ (the paper's default 5).
-        timesteps: ``"uniform"`` over the T table entries (DDPM) or ``"lognormal"``
+        timesteps: VP: ``"uniform"`` over the T table entries (DDPM) or ``"lognormal"``
             (ln σ ~ N(lognormal_mean, lognormal_std²), EDM §5, clamped to the table's σ range;
-            the network then sees fractional t).
+            the network then sees fractional t). Flow: ``"uniform"``, ``"logit_normal"`` or
+            ``"mode"`` densities of t ∈ [0, 1] (SD3 §3.1), then the schedule's shift.
         lognormal_mean, lognormal_std: P_mean and P_std of EDM (−1.2, 1.2).
+        logit_mean, logit_std: m and s of SD3's logit-normal (SD3 trains with 0 and 1).
+        mode_scale: c of SD3's mode density, −1 ≤ c ≤ 2/(π − 2) (diffusers' default 1.29).
         vlb_weight: λ of the hybrid loss for learned-variance networks (improved DDPM: 0.001).
     """
 
-    prediction: str = attrs.field(default="eps", validator=one_of(PREDICTIONS))
+    prediction: str = attrs.field(default="eps", validator=one_of(PARAMETERIZATIONS))
     weighting: str = attrs.field(default="none", validator=one_of(WEIGHTINGS))
     snr_gamma: float = attrs.field(default=5.0, validator=positive_real)
     timesteps: str = attrs.field(default="uniform", validator=one_of(TIMESTEP_SAMPLING))
     lognormal_mean: float = attrs.field(default=-1.2, validator=finite_real)
     lognormal_std: float = attrs.field(default=1.2, validator=positive_real)
+    logit_mean: float = attrs.field(default=0.0, validator=finite_real)
+    logit_std: float = attrs.field(default=1.0, validator=positive_real)
+    mode_scale: float = attrs.field(default=1.29, validator=real_in(-1.0, MODE_SCALE_MAX))
     vlb_weight: float = attrs.field(default=0.001, validator=positive_real)
+
+    def __attrs_post_init__(self) -> None:
+        flow = self.prediction == FLOW
+        family, times, weights = (
+            ("flow matching", FLOW_TIME_SAMPLING, FLOW_WEIGHTINGS) if flow
+            else (f"the VP {self.prediction!r} target", VP_TIMESTEP_SAMPLING, VP_WEIGHTINGS)
+        )
+        if self.timesteps not in times:
+            raise ConfigError(
+                f"timesteps={self.timesteps!r} is not a time sampling of {family}; valid: {', '.join(times)}"
+            )
+        if self.weighting not in weights:
+            raise ConfigError(
+                f"weighting={self.weighting!r} is not a loss weighting of {family}; valid: {', '.join(weights)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -81,11 +115,6 @@ def sample_sigmas(
         batch, generator=generator, dtype=torch.float64, device=device
     )
     return log_sigma.exp().clamp(schedule.sigma_min, schedule.sigma_max)
-
-
-def _onto(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``tensor`` on ``device``; host→GPU copies are asynchronous (never a device→host copy)."""
-    return tensor.to(device, non_blocking=tensor.device.type == "cpu" and device.type == "cuda")
 
 
 def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
@@ -112,7 +141,7 @@ def diffusion_loss(
     model: Callable[..., torch.Tensor],
     x0: torch.Tensor,
     cond: Any,
-    schedule: DiscreteSchedule,
+    schedule: DiscreteSchedule | FlowSchedule,
     objective: Objective,
     *,
     generator: torch.Generator | None = None,
@@ -120,11 +149,23 @@ def diffusion_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The batch loss of ``model(x_t, t[, cond])`` on clean data x0 [B, C, …].
 
+    A ``"flow"`` objective needs a :class:`~diffkit.schedules.flow.FlowSchedule` and is
+    :func:`~diffkit.training.flow_objective.flow_matching_loss`; the VP targets need a VP table.
+
     Noise levels, ε (and the conditioner's CFG drops) are drawn from ``generator`` on the
     generator's device: a CPU generator gives the same numbers whatever device x0 is on; a
     CUDA generator keeps the whole step on the GPU (no host→device copy that would
     synchronise). Returns (scalar loss, detached parts).
     """
+    if (objective.prediction == FLOW) != isinstance(schedule, FlowSchedule):
+        raise ConfigError(
+            f"objective prediction {objective.prediction!r} cannot train on a {type(schedule).__name__}: "
+            "prediction='flow' goes with the 'flow' schedule, 'eps', 'x0' and 'v' with a VP schedule"
+        )
+    if objective.prediction == FLOW:
+        if learned_variance:
+            raise ConfigError("a learned variance (2C output channels) is a VP model's; a flow model predicts C")
+        return flow_matching_loss(model, x0, cond, schedule, objective, generator=generator)
     if learned_variance and objective.timesteps != "uniform":
         raise ConfigError(
             "the hybrid loss of a learned-variance network needs integer timesteps: use timesteps='uniform'"
@@ -132,26 +173,18 @@ def diffusion_loss(
     batch = x0.shape[0]
     source = generator.device if generator is not None else torch.device("cpu")
     sigma = sample_sigmas(objective, schedule, batch, generator)  # [B] float64, on `source`
-    noise = _onto(torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=source), x0.device)
+    noise = onto(torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=source), x0.device)
     alpha_bar64 = 1 / (1 + sigma * sigma)  # ᾱ = 1/(1+σ²)
     shape = (batch,) + (1,) * (x0.ndim - 1)
-    alpha_bar = _onto(alpha_bar64, x0.device).to(x0.dtype).reshape(shape)
-    t = _onto(schedule.sigma_to_t(sigma), x0.device).to(torch.float32)  # [B]
+    alpha_bar = onto(alpha_bar64, x0.device).to(x0.dtype).reshape(shape)
+    t = onto(schedule.sigma_to_t(sigma), x0.device).to(torch.float32)  # [B]
     x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise  # DDPM eq. 4
-    out = model(x_t, t) if cond is None else model(x_t, t, cond)
-    channels = x0.shape[1]
-    expected = (batch, 2 * channels if learned_variance else channels, *x0.shape[2:])
-    if tuple(out.shape) != expected:
-        raise ShapeError(
-            f"the network returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}; expected {expected}"
-            + (" (the prediction, then C variance channels)" if learned_variance else "")
-        )
-    out = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+    out = call_network(model, x_t, t, cond, learned_variance=learned_variance)
     prediction, v_raw = out.chunk(2, dim=1) if learned_variance else (out, None)
     target = training_target(x0, noise, alpha_bar, objective.prediction).to(prediction.dtype)
     per_sample = (prediction - target).pow(2).flatten(1).mean(1)  # [B]
     if objective.weighting == "min_snr":
-        snr = _onto(alpha_bar64 / (1 - alpha_bar64), x0.device).to(per_sample.dtype)
+        snr = onto(alpha_bar64 / (1 - alpha_bar64), x0.device).to(per_sample.dtype)
         per_sample = per_sample * min_snr_weight(snr, objective.prediction, objective.snr_gamma)
     loss = per_sample.mean()
     parts = {"mse": loss.detach()}

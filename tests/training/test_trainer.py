@@ -12,8 +12,14 @@ from diffkit.pipeline import Pipeline
 from diffkit.training import EMA, InMemoryData, TrainConfig, Trainer
 from diffkit.training.data import batch_indices
 
+FAMILIES = {  # v-prediction on a VP schedule, and flow matching with SD3's time law and shift
+    "v": {"schedule": "cosine", "parameterization": "v"},
+    "flow": {"schedule": ("flow", {"shift": 3.0}), "parameterization": "flow",
+             "objective": {"timesteps": "logit_normal", "weighting": "cosmap"}},
+}
 
-def tiny_pipeline(width: int = 16, dropout: float = 0.1) -> Pipeline:
+
+def tiny_pipeline(width: int = 16, dropout: float = 0.1, family: str = "v") -> Pipeline:
     torch.manual_seed(0)  # the initial weights
     return Pipeline(
         backbone=(
@@ -24,9 +30,8 @@ def tiny_pipeline(width: int = 16, dropout: float = 0.1) -> Pipeline:
                 "dropout": dropout, "norm_groups": 8,
             },
         ),
-        schedule="cosine",
         conditioner=("class_label", {"num_classes": 3, "drop_prob": 0.3}),
-        parameterization="v",
+        **FAMILIES[family],
     )
 
 
@@ -50,10 +55,11 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-def test_the_same_seed_gives_the_same_weights(tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_same_seed_gives_the_same_weights(tmp_path, family):
     runs = []
     for name in ("a", "b"):
-        trainer = Trainer(tiny_pipeline(), tiny_data(), config(), out_dir=tmp_path / name, progress=False)
+        trainer = Trainer(tiny_pipeline(family=family), tiny_data(), config(), out_dir=tmp_path / name, progress=False)
         trainer.train()
         runs.append((weights(trainer.pipeline), weights(trainer.ema.module)))
     assert_same(runs[0][0], runs[1][0])
@@ -72,13 +78,14 @@ class Interrupted(Exception):
     pass
 
 
-def test_resume_continues_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resume_continues_bit_for_bit(tmp_path, family):
     """A run killed after step 4 and resumed from its step-3 checkpoint ends with the weights,
-    EMA and optimizer state of an uninterrupted run (dropout, CFG drops and noise included)."""
-    whole = Trainer(tiny_pipeline(), tiny_data(), config(), out_dir=tmp_path / "whole", progress=False)
+    EMA and optimizer state of an uninterrupted run (dropout, CFG drops, noise and times included)."""
+    whole = Trainer(tiny_pipeline(family=family), tiny_data(), config(), out_dir=tmp_path / "whole", progress=False)
     whole.train()
 
-    cut = Trainer(tiny_pipeline(), tiny_data(), config(), out_dir=tmp_path / "cut", progress=False)
+    cut = Trainer(tiny_pipeline(family=family), tiny_data(), config(), out_dir=tmp_path / "cut", progress=False)
     original_step = cut.train_step
 
     def step_then_die():
@@ -91,7 +98,7 @@ def test_resume_continues_bit_for_bit(tmp_path):
         cut.train()
     assert [p.name for p in sorted((tmp_path / "cut" / "checkpoints").iterdir())] == ["step-000000003"]
 
-    resumed = Trainer(tiny_pipeline(), tiny_data(), config(), out_dir=tmp_path / "cut", progress=False)
+    resumed = Trainer(tiny_pipeline(family=family), tiny_data(), config(), out_dir=tmp_path / "cut", progress=False)
     result = resumed.train(resume=True)
     assert result.steps == 6
     assert_same(weights(whole.pipeline), weights(resumed.pipeline))
@@ -177,8 +184,9 @@ def test_batches_visit_every_example_once_per_epoch():
     assert not torch.equal(stream[:size], stream[size : 2 * size])  # a new order each epoch
 
 
-def test_accumulation_sums_micro_batches_into_one_step(tmp_path):
-    trainer = Trainer(tiny_pipeline(), tiny_data(), config(steps=2, accumulation=3, save_every=0), progress=False)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_accumulation_sums_micro_batches_into_one_step(tmp_path, family):
+    trainer = Trainer(tiny_pipeline(family=family), tiny_data(), config(steps=2, accumulation=3, save_every=0), progress=False)
     result = trainer.train()
     assert result.steps == 2
     assert trainer.cursor == 2 * 3 * 8  # every micro-batch consumed its own examples
