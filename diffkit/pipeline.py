@@ -54,12 +54,14 @@ from diffkit.io.state_dicts import check_device, check_dtype
 from diffkit.models.conditioners.concat import ConcatConditioner
 from diffkit.runtime.precision import BF16Network, bf16_enabled
 from diffkit.samplers.common import Callback, as_generator, is_integer
-from diffkit.sampling.denoisers import PREDICTIONS, VPDenoiser
+from diffkit.sampling.denoisers import FlowDenoiser, VPDenoiser
 from diffkit.sampling.draw import check_sample_memory, check_samples, named_memory_errors
 from diffkit.sampling.draw import sample as run_sampler
 from diffkit.sampling.guidance import CFGDenoiser, check_guidance_rescale, check_guidance_scale
 from diffkit.schedules.base import DiscreteSchedule
-from diffkit.training.objectives import Objective, diffusion_loss
+from diffkit.schedules.flow import FlowSchedule
+from diffkit.schedules.spacings import user_sigmas
+from diffkit.training.objectives import FLOW, PARAMETERIZATIONS, Objective, diffusion_loss
 
 PIPELINE_FILE = "pipeline.json"  # what makes a folder a saved pipeline
 
@@ -115,14 +117,18 @@ class Pipeline(nn.Module):
 
     Args:
         backbone: the network ``F(x_t, t, cond)`` (kind ``"backbone"``).
-        schedule: the training noise schedule (kind ``"schedule"``; default ``"linear"``).
+        schedule: the training noise schedule (kind ``"schedule"``; default ``"linear"``, or
+            ``"flow"`` when ``parameterization="flow"``).
         sampler: the default sampler name (kind ``"sampler"``) and ``sampler_options``.
         conditioner: turns user inputs (labels, prompts, images) into the backbone's
             :class:`~diffkit.models.conditioners.Conditioning` (kind ``"conditioner"``); None for an
             unconditional model.
         autoencoder: maps images to the latents the backbone works on (kind ``"autoencoder"``);
             None for pixel-space models. It is frozen: not trained by :meth:`loss`.
-        parameterization: what the backbone predicts: ``"eps"``, ``"x0"`` or ``"v"``.
+        parameterization: what the backbone predicts: ``"eps"``, ``"x0"`` or ``"v"`` on a VP
+            schedule, or ``"flow"``: a flow-matching velocity ε − x0 on the ``flow`` schedule,
+            trained by :mod:`diffkit.training.flow_objective` and sampled through
+            :class:`~diffkit.sampling.denoisers.FlowDenoiser`.
         objective: training options (:class:`~diffkit.training.objectives.Objective`) other
             than the prediction target, which ``parameterization`` sets.
         sample_shape: (C, H, W) of one sample in the backbone's space (the latent shape when
@@ -139,7 +145,7 @@ class Pipeline(nn.Module):
         self,
         *,
         backbone: ComponentSpec,
-        schedule: ComponentSpec = "linear",
+        schedule: ComponentSpec | None = None,
         sampler: str = "unipc",
         sampler_options: Mapping[str, Any] | None = None,
         conditioner: ComponentSpec | None = None,
@@ -156,11 +162,20 @@ class Pipeline(nn.Module):
         self.autoencoder = None if autoencoder is None else _build("autoencoder", autoencoder)
         if self.autoencoder is not None:
             self.autoencoder.requires_grad_(False).eval()
-        self.schedule: DiscreteSchedule = _build("schedule", schedule)
-        if not isinstance(self.schedule, DiscreteSchedule):
+        self.parameterization = check_choice("parameterization", parameterization, PARAMETERIZATIONS)
+        flow = self.parameterization == FLOW
+        if schedule is None:
+            schedule = "flow" if flow else "linear"
+        self.schedule: DiscreteSchedule | FlowSchedule = _build("schedule", schedule)
+        if not isinstance(self.schedule, (DiscreteSchedule, FlowSchedule)):
             raise ConfigError(f"schedule must be a registered schedule, got {type(self.schedule).__name__}")
+        if flow != isinstance(self.schedule, FlowSchedule):
+            raise ConfigError(
+                f"parameterization={self.parameterization!r} does not fit the {type(self.schedule).__name__}: "
+                "parameterization='flow' goes with the 'flow' schedule, and a flow schedule with "
+                "parameterization='flow' ('eps', 'x0' and 'v' go with VP schedules such as 'linear' or 'cosine')"
+            )
         self.sampler, self.sampler_options = _check_sampler(sampler, sampler_options)
-        self.parameterization = check_choice("parameterization", parameterization, PREDICTIONS)
         if objective is not None and not isinstance(objective, (Objective, Mapping)):
             raise ConfigError(f"objective must be an Objective, a mapping of its options or None, got {short(objective)}")
         if isinstance(objective, Mapping):
@@ -185,6 +200,11 @@ class Pipeline(nn.Module):
         self._check_classes()
         out_channels = getattr(getattr(self.backbone, "config", None), "out_channels", self.sample_shape[0])
         self.learned_variance = out_channels == 2 * self.sample_shape[0]
+        if flow and self.learned_variance:
+            raise ConfigError(
+                f"the backbone has out_channels={out_channels}, twice the {self.sample_shape[0]} sample channel(s): a "
+                "learned variance, which a flow model does not have; give it out_channels = in_channels"
+            )
 
     def _check_classes(self) -> None:
         """The conditioner's null class must be the backbone's null class."""
@@ -326,14 +346,18 @@ class Pipeline(nn.Module):
 
     # -- sampling --------------------------------------------------------------------------
 
-    def denoiser(self, *, precision: str = "fp32") -> VPDenoiser:
-        """The σ-form denoiser D(x, σ, cond) of the backbone (see :mod:`diffkit.sampling.denoisers`).
+    def denoiser(self, *, precision: str = "fp32") -> VPDenoiser | FlowDenoiser:
+        """The σ-form denoiser D(x, σ, cond) of the backbone (see :mod:`diffkit.sampling.denoisers`):
+        a :class:`~diffkit.sampling.denoisers.FlowDenoiser` for ``parameterization="flow"``, else a
+        :class:`~diffkit.sampling.denoisers.VPDenoiser`.
 
         ``precision``: ``"auto"``/``"bf16"`` run the backbone under bf16 autocast on CUDA
         (:mod:`diffkit.runtime.precision`); the denoiser's own arithmetic stays in float32/64.
         """
         device = self._backbone_device() or torch.device("cpu")
         network = BF16Network(self.backbone) if bf16_enabled(precision, device) else self.backbone
+        if self.parameterization == FLOW:
+            return FlowDenoiser(network, self.schedule, prediction="velocity")
         return VPDenoiser(network, self.schedule, self.parameterization, learned_variance=self.learned_variance)
 
     @torch.no_grad()
@@ -341,7 +365,9 @@ class Pipeline(nn.Module):
         self, n: int, *, cond: Any = None, negative: Any = None, steps: int | None = None, guidance: float = 1.0,
         guidance_rescale: float = 0.0, generator: torch.Generator | int | Sequence[torch.Generator] | None = None,
         callback: Callback | None = None, sampler: str | None = None, sampler_options: Mapping[str, Any] | None = None,
-        spacing: str | None = None, decode: bool = True, progress: bool = False, precision: str = "auto",
+        spacing: str | None = None, spacing_options: Mapping[str, Any] | None = None,
+        sigmas: torch.Tensor | Sequence[float] | None = None, decode: bool = True, progress: bool = False,
+        precision: str = "auto",
     ) -> torch.Tensor:
         """``n`` samples [n, C, H, W] (images in about [−1, 1], or latents with ``decode=False``).
 
@@ -366,6 +392,11 @@ class Pipeline(nn.Module):
                 ``torch.Generator`` or a list of one per sample (batch-invariant).
             callback: called once per step with the sampler's dict (``x``, ``i``, ``sigma``, …).
             sampler, sampler_options, spacing: override the pipeline's sampler and grid.
+            spacing_options: the spacing's options (e.g. ``{"rho": 5.0}`` for karras, or
+                ``{"image_seq_len": 4096}`` for a flow schedule with Flux's dynamic shift).
+            sigmas: the σ grid itself instead of ``steps`` and a spacing (e.g. one from
+                :func:`diffkit.optimize_sigmas`); strictly decreasing, a final 0 appended
+                when missing.
             decode: decode latents with the autoencoder (when there is one).
             progress: show a progress bar (steps, it/s) while sampling.
             precision: the backbone's precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on the
@@ -373,6 +404,11 @@ class Pipeline(nn.Module):
         """
         if not is_integer(n) or n < 1:
             raise ConfigError(f"n must be an integer ≥ 1, got {short(n)}")
+        if sigmas is not None:
+            if steps is not None or spacing is not None or spacing_options is not None:
+                raise ConfigError("sigmas= gives every noise level: pass it without steps=, spacing= or spacing_options=")
+            sigmas = user_sigmas(sigmas)  # checked now, before any work
+            steps = len(sigmas) - 1
         steps = self.default_steps if steps is None else steps
         if not is_integer(steps) or steps < 1:
             raise ConfigError(f"steps must be an integer ≥ 1, got {short(steps)}")
@@ -428,7 +464,8 @@ class Pipeline(nn.Module):
                     denoiser, shape, cond=record, schedule=self.schedule,
                     sampler=sampler or self.sampler,
                     sampler_options=sampler_options if sampler_options is not None else self.sampler_options,
-                    steps=steps, spacing=spacing,
+                    steps=None if sigmas is not None else steps, spacing=spacing, spacing_options=spacing_options,
+                    sigmas=sigmas,
                     generator=generator, callback=callback, device=device,
                 )
             finally:

@@ -133,8 +133,18 @@ def _latent_kl() -> tuple[Pipeline, Any]:
     return latent_pipeline(parameterization="x0", sampler="euler_ancestral"), None
 
 
+def _dit_flow() -> tuple[Pipeline, Any]:
+    pipe = Pipeline(
+        backbone=("dit", {**DIT, "learn_sigma": False}), conditioner=("class_label", {"num_classes": K}),
+        schedule=("flow", {"shift": 3.0}), parameterization="flow", sampler="dpmpp_2m",
+        objective={"timesteps": "logit_normal", "logit_mean": 0.5, "weighting": "cosmap"}, default_steps=4,
+    )
+    return perturb(pipe, scale=0.1, seed=4), [2, 0, 1]
+
+
 COMPOSITIONS = {
     "unet+class_label": _unet_class_label,
+    "dit+class_label(flow)": _dit_flow,
     "latent_unet+text": _latent_unet_text,
     "dit(learned σ)+class_label": _dit_learned_sigma,
     "latent_unet+kl": _latent_kl,

@@ -33,8 +33,10 @@ from diffkit import registry
 from diffkit.demos.shapes.data import ShapesConfig
 from diffkit.errors import ConfigError, DiffkitError, UnknownNameError
 from diffkit.recipes.build import DATA_SOURCES, build_pipeline, preview_conditions
+from diffkit.schedules.flow import FlowSchedule
 from diffkit.training.autoencoder import AutoencoderTrainConfig
 from diffkit.training.config import TrainConfig
+from diffkit.training.objectives import FLOW
 from diffkit.validators import is_integer
 
 SECTIONS = ("data", "pipeline", "backbones", "train", "sample")
@@ -169,6 +171,7 @@ def _validate_components(recipe: Mapping[str, Any]) -> Any:
         if isinstance(schedule, list) and len(schedule) == 2 and isinstance(schedule[1], Mapping):
             schedule = (schedule[0], dict(schedule[1]))
         probe["pipeline"]["schedule"] = _build_schedule(schedule)
+        _check_flow_pairing(probe["pipeline"].get("parameterization", "eps"), probe["pipeline"]["schedule"])
         with torch.device("meta"):
             pipeline = build_pipeline(probe)
             if "autoencoder" in recipe:
@@ -179,6 +182,23 @@ def _validate_components(recipe: Mapping[str, Any]) -> Any:
         raise
     except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as error:
         raise ConfigError(f"the recipe's pipeline or backbone settings cannot be built: {type(error).__name__}: {error}") from error
+
+
+def _check_flow_pairing(parameterization: Any, schedule: Any) -> None:
+    """pipeline.parameterization=flow and a flow pipeline.schedule come together, named as recipe keys."""
+    flow_schedule = isinstance(schedule, FlowSchedule)
+    if (parameterization == FLOW) == flow_schedule:
+        return
+    if flow_schedule:
+        raise ConfigError(
+            f"recipe key pipeline.schedule is the flow schedule but pipeline.parameterization is {_short(parameterization)}: "
+            "a flow schedule trains a velocity network, set pipeline.parameterization=flow too"
+        )
+    raise ConfigError(
+        f"recipe key pipeline.parameterization=flow needs the flow schedule, but pipeline.schedule is a "
+        f"{type(schedule).__name__}: set pipeline.schedule=flow too (e.g. pipeline.schedule='[\"flow\", {{\"shift\": 3.0}}]'), "
+        "or use a recipe's flow variant (digits-flow, shapes-flow)"
+    )
 
 
 def _build_schedule(spec: Any) -> Any:

@@ -134,6 +134,31 @@ def test_the_dit_backbone_choice_trains(tmp_path):
     assert type(pipeline.backbone).__name__ == "DiT"
 
 
+@pytest.mark.parametrize("how", [["--recipe", "digits-flow"], ["--recipe", "digits", "pipeline.parameterization=flow",
+                                                              "pipeline.schedule=flow"]], ids=["recipe", "override"])
+def test_a_flow_recipe_trains_samples_and_records_its_family(tmp_path, how):
+    out = tmp_path / "flow"
+    assert main(["train", *how, "--steps", "2", "--out", str(out), "--no-progress", *TINY]) == 0
+    from diffkit import load_pretrained
+    from diffkit.schedules.flow import FlowSchedule
+
+    pipeline = load_pretrained(out / "pipeline")
+    assert pipeline.parameterization == "flow" and isinstance(pipeline.schedule, FlowSchedule)
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--from", str(out), "--n", "4", "--class", "7", "--steps", "3", "--sampler", "dpmpp_2m",
+                 "--out", str(grid)]) == 0
+    with Image.open(grid) as image:
+        assert image.size[0] > 0
+
+
+def test_a_flow_parameterization_without_the_flow_schedule_names_both_keys(tmp_path, capsys):
+    args = ["train", "--recipe", "digits", "pipeline.parameterization=flow", "--steps", "1", "--out", str(tmp_path / "x")]
+    assert main([*args, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "pipeline.parameterization=flow" in err and "pipeline.schedule=flow" in err and "digits-flow" in err
+    assert not (tmp_path / "x").exists()
+
+
 def test_demo_prints_the_metrics_last(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DIFFKIT_CACHE", str(tmp_path / "cache"))
     assert main(["demo", "--steps", "3", "--eval-n", "50", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0

@@ -61,7 +61,18 @@ def _latent_unet() -> tuple[Pipeline, InMemoryData]:
     return pipeline, InMemoryData(torch.randn(24, 4, 8, 8), captions)
 
 
-BUILDS = {"dit": _dit, "unet": _unet, "latent_unet": _latent_unet}
+def _dit_flow() -> tuple[Pipeline, InMemoryData]:
+    """The DiT as SD3 trains its transformer: flow matching, logit-normal times, shift 3."""
+    pipeline = Pipeline(
+        backbone=("dit", {"preset": "DiT-S/2", "input_size": 8, "in_channels": 4, "depth": 2, "learn_sigma": False,
+                          "num_classes": CLASSES, "hidden_size": 64, "num_heads": 2}),
+        schedule=("flow", {"shift": 3.0}), conditioner=("class_label", {"num_classes": CLASSES, "drop_prob": 0.2}),
+        parameterization="flow", objective={"timesteps": "logit_normal"},
+    )
+    return pipeline, InMemoryData(torch.randn(24, 4, 8, 8), torch.arange(24) % CLASSES)
+
+
+BUILDS = {"dit": _dit, "dit(flow)": _dit_flow, "unet": _unet, "latent_unet": _latent_unet}
 CONFIG = TrainConfig(steps=4, batch_size=8, warmup_steps=1, save_every=2, keep_last=3, ema_decay=0.9)
 
 

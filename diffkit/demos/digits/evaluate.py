@@ -18,6 +18,8 @@ def evaluate_digits(
     guidance: float = 2.0,
     seed: int = 0,
     batch_size: int = 500,
+    sampler: str | None = None,
+    sigmas: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Judge class-conditional digit samples with a classifier trained on the real digits.
 
@@ -26,13 +28,17 @@ def evaluate_digits(
     were asked for). ``fid_features`` is the Fréchet distance in the classifier's feature space
     between m = min(n, 898) samples and m real digits; ``fid_real_baseline`` is the same distance
     between those real digits and m others — the value real data itself scores at that size.
+    ``sampler`` and ``sigmas`` override the pipeline's sampler and its ``steps``-step grid.
     """
     classifier = load_or_train_digits_classifier()
     labels = torch.arange(n) % 10
     chunks = []
     for start in range(0, n, batch_size):
         part = labels[start : start + batch_size]
-        chunks.append(pipeline.sample(len(part), cond=part, steps=steps, guidance=guidance, generator=seed + start))
+        chunks.append(pipeline.sample(
+            len(part), cond=part, steps=None if sigmas is not None else steps, sigmas=sigmas, sampler=sampler,
+            guidance=guidance, generator=seed + start,
+        ))
     samples = torch.cat(chunks).clamp(-1, 1).cpu()
     half = min(n, NUM_IMAGES // 2)  # real_baseline_fid needs two disjoint real sets of this size
     size = pipeline.sample_shape[-1]

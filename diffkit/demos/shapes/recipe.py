@@ -110,3 +110,14 @@ def shapes() -> RecipeDict:
         },
         "sample": {"n": 25, "steps": 20, "guidance": 2.0, "prompts": None, "eval_per_combination": 8},
     }
+
+
+def shapes_flow() -> RecipeDict:
+    """``shapes`` with its DiT trained by flow matching (velocity loss, logit-normal t) instead of v-prediction."""
+    recipe = shapes()
+    recipe["pipeline"].update(
+        schedule=["flow", {"shift": 1.0}],
+        parameterization="flow",
+        objective={"weighting": "none", "timesteps": "logit_normal"},
+    )
+    return recipe
