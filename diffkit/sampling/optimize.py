@@ -36,7 +36,8 @@ each by a golden-section search (:data:`GOLDEN_EVALUATIONS` sampler runs) for δ
 [−r, r] ∩ the constraints, keeping δ = 0 unless a trial is strictly better, so J never rises.
 Level moves alone stall in the narrow valleys where neighbouring levels must move together;
 the gap basis moves them together. r starts at one mean log gap and halves after each sweep.
-With several starting grids (default: ``exponential`` and ``trailing``) each gets one sweep,
+With several starting grids (default: ``exponential`` and ``trailing``, or ``uniform`` on a
+flow schedule) each gets one sweep,
 and the best continues. Cost: ≤ (2N − 3)·GOLDEN_EVALUATIONS sampler runs per sweep per path,
 plus 12·reference_steps + 2 denoiser calls for the reference; :class:`SigmaOptimization`
 reports the exact counts.
@@ -59,6 +60,7 @@ from diffkit.samplers.common import denoise
 from diffkit.samplers.contract import Callback, Denoiser, SamplerFn
 from diffkit.samplers.probe import accepts_keyword, is_stochastic
 from diffkit.schedules.base import DiscreteSchedule
+from diffkit.schedules.flow import FLOW_SPACING, FlowSchedule
 from diffkit.schedules.spacings import SIGMA_SPACINGS, SPACINGS, check_sigma_range, user_sigmas
 from diffkit.validators import is_integer
 
@@ -146,9 +148,9 @@ def optimize_sigmas(
         initial: the starting grid, or a list of them (each gets one sweep, the best goes on).
             A grid is a spacing name — ``"exponential"``, ``"karras"``, ``"logsnr_uniform"``
             (between σ_max and σ_min) or ``"trailing"``, ``"linspace"``, ``"leading"`` (the
-            schedule's; it must start at σ_max) — or N + 1 explicit levels from σ_max to 0.
-            Default: ``exponential`` and, where the schedule's ``trailing`` grid starts at σ_max,
-            ``trailing``.
+            schedule's; it must start at σ_max; a flow schedule has ``"uniform"`` instead) — or
+            N + 1 explicit levels from σ_max to 0. Default: ``exponential`` and, where it starts
+            at σ_max, the schedule's own grid: ``trailing`` on a VP table, ``uniform`` on ``flow``.
         callback: called after every sweep with
             ``{"start", "sweep", "sigmas", "loss", "sampler_runs"}`` (start: index of the path).
 
@@ -482,12 +484,13 @@ def _starting_grids(
 ) -> list[torch.Tensor]:
     """The starting grids [steps + 1] named by ``initial`` (see :func:`optimize_sigmas`)."""
     if initial is None:
-        # the default: exponential, and trailing where the schedule's grid starts at σ_max
+        # the default: exponential, and the schedule's own grid where it starts at σ_max —
+        # trailing on a VP table, diffusers' shifted uniform-t grid on a flow schedule
         grids = [_starting_grid("exponential", steps, schedule, high, low)]
         if schedule is not None and steps <= getattr(schedule, "num_train_timesteps", 0):
-            trailing = schedule.sigmas_for(steps, "trailing")
-            if math.isclose(float(trailing[0]), high, rel_tol=1e-9) and steps > 1:
-                grids.append(_starting_grid(trailing, steps, schedule, high, low))
+            own = schedule.sigmas_for(steps, FLOW_SPACING if isinstance(schedule, FlowSchedule) else "trailing")
+            if math.isclose(float(own[0]), high, rel_tol=1e-9) and steps > 1:
+                grids.append(_starting_grid(own, steps, schedule, high, low))
         return grids
     if isinstance(initial, (str, torch.Tensor)) or _is_levels(initial):
         return [_starting_grid(initial, steps, schedule, high, low)]
@@ -514,7 +517,7 @@ def _starting_grid(
         if initial in SIGMA_SPACINGS:
             head = SIGMA_SPACINGS[initial](steps, low, high)  # [N], σ_max … σ_min
             grid = torch.cat([head, head.new_zeros(1)])
-        elif initial in SPACINGS:
+        elif initial in SPACINGS or (initial == FLOW_SPACING and isinstance(schedule, FlowSchedule)):
             if schedule is None:
                 raise ConfigError(
                     f"initial={initial!r} needs schedule= (only {', '.join(SIGMA_SPACINGS)} place their "
