@@ -170,6 +170,7 @@ def optimize_sigmas(
     ).sigmas
 
 
+@torch.no_grad()  # thousands of denoiser calls: a network's autograd graph would hold every activation
 def optimize_sigmas_report(
     denoiser: Denoiser, *, sampler: str | SamplerFn, steps: int, schedule: str | DiscreteSchedule | None = None,
     sigma_max: float | None = None, sigma_min: float | None = None, calibration: torch.Tensor,
@@ -366,6 +367,7 @@ def _rms(diff: torch.Tensor) -> float:
 # -- the reference solution --------------------------------------------------------------------
 
 
+@torch.no_grad()
 def reference_endpoint(
     denoiser: Denoiser, y: torch.Tensor, *, sigma_max: float, sigma_floor: float, steps: int, cond: Any = None
 ) -> torch.Tensor:

@@ -303,3 +303,21 @@ def test_on_a_flow_schedule_it_starts_from_the_flow_grid_and_beats_it():
     ours = held_out.error(sampler, report.sigmas)
     print(f"\nflow (shift 3), dpmpp_2m, {steps} steps: held-out {ours:.4f} vs {builtin}")
     assert ours < 0.9 * min(builtin.values())
+
+
+def test_a_network_with_trainable_weights_builds_no_autograd_graph(schedule):
+    """A denoiser module with requires_grad weights (a pipeline's, straight from training) is run
+    without autograd: thousands of calls would otherwise keep every activation alive (an OOM on
+    a real UNet) and the grid would carry a graph."""
+    weight = torch.nn.Parameter(torch.tensor(0.9, dtype=torch.float64))
+    seen = []
+
+    def denoiser(y, sigma, cond=None):
+        seen.append(torch.is_grad_enabled())
+        return weight * exact_denoiser("gaussian")(y, sigma)
+
+    report = optimize_sigmas_report(denoiser, **small_problem(schedule, sweeps=1))
+    assert seen and not any(seen) and not report.sigmas.requires_grad
+    start = noises(3, 8) * 10.0
+    out = reference_endpoint(denoiser, start, sigma_max=10.0, sigma_floor=0.01, steps=4)
+    assert not out.requires_grad
