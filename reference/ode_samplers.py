@@ -10,7 +10,10 @@ a real cross-check, not the same arithmetic twice:
   * edm_euler_sample: EDM Alg. 2 verbatim (x_hat + (t_next - t_hat) * d); torch writes the
     Euler step in DDIM's form D + (sigma'/sigma_hat)(y - D).
   * edm_heun_sample: in VP form, as the DDIM eq. 12 step taken with the average of the two
-    eps predictions (Heun's trapezoid in eps = dy/dsigma).
+    eps predictions (Heun's trapezoid in eps = dy/dsigma). With time="flow", the trapezoid in
+    flow time t = sigma/(1 + sigma) on x = (1 - t) x0 + t eps, as the velocity
+    v = eps_hat - x0_hat (FlowMatchHeunDiscreteScheduler's form); torch writes
+    v = (x_t - D)/t.
   * dpm2_sample: DPM-Solver-2 of Lu et al. 2022 (Alg. 1, r1 = 1/2) in VP notation with
     alpha_t, sigma_t, lambda = log(alpha_t / sigma_t) and the step h in lambda.
   * lms_sample: the coefficients solve the moment equations sum_j b_j s_j^m = int s^m ds
@@ -89,10 +92,10 @@ def _eps(denoiser: Denoiser, x_t: F64, abar: float, cond: Any) -> F64:
 
 def edm_heun_sample(
     denoiser: Denoiser, x: ArrayLike, sigmas: ArrayLike, *, cond: Any = None,
-    noise_sampler: Optional[NoiseSampler] = None,
+    noise_sampler: Optional[NoiseSampler] = None, time: str = "auto",
     s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
 ) -> F64:
-    """Heun's method (Karras et al. 2022, Alg. 2) in VP form.
+    """Heun's method (Karras et al. 2022, Alg. 2) in VP form, or with time="flow" in flow time.
 
     dy/dsigma is the eps prediction and a DDIM eta = 0 step (eq. 12) from abar to abar' with a
     fixed eps is exactly y' = y + (sigma' - sigma) eps. So per step, after the churn:
@@ -100,12 +103,23 @@ def edm_heun_sample(
         x_2 = ddim_step(x_t, eps_1, abar_hat, abar')                      (Euler predictor)
         x'  = ddim_step(x_t, (eps_1 + eps(x_2, abar')) / 2, abar_hat, abar')  (trapezoid)
     and the last step into sigma = 0 (abar' = 1) is the predictor alone: x' = x0_hat.
+
+    time="flow": with t = sigma/(1 + sigma), x = (1 - t) y and v = eps_hat - x0_hat,
+        x_2 = x + (t' - t) v_1,   x' = x + (t' - t)(v_1 + v_2)/2,   y' = x'/(1 - t').
+    time="auto" is "flow" when the denoiser has path == "flow", else "sigma".
     """
+    if time == "auto":
+        time = "flow" if getattr(denoiser, "path", None) == "flow" else "sigma"
+    if time not in ("sigma", "flow"):
+        raise ValueError(f"time must be 'auto', 'sigma' or 'flow', got {time!r}")
     t = _check_sigmas(sigmas)
     y = np.asarray(x, dtype=np.float64)
     steps = len(t) - 1
     for t_i, t_next in zip(t[:-1].tolist(), t[1:].tolist()):
         y, t_hat = _churn(y, t_i, steps, noise_sampler, s_churn, s_tmin, s_tmax, s_noise)
+        if time == "flow" and t_next > 0:
+            y = _flow_heun_step(denoiser, y, t_hat, t_next, cond)
+            continue
         abar, abar_next = float(alphas_cumprod_from_sigmas(t_hat)), float(alphas_cumprod_from_sigmas(t_next))
         x_t = math.sqrt(abar) * y
         eps_1 = _eps(denoiser, x_t, abar, cond)
@@ -116,6 +130,21 @@ def edm_heun_sample(
         eps_mean = 0.5 * (eps_1 + _eps(denoiser, x_2, abar_next, cond))
         y = ddim_step(x_t, eps_mean, abar, abar_next) / math.sqrt(abar_next)
     return y
+
+
+def _flow_heun_step(denoiser: Denoiser, y: F64, sigma: float, sigma_next: float, cond: Any) -> F64:
+    """One Heun step in flow time from sigma to sigma_next > 0 (see edm_heun_sample)."""
+
+    def velocity(y_s: F64, s: float) -> F64:
+        x0_hat = _x0_estimate(denoiser, y_s, s, cond)
+        return (y_s - x0_hat) / s - x0_hat  # eps_hat - x0_hat
+
+    t, t_next = sigma / (1.0 + sigma), sigma_next / (1.0 + sigma_next)
+    x = (1.0 - t) * y
+    v_1 = velocity(y, sigma)
+    x_2 = x + (t_next - t) * v_1
+    v_2 = velocity(x_2 / (1.0 - t_next), sigma_next)
+    return (x + (t_next - t) * 0.5 * (v_1 + v_2)) / (1.0 - t_next)
 
 
 def dpm2_sample(

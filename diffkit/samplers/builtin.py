@@ -14,7 +14,7 @@ from diffkit.samplers.ddim import ddim
 from diffkit.samplers.ddpm import check_variance, ddpm
 from diffkit.samplers.dpmpp_multistep import check_dpmpp_3m, dpmpp_2m, dpmpp_3m
 from diffkit.samplers.dpmpp_sde import check_dpmpp_2m_sde, check_dpmpp_3m_sde, dpmpp_2m_sde, dpmpp_3m_sde
-from diffkit.samplers.edm import check_churn, dpm2, euler, heun
+from diffkit.samplers.edm import check_churn, check_heun, dpm2, euler, heun
 from diffkit.samplers.lms import check_order, lms
 from diffkit.samplers.unipc import check_unipc, unipc
 from diffkit_reference import multistep_samplers as multistep_reference
@@ -31,7 +31,8 @@ _DDPM_DDIM = (
 # single-step ODE solvers with EDM's churn options
 _EDM_SOLVERS = (
     ("euler", euler, check_churn, ode_reference.edm_euler_sample, 1, "Karras et al. 2022, Alg. 2 (Euler step)"),
-    ("heun", heun, check_churn, ode_reference.edm_heun_sample, 2, "Karras et al. 2022, Alg. 2"),
+    ("heun", heun, check_heun, ode_reference.edm_heun_sample, 2,
+     "Karras et al. 2022, Alg. 2; time='flow': diffusers' FlowMatchHeunDiscreteScheduler"),
     ("dpm2", dpm2, check_churn, ode_reference.dpm2_sample, 2,
      "Lu et al. 2022, DPM-Solver-2 (k-diffusion's log-σ midpoint)"),
 )

@@ -25,6 +25,21 @@ h = σ' − σ̂:
 
 Heun and DPM2 are second order with two denoiser calls per step, except the last step into
 σ' = 0: d(·, 0) and log 0 are undefined there, so it is the Euler step y' = D.
+
+Heun's trapezoid depends on the ODE's time variable. ``time="sigma"`` is the trapezoid in σ
+above (EDM, k-diffusion's ``sample_heun``). ``time="flow"`` is the trapezoid in flow time
+t = σ/(1 + σ) on x_t = y/(1 + σ) = (1 − t)·x0 + t·ε, whose slope is the velocity
+v = (x_t − D)/t — diffusers' ``FlowMatchHeunDiscreteScheduler``:
+
+    x₂ = x_t + (t' − t̂)·v(x_t, t̂)                 the same Euler predictor (Euler is DDIM in
+                                                   either variable)
+    x' = x_t + (t' − t̂)·(v(x_t, t̂) + v(x₂, t'))/2,   y' = (1 + σ')·x'
+
+Both are second order on the same ODE but take different steps; only the t trapezoid has a
+finite first step from t = 1 (σ = ∞). ``time="auto"`` (the default) picks ``"flow"`` for a
+denoiser whose ``path`` is ``"flow"`` (:class:`~diffkit.sampling.denoisers.FlowDenoiser`, and
+guidance wrapped around one) and ``"sigma"`` otherwise, so ``heun`` means on each model what
+diffusers' Heun scheduler for that model family means.
 """
 
 from __future__ import annotations
@@ -34,12 +49,13 @@ from typing import Any
 
 import torch
 
-from diffkit.errors import ConfigError
+from diffkit.errors import ConfigError, check_choice
 from diffkit.samplers.common import default_noise_sampler, denoise, float32_state, report, sigma_levels, to_d
 from diffkit.samplers.contract import Callback, Denoiser, Generator, NoiseSampler
 from diffkit.validators import check_real
 
 MAX_GAMMA = math.sqrt(2.0) - 1.0  # EDM caps γ so that σ̂ ≤ √2·σ: at most doubling the variance
+HEUN_TIMES = ("auto", "sigma", "flow")  # the variable Heun's trapezoid is taken in (module docstring)
 
 
 def check_churn(s_churn: float, s_tmin: float, s_tmax: float, s_noise: float) -> tuple[float, float, float, float]:
@@ -49,6 +65,21 @@ def check_churn(s_churn: float, s_tmin: float, s_tmax: float, s_noise: float) ->
     if s_tmax < s_tmin:
         raise ConfigError(f"s_tmax ({s_tmax}) must be ≥ s_tmin ({s_tmin}): churn applies to s_tmin ≤ σ ≤ s_tmax")
     return s_churn, s_tmin, s_tmax, s_noise
+
+
+def check_heun(
+    time: str = "auto", s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0
+) -> tuple[str, float, float, float, float]:
+    """Heun's options: ``time`` one of :data:`HEUN_TIMES`, and the churn options (:func:`check_churn`)."""
+    return (check_choice("heun time", time, HEUN_TIMES), *check_churn(s_churn, s_tmin, s_tmax, s_noise))
+
+
+def heun_time(denoiser: Denoiser, time: str) -> str:
+    """``"sigma"`` or ``"flow"``: ``time`` itself, or for ``"auto"`` the denoiser's ``path``."""
+    time = check_choice("heun time", time, HEUN_TIMES)
+    if time != "auto":
+        return time
+    return "flow" if getattr(denoiser, "path", None) == "flow" else "sigma"
 
 
 class Churn:
@@ -113,27 +144,45 @@ def euler(
 def heun(
     denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
     cond: Any = None, generator: Generator = None, callback: Callback | None = None,
-    s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
+    time: str = "auto", s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
     noise_sampler: NoiseSampler | None = None,
 ) -> torch.Tensor:
     """Heun's 2nd-order method on the probability-flow ODE with optional churn (Karras et al. 2022, Alg. 2).
 
     Euler for the last step into σ = 0. Deterministic when s_churn = 0. Options as
-    :func:`euler`'s.
+    :func:`euler`'s, and ``time``: the trapezoid in ``"sigma"`` (EDM, k-diffusion), in
+    ``"flow"`` time t = σ/(1 + σ) (diffusers' ``FlowMatchHeunDiscreteScheduler``), or
+    ``"auto"``: flow for a flow-matching denoiser, else sigma (module docstring). Churn
+    raises σ in σ form under both.
     """
+    flow = heun_time(denoiser, time) == "flow"
     churn = Churn(x, sigmas, generator, noise_sampler, s_churn, s_tmin, s_tmax, s_noise)
     for i, sigma, sigma_next in churn.steps():
         x, sigma_hat = churn(x, sigma)
         denoised = denoise(denoiser, x, sigma_hat, cond)  # D(ŷ, σ̂), [B, ...]
-        if sigma_next > 0:
-            d = to_d(x, sigma_hat, denoised)  # dy/dσ at (ŷ, σ̂)
-            x_2 = torch.lerp(denoised, x, sigma_next / sigma_hat)  # Euler predictor at σ'
-            d_2 = to_d(x_2, sigma_next, denoise(denoiser, x_2, sigma_next, cond))  # slope at (y₂, σ')
-            x = x + (0.5 * (sigma_next - sigma_hat)) * (d + d_2)
-        else:
+        if sigma_next == 0:
             x = denoised  # Euler into σ = 0: ŷ + (0 − σ̂)(ŷ − D)/σ̂ = D
+        else:
+            x_2 = torch.lerp(denoised, x, sigma_next / sigma_hat)  # Euler predictor at σ' (either time)
+            denoised_2 = denoise(denoiser, x_2, sigma_next, cond)
+            if flow:
+                x = _flow_trapezoid(x, denoised, sigma_hat, x_2, denoised_2, sigma_next)
+            else:
+                d, d_2 = to_d(x, sigma_hat, denoised), to_d(x_2, sigma_next, denoised_2)  # dy/dσ at both ends
+                x = x + (0.5 * (sigma_next - sigma_hat)) * (d + d_2)
         report(callback, x, i, sigma, denoised, sigma_hat)
     return x
+
+
+def _flow_trapezoid(
+    y: torch.Tensor, denoised: torch.Tensor, sigma: float,
+    y_2: torch.Tensor, denoised_2: torch.Tensor, sigma_next: float,
+) -> torch.Tensor:
+    """y' of the trapezoid in flow time from (y, σ) to σ' > 0, given D at both ends (module docstring)."""
+    t, t_next = sigma / (1 + sigma), sigma_next / (1 + sigma_next)
+    x_t, x_2 = y / (1 + sigma), y_2 / (1 + sigma_next)  # (1 − t)·y
+    v, v_2 = (x_t - denoised) / t, (x_2 - denoised_2) / t_next  # velocities ε̂ − x̂0
+    return (x_t + (0.5 * (t_next - t)) * (v + v_2)) * (1 + sigma_next)
 
 
 @float32_state

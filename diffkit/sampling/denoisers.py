@@ -187,6 +187,10 @@ class FlowDenoiser(nn.Module):
             its first step from pure noise carries no information about x0.
     """
 
+    path = "flow"
+    """The probability path of the network: samplers whose steps depend on the ODE's time
+    variable read it (``heun``'s ``time="auto"`` takes the trapezoid in flow time t)."""
+
     def __init__(self, model: nn.Module, schedule: FlowSchedule, prediction: str = "velocity") -> None:
         super().__init__()
         if not isinstance(schedule, FlowSchedule):

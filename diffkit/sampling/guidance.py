@@ -211,6 +211,12 @@ class CFGDenoiser(nn.Module):
         self.rescale_space = check_choice("guidance rescale space", rescale_space, RESCALE_SPACES)
         self.interval = _check_interval(interval)
 
+    @property
+    def path(self) -> str | None:
+        """The wrapped denoiser's probability path (``"flow"`` around a FlowDenoiser), which guidance
+        keeps and samplers such as ``heun`` read."""
+        return getattr(self.denoiser, "path", None)
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """x: [B, ...] in σ form; sigma: [B]. Returns the guided x0 estimate, shaped like x."""
         if self.scale == 1:
