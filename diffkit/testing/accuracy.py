@@ -5,9 +5,10 @@ number of steps N grows their output must approach the ODE's exact endpoint (clo
 a Gaussian, RK4 for a mixture; :mod:`diffkit_reference.analytic`). The error
 e(N) = median over 32 start points of ‖x_N − x_exact‖ / √tr Cov[x0] should fall like N^(−p);
 we fit p on the finest three N and require p ≥ :func:`required_order` and e(N_max) ≤
-:data:`MAX_FINAL_ERROR`. The grid (σ_min = 1/N, see :mod:`diffkit.testing.grids`) caps the
-observable order at 2, so a sampler declaring order q must show min(q, 2) − 0.3; one that
-declares nothing must show :data:`MIN_ORDER` (consistency). A method with a systematic bias (e.g. steps 3% too long) has an
+:data:`MAX_FINAL_ERROR`. The grid caps the observable order (σ_min = 1/N on the σ path, see
+:mod:`diffkit.testing.grids`: at 2; the flow path's uniform-t grid: at 1.5, see
+:data:`~diffkit.testing.problems.OBSERVABLE_ORDER`), so a sampler declaring order q must show
+min(q, cap) − 0.3; one that declares nothing must show :data:`MIN_ORDER` (consistency). A method with a systematic bias (e.g. steps 3% too long) has an
 error floor, so p → 0. The median, not the RMS: a few mixture trajectories start near the
 boundary between two modes and, on coarse grids, land in the wrong mode (an O(1) error that
 vanishes once N is large enough) — legitimate pre-asymptotic behaviour that would make an
@@ -33,30 +34,29 @@ import torch
 
 from diffkit.testing import problems
 from diffkit.testing.budget import Budget
-from diffkit.testing.denoisers import RecordingDenoiser, torch_from_numpy
-from diffkit.testing.grids import convergence_sigmas, moment_sigmas
+from diffkit.testing.problems import OBSERVABLE_ORDER, Problem
 from diffkit.testing.report import CheckResult, failed, verdict
 from diffkit.testing.subject import SamplerSubject
 
 MIN_ORDER = 0.7
-OBSERVABLE_ORDER = 2.0  # the σ_min = 1/N grid's final-step floor falls like N⁻²
 ORDER_SLACK = 0.3
 
 
-def required_order(declared: float | None) -> float:
-    """The least observed order that passes, given the order a sampler declares (if any)."""
+def required_order(declared: float | None, observable: float = OBSERVABLE_ORDER["sigma"]) -> float:
+    """The least observed order that passes, given the order a sampler declares (if any) and the
+    most its problem's grids can show (:data:`~diffkit.testing.problems.OBSERVABLE_ORDER`)."""
     if declared is None:
         return MIN_ORDER
-    return max(MIN_ORDER, min(float(declared), OBSERVABLE_ORDER) - ORDER_SLACK)
+    return max(MIN_ORDER, min(float(declared), observable) - ORDER_SLACK)
 MAX_FINAL_ERROR = 0.05  # relative median error at the finest grid (Euler at N = 256: ≈ 0.007)
 EXACT = 1e-7  # an error this small everywhere means "exact"; no order can be measured
 Z_SCORE = 4.5
 SLACK_PER_STEP = 50.0  # slack = SLACK_PER_STEP / N
 
 
-def _run(subject: SamplerSubject, name: str, y0: np.ndarray, sigmas: torch.Tensor) -> np.ndarray:
-    """Run the sampler from y0 [n, d] (float64, shown as [n, 1, 2, 2]); return x0 [n, d]."""
-    denoiser = RecordingDenoiser(torch_from_numpy(problems.data(name)))
+def _run(subject: SamplerSubject, problem: Problem, y0: np.ndarray, sigmas: torch.Tensor) -> np.ndarray:
+    """Run the sampler from y0 [n, d] (float64, shown as [n, 1, 2, 2]) on the problem's denoiser; return x0 [n, d]."""
+    denoiser = problem.denoiser()
     x = torch.from_numpy(y0.copy()).reshape(len(y0), *problems.POINT_SHAPE)
     out = subject(denoiser, x, sigmas, generator=torch.Generator().manual_seed(1234))
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
@@ -71,22 +71,23 @@ def observed_order(steps: list[int], errors: list[float]) -> float:
 
 
 def check_convergence(subject: SamplerSubject, name: str, budget: Budget) -> CheckResult:
-    """Observed order and final error against the exact ODE endpoint on data set ``name``."""
+    """Observed order and final error against the exact ODE endpoint on problem ``name`` (:data:`problems.NAMES`)."""
     check = f"convergence[{name}]"
+    problem = problems.PROBLEMS[name]
     n = budget.convergence_points
-    y0, exact = problems.noisy_starts(name, n), problems.exact_endpoints(name, n)
-    steps = list(budget.convergence_steps)
+    y0, exact = problem.starts(n), problem.endpoints(n)
+    steps = list(budget.steps_for(problem.path))
     errors = []
     for count in steps:
-        out = _run(subject, name, y0, convergence_sigmas(count))
-        errors.append(float(np.median(np.linalg.norm(out - exact, axis=-1))) / problems.scale(name))
+        out = _run(subject, problem, y0, problem.convergence_grid(count))
+        errors.append(float(np.median(np.linalg.norm(out - exact, axis=-1))) / problems.scale(problem.data_name))
     curve = ", ".join(f"{s}: {e:.2e}" for s, e in zip(steps, errors))
     if not all(math.isfinite(e) for e in errors):
         return failed(check, f"non-finite error (errors by steps {curve})")
     if max(errors) <= EXACT:
         return verdict(check, True, f"exact to {max(errors):.1e} at every step count", 0.0)
     order = observed_order(steps[-3:], errors[-3:])
-    need = required_order(subject.order)
+    need = required_order(subject.order, problem.observable_order)
     claim = f", declared order {subject.order:g}" if subject.order is not None else ""
     ok = order >= need and errors[-1] <= MAX_FINAL_ERROR
     detail = (f"observed order {order:.2f} (need ≥ {need:.2f}{claim}); error at {steps[-1]} steps "
@@ -97,16 +98,17 @@ def check_convergence(subject: SamplerSubject, name: str, budget: Budget) -> Che
 def check_moments(subject: SamplerSubject, name: str, budget: Budget) -> CheckResult:
     """Whitened mean and covariance of the sampler's output against the data's, within z·SE + slack."""
     check = f"moments[{name}]"
+    problem = problems.PROBLEMS[name]
     n, steps = budget.moment_samples, budget.moment_steps
-    out = _run(subject, name, problems.noisy_starts(name, n, seed=7), moment_sigmas(steps))
+    out = _run(subject, problem, problem.starts(n, seed=7), problem.moment_grid(steps))
     if not np.isfinite(out).all():
         return failed(check, "non-finite samples")
-    u = problems.whiten(name, out)  # [n, d], ideally mean 0 and covariance I
+    u = problems.whiten(problem.data_name, out)  # [n, d], ideally mean 0 and covariance I
     mean_err = np.abs(u.mean(axis=0))  # [d]
     cov_err = np.abs(np.cov(u, rowvar=False) - np.eye(u.shape[1]))  # [d, d]
     slack = SLACK_PER_STEP / steps
     mean_bound = Z_SCORE / math.sqrt(n) + slack
-    cov_bound = Z_SCORE * np.sqrt(problems.whitened_fourth_moments(name) / n) + slack  # [d, d]
+    cov_bound = Z_SCORE * np.sqrt(problems.whitened_fourth_moments(problem.data_name) / n) + slack  # [d, d]
     worst_mean = float(np.max(mean_err / mean_bound))
     worst_cov_at = np.unravel_index(np.argmax(cov_err / cov_bound), cov_err.shape)
     worst_cov = float(cov_err[worst_cov_at] / cov_bound[worst_cov_at])

@@ -43,10 +43,14 @@ class RecordingDenoiser:
         calls: how many times the sampler called it.
         problems: distinct descriptions of contract violations, in order of appearance.
         dtypes: the dtypes of x it received.
+        path: the probability path the denoiser reports (``"flow"`` for a flow-matching model,
+            as :class:`~diffkit.FlowDenoiser` does; None for the σ form), read by samplers
+            such as ``heun`` that step in the path's own time.
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], path: str | None = None) -> None:
         self.fn = fn
+        self.path = path
         self.calls = 0
         self.problems: list[str] = []
         self.dtypes: set[torch.dtype] = set()
@@ -87,6 +91,27 @@ def torch_from_numpy(data: PosteriorMean) -> Callable[[torch.Tensor, torch.Tenso
         return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
     return denoise
+
+
+def exact_velocity(data: PosteriorMean, schedule: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The exact flow-matching velocity network ``v(x_t [B, ...], t·T [B])`` of analytic data, float64 numpy.
+
+    On the path x_t = (1 − t)·x0 + t·ε the best velocity is v = E[ε − x0 | x_t] = (x_t − x̂0)/t with
+    x̂0 = D(y, σ) the σ-form posterior mean at y = x_t/(1 − t) = (1 + σ)·x_t, σ = t/(1 − t)
+    (``schedule``: a :class:`~diffkit.schedules.flow.FlowSchedule`, giving T and t = 1 as
+    FLOW_SIGMA_MAX). :class:`~diffkit.FlowDenoiser` turns it back into x̂0 = x_t − t·v.
+    """
+    posterior = torch_from_numpy(data)
+
+    def velocity(x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        sigma = schedule.t_to_sigma(timestep.detach().cpu())  # float64 [B]
+        per_sample = sigma.reshape(-1, *([1] * (x_t.ndim - 1)))  # [B, 1, ..., 1]
+        x = x_t.detach().cpu().to(torch.float64)
+        t = per_sample / (1 + per_sample)
+        v = (x - posterior((1 + per_sample) * x, sigma)) / t.clamp(min=1e-300)  # σ = 0: x̂0 = x_t whatever v is
+        return v.to(device=x_t.device, dtype=x_t.dtype)
+
+    return velocity
 
 
 def numpy_denoiser(data: PosteriorMean) -> Callable[[np.ndarray, np.ndarray, Any], np.ndarray]:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from diffkit.schedules.flow import FlowSchedule, sigma_from_t
 from diffkit.schedules.spacings import karras
 
-# The start of every accuracy grid: EDM's σ_max, ≈ 50× the data's scale (≈ 1.4 here).
+# The start of every accuracy grid on the σ path: EDM's σ_max, ≈ 50× the data's scale (≈ 1.4 here).
 SIGMA_MAX = 80.0
+# SD3's time shift, the flow path's grids: it spends more of the steps near t = 1
+FLOW_SHIFT = 3.0
 
 
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
@@ -38,3 +41,17 @@ def convergence_sigmas(steps: int) -> torch.Tensor:
 def moment_sigmas(steps: int) -> torch.Tensor:
     """The grid of the moment check for stochastic samplers: Karras ρ = 7 from 80 to 0.002, then 0."""
     return karras_sigmas(steps, 0.002, SIGMA_MAX)
+
+
+def flow_sigmas(steps: int, shift: float = FLOW_SHIFT) -> torch.Tensor:
+    """The flow path's grid: t_i = 1 − i/N (i = 0 … N) under SD3's shift, as σ = t/(1 − t).
+
+    Rectified flow's own Euler grid, float64 CPU [steps + 1]: the first σ is
+    :data:`~diffkit.schedules.FLOW_SIGMA_MAX` (t = 1), the last 0. It is diffusers'
+    ``FlowMatchEulerDiscreteScheduler`` grid except at its low end: diffusers stops at the fixed
+    t = 1/T before jumping to 0, this grid at t = shift(1/N) ≈ 3/N, so — like
+    :func:`convergence_sigmas` — the final step's floor falls as N⁻² and does not hide a
+    sampler's order.
+    """
+    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)[:-1]
+    return torch.cat([sigma_from_t(FlowSchedule(shift=shift).shift_time(t)), t.new_zeros(1)])

@@ -136,17 +136,21 @@ def _extreme_grids() -> dict[str, torch.Tensor]:
     """σ grids at the edges of normal use (float64 CPU, as diffkit passes them)."""
     linear = registry.build("schedule", "linear", num_train_timesteps=1000)
     zero_snr = registry.build("schedule", "linear", num_train_timesteps=1000, rescale_zero_terminal_snr=True)
+    flow = registry.build("schedule", "flow", shift=3.0)  # from t = 1: σ_0 = FLOW_SIGMA_MAX = 2³⁰
     return {
         "1 step": linear.sigmas_for(1, "trailing"),
         "1000 steps": linear.sigmas_for(1000, "leading"),
         "sigma_max=1e4": karras_sigmas(30, 0.002, 1e4),
         "zero-terminal-snr, 1 step": zero_snr.sigmas_for(1, "trailing"),
         "zero-terminal-snr, 50 steps": zero_snr.sigmas_for(50, "trailing"),
+        "flow from t=1, 1 step": flow.sigmas_for(1),
+        "flow from t=1, 50 steps": flow.sigmas_for(50),
     }
 
 
 def check_finite_extremes(subject: SamplerSubject) -> list[CheckResult]:
-    """Finite float32 output for 1 step, T = 1000 steps, σ_max = 1e4 and a zero-terminal-SNR schedule."""
+    """Finite float32 output for 1 step, T = 1000 steps, σ_max = 1e4, a zero-terminal-SNR schedule and a
+    flow schedule's grid from t = 1 (σ_max = 2³⁰)."""
     results = []
     for label, sigmas in _extreme_grids().items():
         name = f"finite[{label}]"

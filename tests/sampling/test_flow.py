@@ -330,23 +330,37 @@ class TruncatedTime(Velocity):
         return super().forward(x, torch.floor(timestep.to(torch.float64) + 1e-6).to(x.dtype))
 
 
-@pytest.mark.parametrize("name, class_name", [("dpmpp_2m", "DPMSolverMultistepScheduler"),
-                                              ("unipc", "UniPCMultistepScheduler")])
+MULTISTEP_PEERS = [
+    ("dpmpp_2m", {}, "DPMSolverMultistepScheduler", {}),
+    ("unipc", {}, "UniPCMultistepScheduler", {}),
+    # diffusers' third-order term is DPM-Solver's code's (half the Taylor weight): match_dpm_solver_code
+    ("dpmpp_3m", {"match_dpm_solver_code": True}, "DPMSolverMultistepScheduler", {"solver_order": 3}),
+    ("unipc", {"order": 3}, "UniPCMultistepScheduler", {"solver_order": 3}),
+]
+
+
+@pytest.mark.parametrize(
+    "name, options, class_name, settings", MULTISTEP_PEERS,
+    ids=[f"{n}-order{s.get('solver_order', 2)}" for n, _, _, s in MULTISTEP_PEERS],
+)
 @pytest.mark.parametrize("steps", [5, 12, 25])
-def test_multistep_samplers_on_flow_match_diffusers_flow_sigmas(name, class_name, steps):
-    """dpmpp_2m / unipc on diffusers' own flow grid = DPMSolverMultistep / UniPCMultistep with
-    use_flow_sigmas, flow_shift=3, prediction_type='flow_prediction', to float32 round-off.
+def test_multistep_samplers_on_flow_match_diffusers_flow_sigmas(name, options, class_name, settings, steps):
+    """dpmpp_2m, dpmpp_3m and unipc (orders 2 and 3) on diffusers' own flow grid = DPMSolverMultistep /
+    UniPCMultistep with use_flow_sigmas, flow_shift=3, prediction_type='flow_prediction' and the
+    same solver_order, to float32 round-off.
 
     Two diffusers conventions are matched on our side, not copied into diffkit: the network
     sees the truncated integer t·T (TruncatedTime), and the loop starts from x = ε at the grid's
     first t = shift(1 − 1/T) < 1, i.e. y = (1 + σ₀)·ε, not σ₀·ε.
     """
     diffusers = pytest.importorskip("diffusers")
-    scheduler = getattr(diffusers, class_name)(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
+    scheduler = getattr(diffusers, class_name)(
+        use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction", **settings
+    )
     theirs = run_diffusers(scheduler, steps, model=TruncatedTime())
     t = scheduler.sigmas.to(torch.float64)  # diffusers' flow t, last 0
     grid = t / (1 - t)
     denoiser = diffkit.FlowDenoiser(TruncatedTime(), diffkit.build("schedule", "flow", shift=3.0))
     with torch.no_grad():
-        ours = diffkit.get("sampler", name)(denoiser, noise() * (1 + float(grid[0])), grid)
+        ours = diffkit.get("sampler", name)(denoiser, noise() * (1 + float(grid[0])), grid, **options)
     torch.testing.assert_close(ours.float(), theirs, rtol=0, atol=2e-6)

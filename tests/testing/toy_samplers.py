@@ -36,6 +36,12 @@ def euler_long_steps(denoiser, x, sigmas, *, cond=None, generator=None, callback
     return euler(denoiser, x, sigmas, cond=cond, generator=generator, callback=callback, step_scale=1.03)
 
 
+def euler_clipped_start(denoiser, x, sigmas, *, cond=None, generator=None, callback=None):
+    """Euler that clips the grid to σ ≤ 4096 (a VP table's zero-terminal-SNR end), as a sampler written
+    for VP tables might: right on σ grids from 80, but it never starts at t = 1 on a flow model."""
+    return euler(denoiser, x, sigmas.clamp(max=4096.0), cond=cond, generator=generator, callback=callback)
+
+
 def euler_ancestral(
     denoiser, x, sigmas, *, cond=None, generator=None, callback=None, noise_sampler=None, noise_scale: float = 1.0
 ):
