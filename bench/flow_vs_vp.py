@@ -43,6 +43,14 @@ RECIPES = ("digits", "digits-flow")
 CALIBRATION_SEED = 12345  # the calibration noises and labels are drawn apart from the scored ones (seed 0)
 
 
+def machine_line() -> str:
+    """The ``# machine: …`` line a bench prints first: architecture, cores, threads, torch and diffkit."""
+    return (
+        f"# machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, diffkit {diffkit.__version__}"
+    )
+
+
 def train(name: str, out: Path, train_steps: int | None) -> tuple[Pipeline, float]:
     """The EMA pipeline of recipe ``name`` trained into ``out/name`` (resumed or reused when there)."""
     overrides = [f"train.steps={train_steps}"] if train_steps else []
@@ -82,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=None, help="override both recipes' train.steps")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    print(
-        f"# machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, diffkit {diffkit.__version__}"
-    )
+    print(machine_line())
     print("recipe | sampler | grid | NFE | class accuracy | Fréchet distance | real-data Fréchet")
     for name in RECIPES:
         pipeline, seconds = train(name, out, args.train_steps)
