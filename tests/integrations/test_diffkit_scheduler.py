@@ -126,8 +126,8 @@ def test_every_sampler_runs_in_ddpm_pipeline_as_diffkit_runs_it(name):
     np.testing.assert_allclose(images, _diffkit_images(pipe, name, 5, 3), rtol=0, atol=TOLERANCE)
 
 
-@pytest.mark.parametrize("name", ["heun", "dpm2", "euler_ancestral", "dpmpp_2m_sde", "lms"])
-def test_other_samplers_run_in_dit_and_stable_diffusion(name, tmp_path):
+@pytest.mark.parametrize("name", sorted(diffkit.names("sampler")))
+def test_every_sampler_runs_in_dit_and_stable_diffusion(name, tmp_path):
     """Two evaluations per step (heun, dpm2), stochastic draws from the pipeline's generator, multistep
     history: finite images, reproducible with the same generator seed."""
     dit = dit_pipeline(diffusers.DDIMScheduler())
