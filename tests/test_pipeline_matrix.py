@@ -6,7 +6,7 @@ checks that everything is finite and of the right shape, that the step changed t
 and — for conditioned pipelines — that guidance changed the sample (so the condition
 reaches the backbone through both CFG branches).
 
-To stay fast, every registered sampler (``diffkit.names("sampler")``, plugins included) runs
+To stay fast, every registered sampler (``conforming_samplers()``: plugins included, peer wrappers not) runs
 on the smallest backbone, ``unet``; the other backbones run :data:`REPRESENTATIVE` samplers.
 How each conditioner is wired into each backbone is :func:`compose`'s table; a combination
 that cannot fit (``concat`` on ``dit``: a transformer on patches has no input channels to
@@ -24,6 +24,7 @@ import torch
 import diffkit
 from diffkit.errors import ConfigError
 from diffkit.pipeline import Pipeline
+from tests.sweeps import conforming_samplers
 
 BACKBONES = ("unet", "dit", "latent_unet")
 CONDITIONERS = (None, "class_label", "text", "concat", "timestep")
@@ -31,7 +32,7 @@ FULL_SAMPLER_BACKBONE = "unet"
 # one of each kind: multistep predictor-corrector (the default), second-order single-step
 # (two evaluations a step), and stochastic (an SDE solver drawing from the generator)
 REPRESENTATIVE = ("unipc", "heun", "dpmpp_2m_sde")
-ALL_SAMPLERS = tuple(diffkit.names("sampler"))
+ALL_SAMPLERS = tuple(conforming_samplers())
 
 K = 4  # classes
 D = 16  # width of every conditioning vector and of the text context

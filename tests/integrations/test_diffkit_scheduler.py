@@ -24,6 +24,8 @@ pytest.importorskip("transformers")
 from diffkit.integrations.diffusers import DiffkitScheduler  # noqa: E402
 from diffkit.integrations.diffusers.noise import multistep_timesteps, noise_process  # noqa: E402
 
+from tests.sweeps import builtin_samplers  # noqa: E402
+
 from .tiny_pipelines import ddpm_pipeline, dit_pipeline, sd_pipeline  # noqa: E402
 
 TOLERANCE = 1e-4  # images in [0, 1], float32
@@ -115,7 +117,7 @@ def _diffkit_images(pipe, name: str, steps: int, seed: int, options=None) -> np.
     return (y / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
-@pytest.mark.parametrize("name", sorted(diffkit.names("sampler")))
+@pytest.mark.parametrize("name", sorted(builtin_samplers()))
 def test_every_sampler_runs_in_ddpm_pipeline_as_diffkit_runs_it(name):
     """Each registered sampler in DDPMPipeline equals the same sampler run by diffkit on the pipeline's
     UNet (stochastic ones too: both draw from the pipeline's generator in the same order)."""
@@ -126,7 +128,7 @@ def test_every_sampler_runs_in_ddpm_pipeline_as_diffkit_runs_it(name):
     np.testing.assert_allclose(images, _diffkit_images(pipe, name, 5, 3), rtol=0, atol=TOLERANCE)
 
 
-@pytest.mark.parametrize("name", sorted(diffkit.names("sampler")))
+@pytest.mark.parametrize("name", sorted(builtin_samplers()))
 def test_every_sampler_runs_in_dit_and_stable_diffusion(name, tmp_path):
     """Two evaluations per step (heun, dpm2), stochastic draws from the pipeline's generator, multistep
     history: finite images, reproducible with the same generator seed."""
