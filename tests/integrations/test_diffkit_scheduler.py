@@ -244,6 +244,12 @@ def test_bad_input_is_refused_before_any_work():
         DiffkitScheduler(beta_schedule="exp")
     with pytest.raises(ConfigError, match="start_noise"):
         DiffkitScheduler(start_noise="loud")
+    with pytest.raises(ConfigError, match="timestep_convention"):
+        DiffkitScheduler(timestep_convention="dpm")
+    with pytest.raises(UnknownNameError, match="karras"):
+        DiffkitScheduler(spacing="karas")
+    with pytest.raises(ConfigError, match="spacing_options"):
+        DiffkitScheduler(spacing="karras", spacing_options=[7.0])
     scheduler = DiffkitScheduler(sampler="euler")
     with pytest.raises(ConfigError, match="set_timesteps"):
         scheduler.step(torch.zeros(1, 2), 999, torch.zeros(1, 2))

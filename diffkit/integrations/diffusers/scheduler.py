@@ -52,6 +52,7 @@ TIMESTEP_TOLERANCE = 1e-3
 # how far a requested σ may be from the dry run's: the sampler passes σ in x's dtype (float32 here)
 SIGMA_TOLERANCE = 1e-5
 START_NOISE = ("vp", "sigma")
+TIMESTEP_CONVENTIONS = (None, "multistep", "euler")
 
 
 @dataclass
@@ -142,6 +143,12 @@ class DiffkitScheduler(SchedulerMixin, ConfigMixin):
         self.noise: NoiseProcess = noise_process(self.config)
         if start_noise not in START_NOISE:
             raise ConfigError(f"start_noise must be one of {', '.join(START_NOISE)}, got {start_noise!r}")
+        if timestep_convention not in TIMESTEP_CONVENTIONS:
+            raise ConfigError(f"timestep_convention must be one of {TIMESTEP_CONVENTIONS}, got {timestep_convention!r}")
+        if spacing is not None:
+            registry.get_entry("spacing", spacing)  # an unknown name fails now, with close matches
+        if spacing_options is not None and not isinstance(spacing_options, Mapping):
+            raise ConfigError(f"spacing_options must be a mapping of option names to values, got {spacing_options!r}")
         self._fixed_sigmas = None if sigmas is None else user_sigmas(sigmas)
         if self._fixed_sigmas is not None and (spacing is not None or spacing_options):
             raise ConfigError("sigmas= already gives every noise level; spacing and spacing_options do not apply")
