@@ -21,12 +21,11 @@ diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("greenlet")
 pytest.importorskip("transformers")
 
-from diffkit.integrations.diffusers import DiffkitScheduler  # noqa: E402
-from diffkit.integrations.diffusers.noise import multistep_timesteps, noise_process  # noqa: E402
+from diffkit.integrations.diffusers import DiffkitScheduler
+from diffkit.integrations.diffusers.noise import multistep_timesteps, noise_process
+from tests.sweeps import builtin_samplers
 
-from tests.sweeps import builtin_samplers  # noqa: E402
-
-from .tiny_pipelines import ddpm_pipeline, dit_pipeline, sd_pipeline  # noqa: E402
+from .tiny_pipelines import ddpm_pipeline, dit_pipeline, sd_pipeline
 
 TOLERANCE = 1e-4  # images in [0, 1], float32
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
@@ -278,3 +277,13 @@ def test_img2img_strength_below_one_is_refused_up_front():
     scheduler.set_begin_index(0)
     with pytest.raises(ConfigError, match="part-way"):
         scheduler.set_begin_index(12)
+
+
+def test_reading_a_scheduler_config_needs_neither_diffusers_nor_greenlet():
+    import subprocess
+    import sys
+
+    code = ("import sys; from diffkit.integrations.diffusers import noise_process; "
+            "p = noise_process({'beta_schedule': 'scaled_linear', 'prediction_type': 'v_prediction'}); "
+            "assert p.prediction == 'v' and not {'diffusers', 'greenlet'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)

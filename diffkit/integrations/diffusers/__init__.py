@@ -4,11 +4,27 @@
 - :func:`as_sampler`: a diffusers scheduler class as a diffkit sampler (the ``diffkit-diffusers`` plugin
   registers them as ``diffusers.*``, so ``diffkit check`` runs the conformance kit on them).
 - :func:`noise_process`: a diffusers scheduler config's noise process as a diffkit schedule and denoiser.
+
+The names load on first use (PEP 562), so ``diffkit.integrations.diffusers.noise`` — which reads
+scheduler configs as plain JSON — imports neither diffusers nor greenlet.
 """
 
-from diffkit.integrations.diffusers.noise import NoiseProcess, noise_process
-from diffkit.integrations.diffusers.sampler_adapter import OutOfRangeError, as_sampler
-from diffkit.integrations.diffusers.scheduler import DiffkitScheduler, DiffkitSchedulerOutput
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "DiffkitScheduler": "scheduler", "DiffkitSchedulerOutput": "scheduler",
+    "as_sampler": "sampler_adapter", "OutOfRangeError": "sampler_adapter",
+    "NoiseProcess": "noise", "noise_process": "noise",
+}
 
 __all__ = ["DiffkitScheduler", "DiffkitSchedulerOutput", "NoiseProcess", "OutOfRangeError", "as_sampler",
            "noise_process"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
