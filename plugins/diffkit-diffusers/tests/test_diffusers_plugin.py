@@ -170,3 +170,25 @@ def test_diffusers_third_order_dpm_solver_is_not_the_taylor_third_order_method()
                                                                                       x, sigmas)
     taylor = diffkit.build("sampler", "dpmpp_3m")(lambda y, s, c=None: denoise(y, s), x, sigmas)
     assert float((theirs - taylor).abs().max() / taylor.abs().max()) > 1e-4
+
+
+def test_the_readme_check_commands_run_as_written():
+    """The README's "Check a diffusers scheduler" commands: the FlowMatch Heun check passes (exit 0); the
+    DPM-Solver order-3 check measures its orders and exits 1 for the grids beyond its β table."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Check a diffusers scheduler", 1)[1].split("\n## ", 1)[0]
+    lines = [line.split("#")[0].strip() for line in re.findall(r"^diffkit check .*$", section, flags=re.M)]
+    assert len(lines) == 2, lines
+    runs = []
+    for line in lines:
+        argv = [sys.executable, "-m", "diffkit", *shlex.split(line)[1:]]
+        runs.append(subprocess.run(argv, capture_output=True, text=True, timeout=600))
+    assert runs[0].returncode == 0 and "no check failed" in runs[0].stdout, runs[0].stdout + runs[0].stderr
+    assert runs[1].returncode == 1 and "PASS convergence[mixture]: observed order" in runs[1].stdout, runs[1].stdout
+    assert "represents σ ∈" in runs[1].stdout  # the refused grids say why
