@@ -15,7 +15,8 @@ invariance with one generator per sample, the per-step callback, finite output a
 grids, ``noise_sampler`` honoured (stochastic), convergence to the exact probability-flow ODE
 endpoint on analytic data (deterministic) or the data's mean and covariance (stochastic) — each
 data set seen through the σ path and by a flow-matching model from t = 1
-(:mod:`diffkit.testing.problems`) — and parity with the registered numpy twin. See :mod:`diffkit.testing.accuracy` for the bounds.
+(:mod:`diffkit.testing.problems`) — and parity with the registered numpy twin. See
+:mod:`diffkit.testing.accuracy` for the bounds.
 Spacing checks: :mod:`diffkit.testing.spacing_checks`.
 """
 

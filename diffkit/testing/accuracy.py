@@ -8,8 +8,8 @@ we fit p on the finest three N and require p ≥ :func:`required_order` and e(N_
 :data:`MAX_FINAL_ERROR`. The grid caps the observable order (σ_min = 1/N on the σ path, see
 :mod:`diffkit.testing.grids`: at 2; the flow path's uniform-t grid: at 1.5, see
 :data:`~diffkit.testing.problems.OBSERVABLE_ORDER`), so a sampler declaring order q must show
-min(q, cap) − 0.3; one that declares nothing must show :data:`MIN_ORDER` (consistency). A method with a systematic bias (e.g. steps 3% too long) has an
-error floor, so p → 0. The median, not the RMS: a few mixture trajectories start near the
+min(q, cap) − 0.3; one that declares nothing must show :data:`MIN_ORDER` (consistency). A method
+with a systematic bias (e.g. steps 3% too long) has an error floor, so p → 0. The median, not the RMS: a few mixture trajectories start near the
 boundary between two modes and, on coarse grids, land in the wrong mode (an O(1) error that
 vanishes once N is large enough) — legitimate pre-asymptotic behaviour that would make an
 RMS curve jump; the median measures the typical trajectory and is smooth in N.
@@ -48,6 +48,8 @@ def required_order(declared: float | None, observable: float = OBSERVABLE_ORDER[
     if declared is None:
         return MIN_ORDER
     return max(MIN_ORDER, min(float(declared), observable) - ORDER_SLACK)
+
+
 MAX_FINAL_ERROR = 0.05  # relative median error at the finest grid (Euler at N = 256: ≈ 0.007)
 EXACT = 1e-7  # an error this small everywhere means "exact"; no order can be measured
 Z_SCORE = 4.5
