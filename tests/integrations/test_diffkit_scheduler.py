@@ -287,3 +287,18 @@ def test_reading_a_scheduler_config_needs_neither_diffusers_nor_greenlet():
             "p = noise_process({'beta_schedule': 'scaled_linear', 'prediction_type': 'v_prediction'}); "
             "assert p.prediction == 'v' and not {'diffusers', 'greenlet'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_copied_scheduler_answers_with_its_own_outputs():
+    """diffusers and training scripts deepcopy schedulers: the copy's denoiser adapter must read the copy."""
+    import copy
+
+    original = DiffkitScheduler(sampler="euler")
+    twin = copy.deepcopy(original)
+    for scheduler in (original, twin):
+        scheduler.set_timesteps(3)
+    x = torch.ones(1, 2)
+    mine = twin.step(torch.full((1, 2), 0.5), twin.timesteps[0], x).prev_sample
+    theirs = original.step(torch.full((1, 2), 0.5), original.timesteps[0], x).prev_sample
+    torch.testing.assert_close(mine, theirs)
+    assert twin._adapter.model.__self__ is twin

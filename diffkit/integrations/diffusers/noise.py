@@ -25,6 +25,7 @@ and a config from them keeps its family (``timestep_convention``): the multistep
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -126,12 +127,30 @@ class NoiseProcess:
         return VPDenoiser(network, self.schedule, self.prediction)
 
     def model_input(self, y: torch.Tensor, sigma: float) -> torch.Tensor:
-        """The network's input at σ for the σ-form y: x_t = y/√(1 + σ²) (VP) or y/(1 + σ) (flow)."""
-        return y / (1.0 + sigma) if self.is_flow else y / (1.0 + sigma * sigma) ** 0.5
+        """The network's input at σ for the σ-form y (:func:`to_path_form` on this process's path)."""
+        return to_path_form(y, sigma, "flow" if self.is_flow else "vp")
 
     def sigma_form(self, x_t: torch.Tensor, sigma: float) -> torch.Tensor:
         """The σ-form y of the network input x_t at σ (the inverse of :meth:`model_input`)."""
-        return x_t * (1.0 + sigma) if self.is_flow else x_t * (1.0 + sigma * sigma) ** 0.5
+        return from_path_form(x_t, sigma, "flow" if self.is_flow else "vp")
+
+
+def to_path_form(y: torch.Tensor, sigma: float, form: str) -> torch.Tensor:
+    """σ-form y → the sample of a path at σ: x_t = y/√(1 + σ²) (``"vp"``), y/(1 + σ) (``"flow"``), y (any other)."""
+    if form == "vp":
+        return y / math.sqrt(1.0 + sigma * sigma)
+    if form == "flow":
+        return y / (1.0 + sigma)
+    return y
+
+
+def from_path_form(x_t: torch.Tensor, sigma: float, form: str) -> torch.Tensor:
+    """The inverse of :func:`to_path_form`: y = x_t·√(1 + σ²), x_t·(1 + σ) or x_t."""
+    if form == "vp":
+        return x_t * math.sqrt(1.0 + sigma * sigma)
+    if form == "flow":
+        return x_t * (1.0 + sigma)
+    return x_t
 
 
 def multistep_timesteps(num_train_timesteps: int, steps: int, spacing: str, steps_offset: int = 0) -> torch.Tensor:

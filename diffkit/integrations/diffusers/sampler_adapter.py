@@ -66,6 +66,7 @@ import numpy as np
 import torch
 
 from diffkit.errors import ConfigError, ShapeError, UnknownNameError
+from diffkit.integrations.diffusers.noise import from_path_form, to_path_form
 from diffkit.samplers.common import as_generator, denoise, sigma_levels
 from diffkit.samplers.contract import Callback, Denoiser, NoiseSampler, SamplerFn
 
@@ -495,23 +496,6 @@ def _noise_from(draw: Callable[[tuple[int, ...], Any, Any], torch.Tensor] | None
 # -- the sampling loop ------------------------------------------------------------------------------------------
 
 
-def _to_sample(y: torch.Tensor, sigma: float, form: str) -> torch.Tensor:
-    """σ-form y → the sample step() carries (y, y/√(1 + σ²) or y/(1 + σ))."""
-    if form == "vp":
-        return y / math.sqrt(1.0 + sigma * sigma)
-    if form == "flow":
-        return y / (1.0 + sigma)
-    return y
-
-
-def _from_sample(sample: torch.Tensor, sigma: float, form: str) -> torch.Tensor:
-    if form == "vp":
-        return sample * math.sqrt(1.0 + sigma * sigma)
-    if form == "flow":
-        return sample * (1.0 + sigma)
-    return sample
-
-
 def _model_output(prediction: str, form: str, y: torch.Tensor, x0: torch.Tensor, sigma: float,
                   scheduler: Any) -> torch.Tensor:
     """The network output the scheduler expects at σ, given the σ-form sample y and the denoiser's x0 [B, ...]."""
@@ -562,14 +546,14 @@ def _run(cls: type, traits: SchedulerTraits, scheduler: Any, options: Mapping[st
     step_accepts_generator = "generator" in inspect.signature(cls.step).parameters
     if noise_sampler is not None:
         _route_randn(sys.modules[cls.__module__])
-    sample = _to_sample(x.to(work), levels[0], form)
+    sample = to_path_form(x.to(work), levels[0], form)
     timesteps = list(scheduler.timesteps)
     i, first_denoised = 0, None
     for k, t in enumerate(timesteps):
         sigma = _sigma_now(scheduler, k, t, traits, form, exact, plan)
         if hasattr(scheduler, "scale_model_input"):  # FlowMatch classes have none; the network sees x_t itself
             scheduler.scale_model_input(sample, t)
-        y = _from_sample(sample, sigma, form)
+        y = from_path_form(sample, sigma, form)
         if sigma > 0:
             x0 = denoise(denoiser, y, sigma, cond)
             output = _model_output(prediction, form, y, x0, sigma, scheduler).to(work)
@@ -587,10 +571,10 @@ def _run(cls: type, traits: SchedulerTraits, scheduler: Any, options: Mapping[st
         done = k == len(timesteps) - 1 or getattr(scheduler, "state_in_first_order", True)
         if done:
             if callback is not None:
-                callback({"x": _from_sample(sample, levels[i + 1], form).to(x.dtype), "i": i, "sigma": levels[i],
+                callback({"x": from_path_form(sample, levels[i + 1], form).to(x.dtype), "i": i, "sigma": levels[i],
                           "sigma_hat": levels[i], "denoised": first_denoised.to(x.dtype)})
             i, first_denoised = i + 1, None
-    return _from_sample(sample, levels[-1], form).to(device=x.device, dtype=x.dtype)
+    return from_path_form(sample, levels[-1], form).to(device=x.device, dtype=x.dtype)
 
 
 def _noise_draw(noise_sampler: NoiseSampler, sigma: float, sigma_next: float,

@@ -161,6 +161,8 @@ class DiffkitScheduler(SchedulerMixin, ConfigMixin):
         self._stepper: SteppedSampler | None = None
         self._pending: tuple[torch.Tensor, float] | None = None
         self._step_index = 0
+        self._model_output: torch.Tensor | None = None
+        self._adapter = self.noise.denoiser(self._answered_output)  # a bound method: copies rebind it
 
     # -- construction from a pipeline's scheduler -------------------------------------------------
 
@@ -286,15 +288,12 @@ class DiffkitScheduler(SchedulerMixin, ConfigMixin):
         self._check_timestep(timestep, k)
         sigma = self._plan[k]
         work = torch.promote_types(sample.dtype, torch.float32)
-        x0 = None
-        if not stepper.started:
-            request = stepper.start(self.noise.sigma_form(sample.to(work), sigma), generator)
-            if not self._discard_first:
-                x0 = self._x0(model_output.to(work), request)
-                request = stepper.answer(x0)
-        else:
-            x0 = self._x0(model_output.to(work), self._pending)
-            request = stepper.answer(x0)
+        answer = True
+        if not stepper.started:  # the sampler's first request is at the pipeline's first latents
+            self._pending = stepper.start(self.noise.sigma_form(sample.to(work), sigma), generator)
+            answer = not self._discard_first  # a churned first request: this evaluation goes unused
+        x0 = self._x0(model_output.to(work), self._pending) if answer else None
+        request = stepper.answer(x0) if answer else self._pending
         self._step_index = k + 1
         self._pending = request
         if request is None:
@@ -314,10 +313,15 @@ class DiffkitScheduler(SchedulerMixin, ConfigMixin):
         return DiffkitSchedulerOutput(prev, pred) if return_dict else (prev,)
 
     def _x0(self, model_output: torch.Tensor, request: tuple[torch.Tensor, float]) -> torch.Tensor:
-        """x̂0 from the network's output at the request (y, σ): the denoiser adapter of the noise process."""
+        """x̂0 from the network's output at the request (y, σ), through the noise process's denoiser adapter
+        (built once, in ``__init__``, around a "network" that returns the output being answered)."""
         y, sigma = request
-        denoiser = self.noise.denoiser(lambda x_t, t, *rest: model_output)
-        return denoiser(y, torch.full((y.shape[0],), sigma, dtype=y.dtype, device=y.device))
+        self._model_output = model_output
+        return self._adapter(y, torch.full((y.shape[0],), sigma, dtype=y.dtype, device=y.device))
+
+    def _answered_output(self, x_t: torch.Tensor, t: torch.Tensor, *rest: Any) -> torch.Tensor:
+        """The "network" of :attr:`_adapter`: the pipeline's output being answered (at x_t, t)."""
+        return self._model_output
 
     def _check_timestep(self, timestep: Any, k: int) -> None:
         if timestep is None:
