@@ -24,6 +24,7 @@ one forward; latents are decoded by the autoencoder when there is one.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -55,9 +56,10 @@ from diffkit.models.conditioners.concat import ConcatConditioner
 from diffkit.runtime.precision import BF16Network, bf16_enabled
 from diffkit.samplers.common import Callback, as_generator, is_integer
 from diffkit.sampling.denoisers import FlowDenoiser, VPDenoiser
-from diffkit.sampling.draw import check_sample_memory, check_samples, named_memory_errors
+from diffkit.sampling.draw import check_sample_memory, check_samples, named_memory_errors, sigma_grid
 from diffkit.sampling.draw import sample as run_sampler
 from diffkit.sampling.guidance import CFGDenoiser, check_guidance_rescale, check_guidance_scale
+from diffkit.sampling.paths import START_NOISE, check_noise
 from diffkit.schedules.base import DiscreteSchedule
 from diffkit.schedules.flow import FlowSchedule
 from diffkit.schedules.spacings import user_sigmas
@@ -138,7 +140,14 @@ class Pipeline(nn.Module):
         default_steps: sampler steps when :meth:`sample` is given none (1 … 10000).
         default_guidance: the recommended classifier-free guidance scale (0 … 1000, 1 = none; see
             :func:`diffkit.sampling.guidance.check_guidance_scale`), saved with the pipeline so that the
-            scale it was judged at travels with it.
+            scale it was judged at travels with it. For a backbone with ``embedded_guidance``
+            (a guidance-distilled model such as Flux-dev) the scale is the network's input.
+        spacing, spacing_options: the default σ grid of :meth:`sample` (a registered spacing and
+            its options; None: the schedule's default). A pipeline loaded from a diffusers folder
+            gets the grid of the folder's scheduler (spacing ``"diffusers"``).
+        start_noise: how :meth:`sample` turns unit noise z into the start
+            (:mod:`diffkit.sampling.paths`): ``"sigma"`` (y_0 = σ_0·z) or ``"path"`` (z is x_T on
+            the schedule's noise path, as diffusers pipelines read ``latents=``).
     """
 
     def __init__(
@@ -155,6 +164,9 @@ class Pipeline(nn.Module):
         sample_shape: Sequence[int] | None = None,
         default_steps: int = 25,
         default_guidance: float = 1.0,
+        spacing: str | None = None,
+        spacing_options: Mapping[str, Any] | None = None,
+        start_noise: str = "sigma",
     ) -> None:
         super().__init__()
         self.backbone = _build("backbone", backbone)
@@ -197,6 +209,8 @@ class Pipeline(nn.Module):
             raise ConfigError(f"default_steps must be an integer in 1 … {MAX_DEFAULT_STEPS}, got {short(default_steps)}")
         self.default_steps = int(default_steps)
         self.default_guidance = check_guidance_scale(default_guidance, what="default_guidance")
+        self.spacing, self.spacing_options = self._check_spacing(spacing, spacing_options)
+        self.start_noise = check_choice("start_noise", start_noise, START_NOISE)
         self._check_classes()
         out_channels = getattr(getattr(self.backbone, "config", None), "out_channels", self.sample_shape[0])
         self.learned_variance = out_channels == 2 * self.sample_shape[0]
@@ -205,6 +219,28 @@ class Pipeline(nn.Module):
                 f"the backbone has out_channels={out_channels}, twice the {self.sample_shape[0]} sample channel(s): a "
                 "learned variance, which a flow model does not have; give it out_channels = in_channels"
             )
+
+    def _check_spacing(
+        self, spacing: Any, options: Mapping[str, Any] | None
+    ) -> tuple[str | None, dict[str, Any]]:
+        """The default grid, checked now by placing it once for ``default_steps``."""
+        if spacing is not None and not isinstance(spacing, str):
+            raise ConfigError(f"spacing must be a registered spacing name or None, got {short(spacing)}")
+        if options is not None and not isinstance(options, Mapping):
+            raise ConfigError(f"spacing_options must be a mapping of option names to values, got {short(options)}")
+        options = dict(options or {})
+        if spacing is None:
+            if options:
+                raise ConfigError("spacing_options needs spacing= (the options belong to a named spacing)")
+            return None, {}  # the schedule's own grid (a dynamic flow shift takes its μ at sample time)
+        with torch.device("cpu"):  # a host table, also when the pipeline is built on the meta device
+            sigma_grid(self.schedule, steps=self.default_steps, spacing=spacing, spacing_options=options)
+        return spacing, options
+
+    @property
+    def embedded_guidance(self) -> bool:
+        """True when the backbone takes the guidance scale as an input (guidance-distilled, e.g. Flux-dev)."""
+        return bool(getattr(self.backbone, "embedded_guidance", False))
 
     def _check_classes(self) -> None:
         """The conditioner's null class must be the backbone's null class."""
@@ -346,28 +382,40 @@ class Pipeline(nn.Module):
 
     # -- sampling --------------------------------------------------------------------------
 
-    def denoiser(self, *, precision: str = "fp32") -> VPDenoiser | FlowDenoiser:
+    def denoiser(self, *, precision: str = "fp32", guidance: float | None = None) -> VPDenoiser | FlowDenoiser:
         """The σ-form denoiser D(x, σ, cond) of the backbone (see :mod:`diffkit.sampling.denoisers`):
         a :class:`~diffkit.sampling.denoisers.FlowDenoiser` for ``parameterization="flow"``, else a
         :class:`~diffkit.sampling.denoisers.VPDenoiser`.
 
         ``precision``: ``"auto"``/``"bf16"`` run the backbone under bf16 autocast on CUDA
         (:mod:`diffkit.runtime.precision`); the denoiser's own arithmetic stays in float32/64.
+        ``guidance``: the scale given to a backbone with ``embedded_guidance`` (required there,
+        refused elsewhere: other pipelines guide by :class:`~diffkit.CFGDenoiser`).
         """
+        if (guidance is not None) != self.embedded_guidance:
+            raise ConfigError(
+                f"the {type(self.backbone).__name__} backbone takes the guidance scale as an input: pass guidance="
+                if self.embedded_guidance else
+                "guidance= is an input only of backbones with embedded_guidance; use CFGDenoiser for others"
+            )
         device = self._backbone_device() or torch.device("cpu")
-        network = BF16Network(self.backbone) if bf16_enabled(precision, device) else self.backbone
+        network: Callable[..., torch.Tensor] = (
+            BF16Network(self.backbone) if bf16_enabled(precision, device) else self.backbone
+        )
+        if guidance is not None:
+            network = functools.partial(network, guidance=guidance)
         if self.parameterization == FLOW:
             return FlowDenoiser(network, self.schedule, prediction="velocity")
         return VPDenoiser(network, self.schedule, self.parameterization, learned_variance=self.learned_variance)
 
     @torch.no_grad()
     def sample(
-        self, n: int, *, cond: Any = None, negative: Any = None, steps: int | None = None, guidance: float = 1.0,
+        self, n: int, *, cond: Any = None, negative: Any = None, steps: int | None = None, guidance: float | None = None,
         guidance_rescale: float = 0.0, generator: torch.Generator | int | Sequence[torch.Generator] | None = None,
         callback: Callback | None = None, sampler: str | None = None, sampler_options: Mapping[str, Any] | None = None,
         spacing: str | None = None, spacing_options: Mapping[str, Any] | None = None,
         sigmas: torch.Tensor | Sequence[float] | None = None, decode: bool = True, progress: bool = False,
-        precision: str = "auto",
+        precision: str = "auto", noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``n`` samples [n, C, H, W] (images in about [−1, 1], or latents with ``decode=False``).
 
@@ -386,14 +434,17 @@ class Pipeline(nn.Module):
             steps: sampler steps (default ``default_steps``).
             guidance: classifier-free guidance scale w, finite, 0 ≤ w ≤ 1000
                 (:data:`diffkit.sampling.guidance.MAX_GUIDANCE`; 1 = none, 0 = unconditional). Larger
-                scales overflow into NaN samples and are an error.
+                scales overflow into NaN samples and are an error. For a backbone with
+                ``embedded_guidance`` (Flux-dev) w is the network's guidance input instead
+                (default ``default_guidance``), with one forward per step.
             guidance_rescale: φ ∈ [0, 1] of Lin et al. 2024 (0 = off).
             generator: a seed (an integer in 0 … 2**64 − 1; negative seeds are refused), a
                 ``torch.Generator`` or a list of one per sample (batch-invariant).
             callback: called once per step with the sampler's dict (``x``, ``i``, ``sigma``, …).
             sampler, sampler_options, spacing: override the pipeline's sampler and grid.
             spacing_options: the spacing's options (e.g. ``{"rho": 5.0}`` for karras, or
-                ``{"image_seq_len": 4096}`` for a flow schedule with Flux's dynamic shift).
+                ``{"image_seq_len": 4096}`` for a flow schedule with Flux's dynamic shift); with
+                neither, the pipeline's own ``spacing`` and ``spacing_options``.
             sigmas: the σ grid itself instead of ``steps`` and a spacing (e.g. one from
                 :func:`diffkit.optimize_sigmas`); strictly decreasing, a final 0 appended
                 when missing.
@@ -401,6 +452,11 @@ class Pipeline(nn.Module):
             progress: show a progress bar (steps, it/s) while sampling.
             precision: the backbone's precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on the
                 CPU), ``"fp32"`` or ``"bf16"``; the sampler's arithmetic is fp32/fp64 either way.
+            noise: the initial unit Gaussian noise z [n, *sample_shape] (default: drawn from
+                ``generator``), read by the pipeline's ``start_noise`` rule — for a pipeline
+                loaded from a diffusers folder exactly as that pipeline reads ``latents=``
+                (Flux: the unpacked latents [n, C, H, W]). Stochastic samplers still draw their
+                later noise from ``generator``.
         """
         if not is_integer(n) or n < 1:
             raise ConfigError(f"n must be an integer ≥ 1, got {short(n)}")
@@ -409,9 +465,13 @@ class Pipeline(nn.Module):
                 raise ConfigError("sigmas= gives every noise level: pass it without steps=, spacing= or spacing_options=")
             sigmas = user_sigmas(sigmas)  # checked now, before any work
             steps = len(sigmas) - 1
+        elif spacing is None and spacing_options is None:
+            spacing, spacing_options = self.spacing, self.spacing_options
         steps = self.default_steps if steps is None else steps
         if not is_integer(steps) or steps < 1:
             raise ConfigError(f"steps must be an integer ≥ 1, got {short(steps)}")
+        if guidance is None:  # no guidance, except for a guidance-distilled backbone: its recommended input
+            guidance = self.default_guidance if self.embedded_guidance else 1.0
         guidance = check_guidance_scale(guidance, what="guidance")
         guidance_rescale = check_guidance_rescale(guidance_rescale, what="guidance_rescale")
         generator = as_generator(generator)
@@ -426,15 +486,24 @@ class Pipeline(nn.Module):
                 "(diffkit.load_pretrained) or move the pipeline to a real device before sampling"
             )
         shape = (n, *self.sample_shape)
+        if noise is not None:
+            check_noise(noise, shape)
         check_sample_memory(shape, torch.float32, device)  # the sampler's state, before anything is built
         was_training = self.training
         self.eval()
         try:
-            denoiser: Callable[..., torch.Tensor] = self.denoiser(precision=precision)
+            embedded = guidance if self.embedded_guidance else None
+            denoiser: Callable[..., torch.Tensor] = self.denoiser(precision=precision, guidance=embedded)
             record = self.condition(cond)
             if record is not None and getattr(record, "batch_size", n) not in (None, n):
                 raise ShapeError(f"cond gives {record.batch_size} conditions for n={n} samples")
-            if self.conditioner is not None and (guidance != 1 or guidance_rescale):
+            if self.embedded_guidance:
+                if negative is not None or guidance_rescale:
+                    raise ConfigError(
+                        "this backbone takes the guidance scale as an input (guidance-distilled): negative= and "
+                        "guidance_rescale= belong to classifier-free guidance, which it does not use"
+                    )
+            elif self.conditioner is not None and (guidance != 1 or guidance_rescale):
                 # ∅: the negative prompt, or these inputs forced to the null condition
                 if negative is None:
                     uncond = self.condition(cond, force_drop=True)
@@ -467,6 +536,7 @@ class Pipeline(nn.Module):
                     steps=None if sigmas is not None else steps, spacing=spacing, spacing_options=spacing_options,
                     sigmas=sigmas,
                     generator=generator, callback=callback, device=device,
+                    noise=noise, start_noise=self.start_noise,
                 )
             finally:
                 if bar is not None:
@@ -499,6 +569,8 @@ class Pipeline(nn.Module):
             "sample_shape": list(self.sample_shape),
             "default_steps": self.default_steps,
             "default_guidance": self.default_guidance,
+            "spacing": {"name": self.spacing, "options": self.spacing_options},
+            "start_noise": self.start_noise,
             "components": [name for name in COMPONENT_KINDS if getattr(self, name) is not None],
         }
 
@@ -585,12 +657,14 @@ def is_pipeline_folder(folder: Path) -> bool:
 _SPEC_FIELDS: Mapping[str, tuple[type, ...]] = {
     "format_version": (int,), "schedule": (dict,), "sampler": (dict,), "parameterization": (str,),
     "objective": (dict,), "sample_shape": (list,), "default_steps": (int,), "default_guidance": (float,),
-    "components": (list,),
+    "spacing": (dict,), "start_noise": (str,), "components": (list,),
 }
+_LATER_FIELDS = ("default_guidance", "spacing", "start_noise")  # keys a file written before them lacks
 _ORIGIN: Mapping[str, tuple[type, ...]] = {"plugin": (str, type(None)), "distribution": (str, type(None))}
 _SECTION_FIELDS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
     "schedule": {"name": (str,), "config": (dict,), **_ORIGIN},
     "sampler": {"name": (str,), "options": (dict,), **_ORIGIN},
+    "spacing": {"name": (str, type(None)), "options": (dict,)},
 }
 
 
@@ -601,7 +675,7 @@ def read_spec(path: Path) -> dict[str, Any]:
     """
     spec = read_json_object(path, what="pipeline file")
     check_numbers(spec, where=str(path))
-    check_record(spec, _SPEC_FIELDS, where=str(path), optional=("default_guidance",))
+    check_record(spec, _SPEC_FIELDS, where=str(path), optional=_LATER_FIELDS)
     version = spec["format_version"]
     if version > PIPELINE_FORMAT_VERSION:
         raise CheckpointError(
@@ -610,7 +684,8 @@ def read_spec(path: Path) -> dict[str, Any]:
     if version < 1:
         raise CheckpointError(f"{path} has format_version {version!r}; valid: 1 … {PIPELINE_FORMAT_VERSION}")
     for section, fields in _SECTION_FIELDS.items():
-        check_record(spec[section], fields, where=f"{path} ({section})", optional=tuple(_ORIGIN))
+        if section in spec:
+            check_record(spec[section], fields, where=f"{path} ({section})", optional=tuple(_ORIGIN))
     _check_components(spec["components"], path)
     return spec
 
@@ -645,7 +720,8 @@ def load_pipeline(
     Every key of ``pipeline.json`` is checked before any weights are read; each component is
     read from its folder inside ``folder`` (symlinks resolved, never leaving it). A file older
     than ``default_guidance`` gets 1.0. Any failure is a :class:`~diffkit.errors.DiffkitError`
-    naming the file; no file is written. ``allow_nonfinite``: as in :func:`diffkit.load_pretrained`.
+    naming the file; no file is written. ``allow_nonfinite``: as in :func:`diffkit.load_pretrained`. Files
+    written before ``spacing`` and ``start_noise`` get the schedule's default grid and the σ_0·z start.
     """
     device, dtype = check_device(device), check_dtype(dtype)
     folder = Path(folder)
@@ -672,5 +748,8 @@ def load_pipeline(
             sample_shape=spec["sample_shape"],
             default_steps=spec["default_steps"],
             default_guidance=spec.get("default_guidance", 1.0),
+            spacing=spec.get("spacing", {}).get("name"),
+            spacing_options=spec.get("spacing", {}).get("options"),
+            start_noise=spec.get("start_noise", "sigma"),
         )
     return pipe.to(device=device, dtype=dtype).eval()

@@ -47,15 +47,19 @@ def read_text(
 
 
 def read_json_object(
-    path: str | os.PathLike[str], *, what: str = "file", error: type[DiffkitError] = CheckpointError
+    path: str | os.PathLike[str], *, what: str = "file", error: type[DiffkitError] = CheckpointError,
+    allow_infinity: bool = False,
 ) -> dict[str, Any]:
     """A JSON object (a ``dict``) read from a regular file; anything else is ``error``.
 
-    Non-standard numbers (``NaN``, ``Infinity``) are refused, like the writers refuse them.
+    Non-standard numbers (``NaN``, ``Infinity``) are refused, like the writers refuse them;
+    ``allow_infinity`` accepts the literals ``Infinity`` and ``-Infinity`` (diffusers writes them
+    in scheduler configs, e.g. ``lambda_min_clipped``), never NaN.
     """
     text = read_text(path, what=what, error=error)
+    constant = _infinity if allow_infinity else _refuse_constant
     try:
-        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        data = json.loads(text, parse_constant=constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise error(f"{what} {path} is not valid JSON ({exc}); it may be truncated or edited by hand") from exc
     if not isinstance(data, dict):
@@ -65,6 +69,12 @@ def read_json_object(
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _infinity(name: str) -> float:
+    if name == "NaN":
+        return _refuse_constant(name)
+    return float(name)
 
 
 def _finite_float(text: str) -> float:

@@ -3,7 +3,9 @@
 A folder with ``pipeline.json`` is a saved :class:`~diffkit.pipeline.Pipeline`; one with
 ``diffkit.json`` a diffkit component folder (:mod:`diffkit.io.components`); one with a
 diffusers ``config.json`` a diffusers model, read through the converter registered for its
-``_class_name`` (:mod:`diffkit.io.converters`). ``device`` and ``dtype`` are checked before
+``_class_name`` (:mod:`diffkit.io.converters`); one with a diffusers ``model_index.json`` a
+whole diffusers pipeline, read as a :class:`~diffkit.pipeline.Pipeline`
+(:mod:`diffkit.integrations.diffusers.folders`). ``device`` and ``dtype`` are checked before
 anything is read, and files are only read, never written.
 """
 
@@ -40,7 +42,9 @@ def load_pretrained(
 ) -> nn.Module:
     """The diffkit module stored in ``path`` (a diffkit pipeline, component or diffusers model folder), in eval mode.
 
-    A folder written by :meth:`diffkit.Pipeline.save` gives back the :class:`~diffkit.Pipeline`.
+    A folder written by :meth:`diffkit.Pipeline.save` gives back the :class:`~diffkit.Pipeline`, and so
+    does a diffusers pipeline folder (``model_index.json``; the supported classes are
+    :func:`diffkit.integrations.diffusers.folders.supported_pipelines`).
 
     Args:
         path: a folder with ``diffkit.json`` (written by :func:`save_pretrained`) or with a
@@ -81,7 +85,11 @@ def load_pretrained(
     elif (folder / "config.json").exists():
         module = _load_diffusers(folder, allow_pickle=allow_pickle, variant=variant, allow_nonfinite=allow_nonfinite)
     elif (folder / "model_index.json").exists():
-        raise CheckpointError(_pipeline_message(folder))
+        from diffkit.integrations.diffusers.folders import load_pipeline_folder  # the pipeline level, lazily
+
+        module = load_pipeline_folder(
+            folder, allow_pickle=allow_pickle, variant=variant, allow_nonfinite=allow_nonfinite
+        )
     else:
         present = sorted(p.name for p in folder.iterdir())[:20]
         raise CheckpointError(
@@ -124,24 +132,3 @@ def _load_diffusers(folder: Path, *, allow_pickle: bool, variant: str | None, al
         converter.kind, converter.name, config_dict, weights, source=config_file,
         what=f"the converted weights of {folder}", allow_nonfinite=True,
     )
-
-
-def _pipeline_message(folder: Path) -> str:
-    index = read_json_object(folder / "model_index.json", what="diffusers pipeline index")
-    parts = []
-    for key, value in sorted(index.items()):
-        if key.startswith("_") or not (isinstance(value, list) and len(value) == 2):
-            continue
-        class_name = value[1]
-        if isinstance(class_name, str) and class_name in DIFFUSERS_FORMATS and (folder / key).is_dir():
-            converter = DIFFUSERS_FORMATS[class_name]
-            parts.append(f"{key} ({class_name} → {converter.kind} {converter.name!r})")
-    pipeline = index.get("_class_name")
-    pipeline = pipeline if isinstance(pipeline, str) and len(pipeline) <= 80 else "a diffusers pipeline"
-    hint = (
-        "components diffkit can load: " + ", ".join(parts) + f"; e.g. load_pretrained({str(folder)!r}, "
-        f"subfolder={parts[0].split(' ')[0]!r})"
-        if parts
-        else f"none of its components is a class diffkit loads ({', '.join(sorted(DIFFUSERS_FORMATS))})"
-    )
-    return f"{folder} is a diffusers pipeline ({pipeline}), not one model; pass subfolder=: {hint}"

@@ -51,13 +51,14 @@ def check_record(
 _INT_LIMIT = 2**63  # integers a config may hold: what torch and C code can take (int64)
 
 
-def check_numbers(value: Any, *, where: str) -> None:
+def check_numbers(value: Any, *, where: str, allow_infinity: bool = False) -> None:
     """Refuse numbers no config can use, anywhere in ``value`` (nested objects and arrays).
 
     A JSON literal like ``1e400`` reads as ``inf`` and ``10**400`` as a Python int too large
     for any float or tensor size; both would pass a check like ``value > 0`` and fail (or give
     NaN) only later. The message names the key path. (Walked with a stack, not recursion:
-    JSON may nest as deep as the parser allows.)
+    JSON may nest as deep as the parser allows.) ``allow_infinity`` lets ±inf through (files whose
+    writer means it, such as diffusers' scheduler configs).
     """
     pending: list[tuple[str, Any]] = [("", value)]
     while pending:
@@ -66,7 +67,7 @@ def check_numbers(value: Any, *, where: str) -> None:
             pending += [(f"{path}.{key}" if path else str(key), child) for key, child in item.items()]
         elif isinstance(item, list):
             pending += [(f"{path}[{index}]", child) for index, child in enumerate(item)]
-        elif isinstance(item, float) and not math.isfinite(item):
+        elif isinstance(item, float) and not math.isfinite(item) and not (allow_infinity and math.isinf(item)):
             raise CheckpointError(f"{where}: {path} is {item} (a number too large for a float); valid: finite numbers")
         elif isinstance(item, int) and not isinstance(item, bool) and not -_INT_LIMIT <= item < _INT_LIMIT:
             raise CheckpointError(

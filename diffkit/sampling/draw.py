@@ -24,6 +24,7 @@ from diffkit import registry
 from diffkit.errors import ConfigError, InsufficientMemoryError, NonFiniteError, ShapeError
 from diffkit.io.state_dicts import available_devices, check_device
 from diffkit.samplers.common import Callback, Generator, as_generator, check_flag, is_integer, randn_like
+from diffkit.sampling.paths import START_NOISE, check_noise, path_form_of, start_sample
 from diffkit.schedules.base import DiscreteSchedule
 from diffkit.schedules.spacings import user_sigmas
 
@@ -52,6 +53,8 @@ def sample(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     check_finite: bool = True,
+    noise: torch.Tensor | None = None,
+    start_noise: str = "sigma",
 ) -> torch.Tensor:
     """Sample ``shape`` from ``denoiser`` with ``sampler`` on a σ grid.
 
@@ -85,6 +88,12 @@ def sample(
         check_finite: test the samples for NaN/±inf after the last step (default). The test
             waits for the device once per call (a sync on CUDA, never one per step); pass
             False only where a caller must not wait and checks the result itself.
+        noise: the unit Gaussian noise z of the start, of ``shape`` (default: drawn from
+            ``generator``), so that runs can start from the same point; stochastic samplers
+            still draw their later noise from ``generator``.
+        start_noise: how z becomes the start y_0 at σ_0 (:mod:`diffkit.sampling.paths`):
+            ``"sigma"`` (default, y_0 = σ_0·z) or ``"path"`` (z is the sample x_T of the
+            schedule's noise path, as diffusers pipelines read ``latents=``).
 
     Returns:
         The samples, a tensor of ``shape`` in ``dtype`` on ``device``, all finite.
@@ -107,6 +116,10 @@ def sample(
         raise ConfigError(f"callback must be a function taking the step's dict, or None; got {callback!r}")
     check_denoiser(denoiser)
     check_flag("check_finite", check_finite)
+    if start_noise not in START_NOISE:
+        raise ConfigError(f"start_noise must be one of {', '.join(START_NOISE)}, got {start_noise!r}")
+    if noise is not None:
+        check_noise(noise, shape)
     if isinstance(schedule, str):
         schedule = registry.build("schedule", schedule)
     if sampler_options is not None and not isinstance(sampler_options, Mapping):
@@ -124,10 +137,15 @@ def sample(
         schedule, steps=steps, spacing=spacing, spacing_options=spacing_options,
         steps_offset=steps_offset, sigmas=sigmas, timesteps=timesteps,
     )
+    if start_noise == "path" and schedule is None:
+        raise ConfigError("start_noise='path' reads the noise as a sample of the schedule's path: pass schedule=")
     check_sample_memory(shape, dtype, device)
     with named_memory_errors(shape, device):
-        template = torch.empty(shape, dtype=dtype, device=device)
-        x = randn_like(template, generator) * float(grid[0])
+        if noise is None:
+            z = randn_like(torch.empty(shape, dtype=dtype, device=device), generator)
+        else:
+            z = noise.to(device=device, dtype=dtype)
+        x = start_sample(z, float(grid[0]), start_noise, path_form_of(schedule))
         result = sampler_fn(denoiser, x, grid, cond=cond, generator=generator, callback=callback)
     return check_samples(result, shape, source=describe_sampler(sampler), finite=check_finite)
 

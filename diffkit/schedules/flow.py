@@ -44,6 +44,7 @@ FLOW_SIGMA_MAX = 2.0**30
 """The σ that stands for t = 1 (pure noise): t = 1 − 1/(1 + 2³⁰) ≈ 1 − 9.3e-10."""
 
 FLOW_SPACING = "uniform"
+FLOW_T_ENDS = ("table", "1/steps")  # where the uniform grid's t ends before the shift (sigmas_for)
 """The flow schedule's own default spacing: t uniform between the table's ends, then shifted
 (diffusers' ``FlowMatchEulerDiscreteScheduler.set_timesteps``)."""
 
@@ -139,7 +140,7 @@ class FlowSchedule(SigmaTableEnds):
 
     def sigmas_for(
         self, steps: int, spacing: str = FLOW_SPACING, *, mu: float | None = None, image_seq_len: int | None = None,
-        **options: Any,
+        t_end: str = "table", **options: Any,
     ) -> torch.Tensor:
         """The σ grid for an N-step sampler: float64 CPU [steps + 1], strictly decreasing, last 0.
 
@@ -149,7 +150,12 @@ class FlowSchedule(SigmaTableEnds):
         (``karras``, ``exponential``, ``logsnr_uniform``, a plugin's) places σ between this
         schedule's σ table ends instead; the timestep spacings (``leading``, ``trailing``,
         ``linspace``) index a VP table and are refused. ``mu`` or ``image_seq_len`` give Flux's μ.
+        ``t_end`` is where the uniform t ends before the shift: ``"table"`` (the smallest training t,
+        1/T: the scheduler's own grid) or ``"1/steps"`` (1/N: the grid ``FluxPipeline`` passes,
+        ``linspace(1, 1/N, N)``).
         """
+        if t_end not in FLOW_T_ENDS:
+            raise ConfigError(f"t_end must be one of {', '.join(FLOW_T_ENDS)}, got {t_end!r}")
         if image_seq_len is not None:
             if mu is not None:
                 raise ConfigError("pass mu= or image_seq_len=, not both")
@@ -163,14 +169,15 @@ class FlowSchedule(SigmaTableEnds):
                     f"spacing {spacing!r} places the integer timesteps of a VP table; the flow schedule's time is "
                     f"continuous: use {FLOW_SPACING!r} (diffusers' grid) or a σ spacing ({', '.join(sigma_spacings)})"
                 )
-            if mu is not None:
-                raise ConfigError(f"mu= and image_seq_len= only apply with spacing={FLOW_SPACING!r}")
+            if mu is not None or t_end != "table":
+                raise ConfigError(f"mu=, image_seq_len= and t_end= only apply with spacing={FLOW_SPACING!r}")
             return spacing_grid(self, steps, spacing, options)
         if options:
-            raise ConfigError(f"spacing {FLOW_SPACING!r} takes no options besides mu and image_seq_len; got "
+            raise ConfigError(f"spacing {FLOW_SPACING!r} takes no options besides mu, image_seq_len and t_end; got "
                               f"{', '.join(sorted(options))}")
         steps = check_sigma_steps(steps)
-        t_high, t_low = float(self.train_t[-1]), float(self.train_t[0])
+        t_high = float(self.train_t[-1])
+        t_low = float(self.train_t[0]) if t_end == "table" else 1.0 / steps
         t = self.shift_time(torch.linspace(t_high, t_low, steps, dtype=torch.float64), mu)
         return torch.cat([sigma_from_t(t), torch.zeros(1, dtype=torch.float64)])
 

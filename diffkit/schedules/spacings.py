@@ -306,12 +306,16 @@ def logsnr_uniform_grid(
 
 
 def register_builtin_spacings(spacings: registry.Registrar) -> None:
-    """The six built-in spacings, registered through the hook a third party uses."""
+    """The seven built-in spacings, registered through the hook a third party uses."""
     for name, grid in (("leading", leading_grid), ("trailing", trailing_grid), ("linspace", linspace_grid)):
         spacings.add(name, grid, timesteps=TIMESTEP_SPACINGS[name], paper="diffusers timestep_spacing")
     spacings.add("karras", karras_grid, paper="Karras et al. 2022, eq. 5")
     spacings.add("exponential", exponential_grid, paper="k-diffusion get_sigmas_exponential")
     spacings.add("logsnr_uniform", logsnr_uniform_grid, paper="Lu et al. 2022, DPM-Solver §3.3")
+    from diffkit.integrations.diffusers.noise import diffusers_grid, diffusers_timesteps  # no diffusers; no cycle
+
+    spacings.add("diffusers", diffusers_grid, timesteps=diffusers_timesteps,
+                 paper="diffusers schedulers' set_timesteps (their config keys)")
 
 
 # -- lookup through the registry ------------------------------------------------------------------

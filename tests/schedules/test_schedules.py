@@ -133,7 +133,7 @@ def test_bad_step_counts_name_the_valid_range(steps):
     "spacing, offset, error, words",
     [
         ("leadin", 0, UnknownNameError, "did you mean 'leading'"),
-        ("trailing", 1, ConfigError, "only applies to 'leading'"),
+        ("trailing", 1, ConfigError, "only applies to .*'leading'"),
         ("leading", 200, ConfigError, "past the last training timestep"),
         ("leading", -1, ConfigError, "≥ 0"),
     ],

@@ -35,7 +35,8 @@ def table_ends(schedule) -> tuple[float, float]:
 def test_one_registry_lists_all_six_spacings_and_their_options():
     assert set(SIX) <= set(SPACINGS)  # the registry, sorted by name; plugins may add more
     assert all(diffkit.get_entry("spacing", name).origin.builtin for name in SIX)
-    assert set(TIMESTEP_SPACINGS) | set(SIGMA_SPACINGS) == set(SPACINGS)
+    # and "diffusers": the grids of diffusers' schedulers, by their config keys (tests/integrations)
+    assert set(TIMESTEP_SPACINGS) | set(SIGMA_SPACINGS) | {"diffusers"} == set(SPACINGS)
     assert not set(TIMESTEP_SPACINGS) & set(SIGMA_SPACINGS)
     assert spacing_options("leading") == ("steps_offset",)
     assert spacing_options("trailing") == spacing_options("linspace") == ()
@@ -187,7 +188,7 @@ def test_options_that_do_not_apply_name_the_valid_ones():
     schedule = build()
     with pytest.raises(ConfigError, match=r"'leading' has no option 'rho' \(valid options: steps_offset\); 'rho' only applies to 'karras'"):
         schedule.sigmas_for(10, "leading", rho=7.0)
-    with pytest.raises(UnknownNameError, match=r"has no option 'steps_offset' .*only applies to 'leading'"):
+    with pytest.raises(UnknownNameError, match=r"has no option 'steps_offset' .*only applies to .*'leading'"):
         schedule.sigmas_for(10, "karras", steps_offset=1)
     with pytest.raises(UnknownNameError, match=r"'exponential' has no option 'rho' \(valid options: sigma_min, sigma_max\)"):
         schedule.sigmas_for(10, "exponential", rho=7.0)

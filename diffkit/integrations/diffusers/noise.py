@@ -25,7 +25,6 @@ and a config from them keeps its family (``timestep_convention``): the multistep
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,6 +35,7 @@ from diffkit import registry
 from diffkit.errors import ConfigError
 from diffkit.sampling.denoisers import FlowDenoiser, VPDenoiser
 from diffkit.sampling.draw import sigma_grid
+from diffkit.sampling.paths import from_path_form, to_path_form
 from diffkit.schedules.flow import FLOW_SPACING, FlowSchedule
 
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine",
@@ -135,22 +135,68 @@ class NoiseProcess:
         return from_path_form(x_t, sigma, "flow" if self.is_flow else "vp")
 
 
-def to_path_form(y: torch.Tensor, sigma: float, form: str) -> torch.Tensor:
-    """σ-form y → the sample of a path at σ: x_t = y/√(1 + σ²) (``"vp"``), y/(1 + σ) (``"flow"``), y (any other)."""
-    if form == "vp":
-        return y / math.sqrt(1.0 + sigma * sigma)
-    if form == "flow":
-        return y / (1.0 + sigma)
-    return y
+def diffusers_grid(
+    schedule: Any, steps: int, *, scheduler_class: str | None = None, timestep_spacing: str = "leading",
+    steps_offset: int = 0, use_karras_sigmas: bool = False, use_exponential_sigmas: bool = False,
+) -> torch.Tensor:
+    """The σ grid [steps + 1] a diffusers scheduler places on a VP table: the spacing ``"diffusers"``.
+
+    The options are the scheduler config's own keys (``_class_name`` as ``scheduler_class``, which
+    picks the grid family of the module docstring; None: DDIM's), so a pipeline loaded from a
+    diffusers folder samples on exactly its scheduler's grid with any diffkit sampler.
+    """
+    if isinstance(schedule, FlowSchedule):
+        raise ConfigError(
+            f"spacing 'diffusers' places a VP table's grid; on the flow schedule use {FLOW_SPACING!r} (diffusers' "
+            "FlowMatch grid)"
+        )
+    if scheduler_class is not None and not isinstance(scheduler_class, str):
+        raise ConfigError(f"scheduler_class must be a diffusers scheduler class name or None, got {scheduler_class!r}")
+    for name, value in (("use_karras_sigmas", use_karras_sigmas), ("use_exponential_sigmas", use_exponential_sigmas)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True or False, got {value!r}")
+    if not isinstance(steps_offset, int) or isinstance(steps_offset, bool) or steps_offset < 0:
+        raise ConfigError(f"steps_offset must be an integer ≥ 0, got {steps_offset!r}")
+    spacing, options = _spacing({"timestep_spacing": timestep_spacing, "steps_offset": steps_offset})
+    process = NoiseProcess(
+        schedule, "eps", spacing, options, GRID_CONVENTIONS.get(scheduler_class or ""), _sigma_spacing(
+            {"use_karras_sigmas": use_karras_sigmas, "use_exponential_sigmas": use_exponential_sigmas}),
+    )
+    return process.grid(steps)
 
 
-def from_path_form(x_t: torch.Tensor, sigma: float, form: str) -> torch.Tensor:
-    """The inverse of :func:`to_path_form`: y = x_t·√(1 + σ²), x_t·(1 + σ) or x_t."""
-    if form == "vp":
-        return x_t * math.sqrt(1.0 + sigma * sigma)
-    if form == "flow":
-        return x_t * (1.0 + sigma)
-    return x_t
+def diffusers_timesteps(
+    num_train_timesteps: int, steps: int, *, scheduler_class: str | None = None, timestep_spacing: str = "leading",
+    steps_offset: int = 0, use_karras_sigmas: bool = False, use_exponential_sigmas: bool = False,
+) -> torch.Tensor:
+    """The int64 training timesteps [steps] of the ``"diffusers"`` spacing, where its grid sits on the table.
+
+    Karras / exponential σ and the Euler family's fractional "linspace" sit between table entries:
+    an error (their σ come from :func:`diffusers_grid`).
+    """
+    convention = GRID_CONVENTIONS.get(scheduler_class or "")
+    if use_karras_sigmas or use_exponential_sigmas or (convention == "euler" and timestep_spacing == "linspace"):
+        raise ConfigError(
+            "this 'diffusers' grid places σ between the table's timesteps (Karras / exponential σ, or the Euler "
+            "family's fractional linspace); take its σ from sigmas_for(steps, 'diffusers', ...)"
+        )
+    spacing, options = _spacing({"timestep_spacing": timestep_spacing, "steps_offset": steps_offset})
+    if convention == "multistep" and spacing in ("linspace", "leading"):
+        return multistep_timesteps(num_train_timesteps, steps, spacing, int(options.get("steps_offset", 0)))
+    return registry.get_entry("spacing", spacing).metadata["timesteps"](num_train_timesteps, steps, **options)
+
+
+def grid_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of the ``"diffusers"`` spacing that place the grid of the scheduler ``config``."""
+    options: dict[str, Any] = {"timestep_spacing": config.get("timestep_spacing") or "leading"}
+    if config.get("_class_name") in GRID_CONVENTIONS:
+        options["scheduler_class"] = config["_class_name"]
+    if config.get("steps_offset"):
+        options["steps_offset"] = int(config["steps_offset"])
+    for key in ("use_karras_sigmas", "use_exponential_sigmas"):
+        if config.get(key):
+            options[key] = True
+    return options
 
 
 def multistep_timesteps(num_train_timesteps: int, steps: int, spacing: str, steps_offset: int = 0) -> torch.Tensor:
@@ -227,9 +273,14 @@ def noise_process(config: Mapping[str, Any]) -> NoiseProcess:
         raise ConfigError(f"prediction_type {prediction_type!r} is not one of {', '.join(PREDICTIONS)}")
     spacing, options = _spacing(config)
     convention = config.get("timestep_convention") or GRID_CONVENTIONS.get(config.get("_class_name"))
-    sigma_spacing = "karras" if config.get("use_karras_sigmas") else (
-        "exponential" if config.get("use_exponential_sigmas") else None)
-    return NoiseProcess(schedule, PREDICTIONS[prediction_type], spacing, options, convention, sigma_spacing)
+    return NoiseProcess(schedule, PREDICTIONS[prediction_type], spacing, options, convention, _sigma_spacing(config))
+
+
+def _sigma_spacing(config: Mapping[str, Any]) -> str | None:
+    """``"karras"`` / ``"exponential"`` when the config asks for those σ, else None."""
+    if config.get("use_karras_sigmas"):
+        return "karras"
+    return "exponential" if config.get("use_exponential_sigmas") else None
 
 
 def _spacing(config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -66,9 +66,9 @@ import numpy as np
 import torch
 
 from diffkit.errors import ConfigError, ShapeError, UnknownNameError
-from diffkit.integrations.diffusers.noise import from_path_form, to_path_form
 from diffkit.samplers.common import as_generator, denoise, sigma_levels
 from diffkit.samplers.contract import Callback, Denoiser, NoiseSampler, SamplerFn
+from diffkit.sampling.paths import from_path_form, to_path_form
 
 __all__ = [
     "GRID_KEYS",

@@ -1,4 +1,4 @@
-"""Load diffusers-format ``UNet2DConditionModel`` checkpoints (Stable Diffusion 1.x / 2.x UNets)
+"""Load diffusers-format ``UNet2DConditionModel`` checkpoints (Stable Diffusion 1.x / 2.x / XL UNets)
 into :class:`~diffkit.models.backbones.latent_unet.LatentUNet`.
 
 Three steps, each usable alone (the same shape as :mod:`diffkit.io.diffusers.unet`):
@@ -15,17 +15,32 @@ How the layouts differ (everything else keeps diffusers' names, level for level)
 * ``down_blocks.ℓ`` / ``up_blocks.i`` / ``mid_block`` are ``down.ℓ`` / ``up.i`` / ``mid``;
   ``downsamplers.0`` / ``upsamplers.0`` are ``downsample`` / ``upsample``;
   ``mid_block.attentions.0`` is ``mid.attention``; ``time_embedding`` is ``time_embed``,
-  ``conv_norm_out`` is ``norm_out``.
+  ``conv_norm_out`` is ``norm_out``; SDXL's ``add_embedding`` is ``add_embed`` (its
+  ``add_time_proj`` has no weights).
 * Transformer blocks: self-attention's ``attn1.to_q/to_k/to_v`` are one fused ``attn1.qkv``
   (stacked q, k, v); cross-attention's ``attn2.to_q`` is ``attn2.q`` and ``to_k``/``to_v``
   one fused ``attn2.kv``; ``to_out.0`` is ``proj``; the GEGLU feed-forward's ``ff.net.0.proj``
   / ``ff.net.2`` are ``ff.fc1`` / ``ff.fc2`` (same value-then-gate order).
 
 Supported: ``CrossAttnDownBlock2D`` / ``DownBlock2D`` and ``CrossAttnUpBlock2D`` /
-``UpBlock2D`` mirrored between the paths, ``UNetMidBlock2DCrossAttn``, one head count or one
-per level, ``use_linear_projection`` either way, one ``transformer_layers_per_block`` for every
-level, ``upcast_attention`` (it only changes fp16 arithmetic). Everything else — class / added
-(SDXL) embeddings, ``encoder_hid_proj``, dual or only-cross attention, other time embeddings
+``UpBlock2D`` mirrored between the paths (levels without transformers anywhere, e.g. SDXL's
+first), ``UNetMidBlock2DCrossAttn``, one head count or one per level (``attention_head_dim``,
+which diffusers reads as the head count, or ``num_attention_heads``), ``use_linear_projection``
+either way, ``transformer_layers_per_block`` as one count or one per level (the middle takes
+the last level's; SDXL: [1, 2, 10]), SDXL's ``addition_embed_type="text_time"`` (with
+``addition_time_embed_dim`` = D_t and ``projection_class_embeddings_input_dim`` = D_a, see
+:mod:`~diffkit.models.backbones.latent_unet`), ``upcast_attention`` (it only changes fp16
+arithmetic). Ignored, because they build nothing here: ``addition_embed_type_num_heads``
+(only the refused ``"text"`` embedding reads it), and ``addition_time_embed_dim`` /
+``projection_class_embeddings_input_dim`` without an addition or class embedding reading them.
+
+diffusers' config does not say how many time ids K the text-time vector carries (D_a = P + K·D_t
+only fixes P + K·D_t): the result assumes SDXL base's K = 6; pass ``text_time_ids=5`` for the
+SDXL refiner (pooled 1280 + 5 ids: the original size, the crop and the aesthetic score).
+
+Everything else — class embeddings, other added embeddings (``"text"``, ``"image"`` …),
+``encoder_hid_proj``, per-layer (nested) ``transformer_layers_per_block`` and
+``reverse_transformer_layers_per_block``, dual or only-cross attention, other time embeddings
 or activations, scale-shift ResBlocks, other kernels, attention types or norms — is a
 :class:`~diffkit.errors.ConfigError` naming the feature.
 """
@@ -76,16 +91,18 @@ _REQUIRED: dict[str, Any] = {
     for key in (
         "center_input_sample", "mid_block_type", "only_cross_attention", "mid_block_scale_factor", "act_fn",
         "reverse_transformer_layers_per_block", "encoder_hid_dim", "encoder_hid_dim_type", "dual_cross_attention",
-        "class_embed_type", "addition_embed_type", "addition_time_embed_dim", "num_class_embeds",
+        "class_embed_type", "num_class_embeds",
         "resnet_time_scale_shift", "resnet_skip_time_act", "resnet_out_scale_factor", "time_embedding_type",
         "time_embedding_act_fn", "timestep_post_act", "time_cond_proj_dim", "conv_in_kernel", "conv_out_kernel",
-        "projection_class_embeddings_input_dim", "attention_type", "class_embeddings_concat",
-        "mid_block_only_cross_attention", "cross_attention_norm",
+        "attention_type", "class_embeddings_concat", "mid_block_only_cross_attention", "cross_attention_norm",
     )
 }
 # Keys that do not change the fp32 network: upcast_attention only upcasts fp16 attention
-# scores; addition_embed_type_num_heads only matters with an addition embedding (refused).
+# scores; addition_embed_type_num_heads only sizes the "text" addition embedding (refused).
+# (addition_time_embed_dim and projection_class_embeddings_input_dim are read with "text_time".)
 _IGNORED = ("upcast_attention", "addition_embed_type_num_heads")
+# The addition embedding LatentUNet has (None: none).
+_TEXT_TIME = "text_time"
 
 # Block type → has transformers.
 _DOWN_BLOCKS = {"DownBlock2D": False, "CrossAttnDownBlock2D": True}
@@ -124,7 +141,7 @@ def config_from_diffusers(config: Mapping[str, Any], **overrides: Any) -> Latent
     if down_attn != up_attn:
         wrong.append(f"transformers at down levels {levels_with(down_attn)} but at up levels {levels_with(up_attn)}")
     layers = _uniform("layers_per_block", settings["layers_per_block"], levels, wrong)
-    depth = _uniform("transformer_layers_per_block", settings["transformer_layers_per_block"], levels, wrong)
+    depth = _depths(settings["transformer_layers_per_block"], levels, wrong)
     context_dim = _uniform("cross_attention_dim", settings["cross_attention_dim"], levels, wrong)
     # diffusers' naming quirk: without num_attention_heads, attention_head_dim is the head count.
     heads = settings["num_attention_heads"] or settings["attention_head_dim"]
@@ -134,6 +151,7 @@ def config_from_diffusers(config: Mapping[str, Any], **overrides: Any) -> Latent
             wrong.append(f"{len(heads)} attention head counts for {levels} levels")
     if settings["norm_num_groups"] is None:
         wrong.append("norm_num_groups=None")
+    text_time = _text_time_fields(settings, wrong)
     refuse(wrong, "latent UNet")
 
     fields = {
@@ -144,8 +162,44 @@ def config_from_diffusers(config: Mapping[str, Any], **overrides: Any) -> Latent
         "transformer_depth": depth,
         "context_dim": context_dim,
         "use_linear_projection": bool(settings["use_linear_projection"]),
+        **text_time,
     }
     return LatentUNetConfig.from_dict({**fields, **overrides})
+
+
+def _depths(value: Any, levels: int, wrong: list[str]) -> int | tuple[int, ...] | None:
+    """``transformer_layers_per_block``: one count (an int, or a list of equal ones) or one per level.
+
+    A nested list (a count per transformer within a level, diffusers' asymmetric UNets) is refused.
+    """
+    if not isinstance(value, (list, tuple)):
+        return value
+    if any(isinstance(v, (list, tuple)) for v in value):
+        nested = [list(v) if isinstance(v, (list, tuple)) else v for v in value]
+        wrong.append(f"transformer_layers_per_block={nested} (per-transformer depths within a level are not supported)")
+        return None
+    if len(value) != levels:
+        wrong.append(f"transformer_layers_per_block has {len(value)} entries for {levels} levels")
+        return None
+    return value[0] if len(set(value)) == 1 else tuple(value)
+
+
+def _text_time_fields(settings: Mapping[str, Any], wrong: list[str]) -> dict[str, Any]:
+    """The ``text_time_*`` fields of SDXL's ``addition_embed_type="text_time"`` ({} without an addition embedding)."""
+    kind = settings["addition_embed_type"]
+    if kind is None:
+        return {}
+    if kind != _TEXT_TIME:
+        wrong.append(f"addition_embed_type={kind!r} (diffkit's latent UNet has None or {_TEXT_TIME!r})")
+        return {}
+    time_dim, input_dim = settings["addition_time_embed_dim"], settings["projection_class_embeddings_input_dim"]
+    if time_dim is None or input_dim is None:
+        wrong.append(
+            f"addition_embed_type={kind!r} without addition_time_embed_dim ({time_dim}) or "
+            f"projection_class_embeddings_input_dim ({input_dim})"
+        )
+        return {}
+    return {"text_time_dim": input_dim, "text_time_embed_dim": time_dim}
 
 
 def _fits(value: Any, wanted: Any) -> bool:
@@ -159,13 +213,15 @@ def _fits(value: Any, wanted: Any) -> bool:
 
 # UNet2DConditionModel's own renames after the shared LEVEL_RENAMES.
 _RENAMES = (
+    ("add_embed.", "add_embedding."),
     (".proj.", ".to_out.0."),
     (".ff.fc1.", ".ff.net.0.proj."),
     (".ff.fc2.", ".ff.net.2."),
 )
 # The settings a weights mismatch names.
 _DESCRIBED = (
-    "block_out_channels", "layers_per_block", "cross_attention_levels", "context_dim", "in_channels", "out_channels"
+    "block_out_channels", "layers_per_block", "cross_attention_levels", "transformer_depth", "context_dim",
+    "in_channels", "out_channels", "text_time_dim",
 )
 
 

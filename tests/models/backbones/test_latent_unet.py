@@ -298,8 +298,8 @@ def test_outputs_agree_with_diffusers(case, tmp_path):
         ),
         ({"mid_block_type": None}, "mid_block_type=None"),
         (
-            {"transformer_layers_per_block": (1, 2, 1)},
-            "transformer_layers_per_block=[1, 2, 1]",
+            {"transformer_layers_per_block": ((1, 2), (1, 1), (1, 1))},
+            "transformer_layers_per_block=[[1, 2], [1, 1], [1, 1]]",
         ),
         (
             {"down_block_types": ("DownBlock2D",) * 3},

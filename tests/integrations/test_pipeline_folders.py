@@ -1,0 +1,175 @@
+"""Whole diffusers pipeline folders load as diffkit pipelines and give diffusers' images.
+
+Each tiny pipeline is built with random weights in the test (tiny_pipelines.py), saved by
+diffusers' own ``save_pretrained`` and read back by ``diffkit.load_pretrained``. The diffkit
+pipeline then samples with the sampler the folder's scheduler maps to, on that scheduler's grid,
+from the same initial noise as diffusers' run, and the images must agree to 1e-4 (float32,
+images in [0, 1]). Pipelines without ``latents=`` (DDPM, DDIM, DiT) draw their noise first from
+the generator, so diffkit is given that noise and a generator in the same state.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import diffkit
+from diffkit.errors import CheckpointError, ConfigError, UnknownNameError
+
+diffusers = pytest.importorskip("diffusers")
+
+from .tiny_pipelines import ddpm_pipeline, dit_pipeline  # noqa: E402
+
+TOLERANCE = 1e-4
+
+
+def as_images(x: torch.Tensor) -> np.ndarray:
+    """diffkit's samples in [−1, 1] [B, C, H, W] → diffusers' ``output_type="np"`` [B, H, W, C] in [0, 1]."""
+    return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def saved(pipe, tmp_path):
+    folder = tmp_path / "diffusers"
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def first_noise(shape, seed):
+    """The noise a pipeline without ``latents=`` draws first, and the generator in the state it leaves."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator), generator
+
+
+def test_ddpm_pipeline_folder(tmp_path):
+    pipe = ddpm_pipeline(diffusers.DDPMScheduler(clip_sample=False))
+    theirs = pipe(batch_size=2, num_inference_steps=10, generator=torch.Generator().manual_seed(1),
+                  output_type="np").images
+    ours = diffkit.load_pretrained(saved(pipe, tmp_path))
+    assert isinstance(ours, diffkit.Pipeline) and ours.sampler == "ddpm" and ours.sample_shape == (3, 8, 8)
+    noise, generator = first_noise((2, 3, 8, 8), 1)
+    images = ours.sample(2, steps=10, noise=noise, generator=generator)
+    assert theirs.std() > 0.05
+    np.testing.assert_allclose(as_images(images), theirs, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+def test_ddim_pipeline_folder(offset, tmp_path):
+    pipe = diffusers.DDIMPipeline(
+        unet=ddpm_pipeline(diffusers.DDPMScheduler()).unet,
+        scheduler=diffusers.DDIMScheduler(clip_sample=False, steps_offset=offset),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(batch_size=2, num_inference_steps=7, generator=torch.Generator().manual_seed(2),
+                  output_type="np").images
+    ours = diffkit.load_pretrained(saved(pipe, tmp_path))
+    assert ours.sampler == "ddim" and ours.spacing == "diffusers"
+    noise, _ = first_noise((2, 3, 8, 8), 2)
+    np.testing.assert_allclose(as_images(ours.sample(2, steps=7, noise=noise)), theirs, rtol=0, atol=TOLERANCE)
+
+
+DIT_SCHEDULERS = {
+    "dpmpp_2m": lambda: diffusers.DPMSolverMultistepScheduler(),
+    "ddim": lambda: diffusers.DDIMScheduler(clip_sample=False),
+    "unipc": lambda: diffusers.UniPCMultistepScheduler(),
+}
+
+
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+@pytest.mark.parametrize("sampler", list(DIT_SCHEDULERS))
+def test_dit_pipeline_folder(sampler, guidance, tmp_path):
+    pipe = dit_pipeline(DIT_SCHEDULERS[sampler]())
+    labels = [3, 7]
+    theirs = pipe(class_labels=labels, guidance_scale=guidance, num_inference_steps=6,
+                  generator=torch.Generator().manual_seed(4), output_type="np").images
+    ours = diffkit.load_pretrained(saved(pipe, tmp_path))
+    assert ours.sampler == sampler and ours.default_guidance == 4.0
+    noise, _ = first_noise((2, 4, 8, 8), 4)
+    images = ours.sample(2, cond=labels, guidance=guidance, steps=6, noise=noise)
+    np.testing.assert_allclose(as_images(images), theirs, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("quirk", [{"timestep_spacing": "trailing"}, {"set_alpha_to_one": False},
+                                   {"clip_sample": True}])
+def test_what_diffkit_does_not_reproduce_is_said_on_loading(quirk, tmp_path):
+    """DDIM's steps to t − T/N off a "trailing"/"linspace" grid, its last step to ᾱ_0, and x0 clipping."""
+    pipe = ddpm_pipeline(diffusers.DDIMScheduler(**{"clip_sample": False, **quirk}))
+    with pytest.warns(UserWarning, match=next(iter(quirk))):
+        diffkit.load_pretrained(saved(pipe, tmp_path))
+
+
+def test_a_loaded_folder_saves_and_loads_back_exactly(tmp_path):
+    pipe = dit_pipeline(diffusers.DPMSolverMultistepScheduler(timestep_spacing="trailing"))
+    ours = diffkit.load_pretrained(saved(pipe, tmp_path))
+    again = diffkit.load_pretrained(ours.save(tmp_path / "diffkit"))
+    assert again.spec() == ours.spec()
+    for a, b in zip(ours.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    noise, _ = first_noise((2, 4, 8, 8), 5)
+    first = ours.sample(2, cond=[1, 2], guidance=3.0, steps=5, noise=noise)
+    assert torch.equal(again.sample(2, cond=[1, 2], guidance=3.0, steps=5, noise=noise), first)
+
+
+def test_any_sampler_runs_on_the_folders_grid(tmp_path):
+    """The scheduler's grid is the pipeline's default; another sampler steps on it, another grid can be asked for."""
+    pipe = dit_pipeline(diffusers.DPMSolverMultistepScheduler())
+    ours = diffkit.load_pretrained(saved(pipe, tmp_path))
+    noise, _ = first_noise((1, 4, 8, 8), 6)
+    grid = diffusers.DPMSolverMultistepScheduler()
+    grid.set_timesteps(5)
+    seen = []
+    ours.sample(1, cond=[0], steps=5, noise=noise, sampler="euler", callback=lambda info: seen.append(info["sigma"]))
+    np.testing.assert_allclose(seen, grid.sigmas[:-1].numpy(), rtol=1e-6)
+    karras = ours.sample(1, cond=[0], steps=5, noise=noise, spacing="karras")
+    assert torch.isfinite(karras).all()
+
+
+def test_the_start_follows_the_schedulers_init_noise_sigma():
+    from diffkit.integrations.diffusers.folders import start_noise_of
+
+    euler = {"_class_name": "EulerDiscreteScheduler", "timestep_spacing": "trailing"}
+    assert start_noise_of(euler, "StableDiffusionPipeline") == "sigma"
+    assert start_noise_of(euler, "DiTPipeline") == "path"  # DiT never applies init_noise_sigma
+    assert start_noise_of(dict(euler, timestep_spacing="leading"), "StableDiffusionPipeline") == "path"
+    assert start_noise_of({"_class_name": "DDIMScheduler"}, "StableDiffusionPipeline") == "path"
+
+
+def test_default_sampler_follows_the_scheduler():
+    from diffkit.integrations.diffusers.folders import default_sampler
+
+    assert default_sampler({"_class_name": "DPMSolverMultistepScheduler"}) == "dpmpp_2m"
+    assert default_sampler({"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3}) == "dpmpp_3m"
+    assert default_sampler({"_class_name": "DPMSolverMultistepScheduler",
+                            "algorithm_type": "sde-dpmsolver++"}) == "dpmpp_2m_sde"
+    assert default_sampler({"_class_name": "FlowMatchEulerDiscreteScheduler"}) == "euler"
+    with pytest.warns(UserWarning, match="PNDMScheduler has no diffkit namesake; sampling with 'unipc'"):
+        assert default_sampler({"_class_name": "PNDMScheduler"}) == "unipc"
+
+
+def test_bad_folders_are_refused_by_name(tmp_path):
+    pipe = ddpm_pipeline(diffusers.DDPMScheduler())
+    folder = saved(pipe, tmp_path)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps(dict(index, _class_name="KandinskyPipeline")))
+    with pytest.raises(UnknownNameError, match="KandinskyPipeline(.|\n)*DDPMPipeline"):
+        diffkit.load_pretrained(folder)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps(dict(json.loads(config.read_text()), beta_schedule="exp")))
+    with pytest.raises(ConfigError, match="beta_schedule 'exp'"):
+        diffkit.load_pretrained(folder)
+    (folder / "model_index.json").write_text(json.dumps({k: v for k, v in index.items() if k != "unet"}))
+    with pytest.raises(CheckpointError, match="without its 'unet' component \\(model_index.json names scheduler;"):
+        diffkit.load_pretrained(folder)
+
+
+def test_noise_must_fit_the_samples(tmp_path):
+    ours = diffkit.load_pretrained(saved(ddpm_pipeline(diffusers.DDPMScheduler()), tmp_path))
+    with pytest.raises(diffkit.errors.ShapeError, match=r"noise has shape \[1, 3, 8, 8\]; the samples need \[2, 3, 8, 8\]"):
+        ours.sample(2, steps=2, noise=torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ConfigError, match="NaN"):
+        ours.sample(1, steps=2, noise=torch.full((1, 3, 8, 8), float("nan")))
+    with pytest.raises(ConfigError, match="floating-point"):
+        ours.sample(1, steps=2, noise=torch.zeros(1, 3, 8, 8, dtype=torch.int64))
