@@ -21,7 +21,15 @@ from diffkit.errors import CheckpointError, ConfigError, UnknownNameError
 
 diffusers = pytest.importorskip("diffusers")
 
-from .tiny_pipelines import ddpm_pipeline, dit_pipeline  # noqa: E402
+from .tiny_pipelines import (  # noqa: E402
+    ddpm_pipeline,
+    dit_pipeline,
+    flux_pipeline,
+    pixart_pipeline,
+    sd3_pipeline,
+    sd_pipeline,
+    sdxl_pipeline,
+)
 
 TOLERANCE = 1e-4
 
@@ -98,6 +106,83 @@ def test_what_diffkit_does_not_reproduce_is_said_on_loading(quirk, tmp_path):
     pipe = ddpm_pipeline(diffusers.DDIMScheduler(**{"clip_sample": False, **quirk}))
     with pytest.warns(UserWarning, match=next(iter(quirk))):
         diffkit.load_pretrained(saved(pipe, tmp_path))
+
+
+# -- the text-to-image families -----------------------------------------------------------------------------
+
+PROMPTS = ["a red cat", "a photo of a blue dog"]
+SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from tests.integrations.transformers.tiny_encoders import Kit
+
+    return Kit(tmp_path_factory.mktemp("encoders"))
+
+
+def _flux_noise(pipe, noise):
+    b, c, h, w = noise.shape
+    return pipe._pack_latents(noise, b, c, h, w)
+
+
+FAMILIES = {
+    # name: (build the diffusers pipeline, latent shape, extra call arguments, the scheduler's sampler, CFG scale)
+    "sd1": (lambda kit, tmp: sd_pipeline(diffusers.DPMSolverMultistepScheduler(**SD_BETAS), tmp / "tok"),
+            (4, 8, 8), {}, "dpmpp_2m", 7.5),
+    "sd2_v_euler_trailing": (
+        lambda kit, tmp: sd_pipeline(diffusers.EulerDiscreteScheduler(
+            **SD_BETAS, prediction_type="v_prediction", timestep_spacing="trailing"), tmp / "tok"),
+        (4, 8, 8), {}, "euler", 7.5),
+    "sdxl": (lambda kit, tmp: sdxl_pipeline(diffusers.EulerDiscreteScheduler(**SD_BETAS), kit),
+             (4, 8, 8), {}, "euler", 5.0),
+    "pixart_alpha": (lambda kit, tmp: pixart_pipeline(diffusers.DPMSolverMultistepScheduler(), kit),
+                     (4, 8, 8), {"clean_caption": False, "use_resolution_binning": False}, "dpmpp_2m", 4.5),
+    "pixart_sigma": (lambda kit, tmp: pixart_pipeline(diffusers.DPMSolverMultistepScheduler(), kit, sigma=True),
+                     (4, 8, 8), {"clean_caption": False, "use_resolution_binning": False}, "dpmpp_2m", 4.5),
+    "sd3": (lambda kit, tmp: sd3_pipeline(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), kit),
+            (4, 8, 8), {}, "euler", 7.0),
+    "flux": (lambda kit, tmp: flux_pipeline(diffusers.FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096), kit), (4, 128, 128), {}, "euler", 3.5),
+}
+
+
+@pytest.mark.parametrize("guided", [False, True], ids=["no-guidance", "guidance"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_text_to_image_folder_gives_diffusers_images(family, guided, kit, tmp_path):
+    """Prompts, the text encoders, CFG (or Flux's embedded guidance), the VAE: whole pipelines, 4 steps."""
+    build, latent, extra, sampler, scale = FAMILIES[family]
+    pipe = build(kit, tmp_path)
+    ours = diffkit.load_pretrained(saved(pipe, tmp_path))
+    assert ours.sampler == sampler and ours.sample_shape == latent and ours.default_guidance == scale
+    guidance = scale if guided else 1.0
+    noise = torch.randn((2, *latent), generator=torch.Generator().manual_seed(7))
+    latents = _flux_noise(pipe, noise) if family == "flux" else noise
+    theirs = pipe(PROMPTS, num_inference_steps=4, guidance_scale=guidance, latents=latents, output_type="np",
+                  **extra).images
+    images = ours.sample(2, cond=PROMPTS, guidance=guidance, steps=4, noise=noise)
+    assert theirs.std() > 0.01  # the tiny networks draw something, not a constant image
+    np.testing.assert_allclose(as_images(images), theirs, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_text_to_image_folder_saves_and_loads_back_exactly(family, kit, tmp_path):
+    build, latent, _, _, scale = FAMILIES[family]
+    ours = diffkit.load_pretrained(saved(build(kit, tmp_path), tmp_path))
+    again = diffkit.load_pretrained(ours.save(tmp_path / "diffkit"))
+    assert again.spec() == ours.spec()
+    for (name, a), (other, b) in zip(ours.state_dict().items(), again.state_dict().items(), strict=True):
+        assert name == other and torch.equal(a, b), name
+    noise = torch.randn((1, *latent), generator=torch.Generator().manual_seed(8))
+    first = ours.sample(1, cond=PROMPTS[:1], guidance=scale, steps=2, noise=noise)
+    second = again.sample(1, cond=PROMPTS[:1], guidance=scale, steps=2, noise=noise)
+    # the same weights; transformers may leave a loaded tensor unaligned, which changes the last bits of
+    # its vectorized sums, so the first load agrees to round-off and a second load bit for bit
+    torch.testing.assert_close(second, first, rtol=0, atol=1e-5)
+    third = diffkit.load_pretrained(again.save(tmp_path / "again"))
+    assert torch.equal(third.sample(1, cond=PROMPTS[:1], guidance=scale, steps=2, noise=noise), second)
 
 
 def test_a_loaded_folder_saves_and_loads_back_exactly(tmp_path):

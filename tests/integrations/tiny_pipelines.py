@@ -91,3 +91,79 @@ def sd_pipeline(scheduler, folder: Path) -> diffusers.StableDiffusionPipeline:
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# -- the text-to-image families (encoders from tests/integrations/transformers/tiny_encoders.Kit) -----------
+
+
+def _flow_vae(shift: float = 0.1, scale: float = 1.5) -> diffusers.AutoencoderKL:
+    """SD3's and Flux's kind of VAE: no quant convs, a shift factor."""
+    torch.manual_seed(1)
+    return diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16), latent_channels=4,
+        norm_num_groups=8, sample_size=16, use_quant_conv=False, use_post_quant_conv=False, shift_factor=shift,
+        scaling_factor=scale,
+    ).eval()
+
+
+def _ready(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sdxl_pipeline(scheduler, kit) -> diffusers.StableDiffusionXLPipeline:
+    """SDXL: a 2-level UNet with the text-time embedding over CLIP-L (32) + CLIP-G (24, pooled 20)."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=20 + 6 * 8,
+        cross_attention_dim=32 + 24, norm_num_groups=8,
+    ).eval()
+    return _ready(diffusers.StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=kit.clip_l, text_encoder_2=kit.clip_g_projection, tokenizer=kit.clip_tokenizer,
+        tokenizer_2=kit.clip_tokenizer, unet=unet, scheduler=scheduler, add_watermarker=False,
+    ))
+
+
+def pixart_pipeline(scheduler, kit, *, sigma: bool = False):
+    """PixArt-α/Σ: a 2-layer PixArt transformer (learned σ) over the T5 encoder (width 32)."""
+    torch.manual_seed(0)
+    transformer = diffusers.PixArtTransformer2DModel(
+        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
+        in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+    ).eval()
+    pipeline_class = diffusers.PixArtSigmaPipeline if sigma else diffusers.PixArtAlphaPipeline
+    return _ready(pipeline_class(tokenizer=kit.t5_tokenizer, text_encoder=kit.t5, vae=_vae(), transformer=transformer,
+                                 scheduler=scheduler))
+
+
+def sd3_pipeline(scheduler, kit) -> diffusers.StableDiffusion3Pipeline:
+    """SD3: a one-layer MMDiT over CLIP-L + CLIP-G (pooled 32 + 20) and T5 (width 64)."""
+    torch.manual_seed(0)
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=8, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=32 + 20, out_channels=4,
+        pos_embed_max_size=16,
+    ).eval()
+    return _ready(diffusers.StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=scheduler, vae=_flow_vae(0.0609, 1.5305), text_encoder=kit.clip_l_projection,
+        tokenizer=kit.clip_tokenizer, text_encoder_2=kit.clip_g_projection, tokenizer_2=kit.clip_tokenizer,
+        text_encoder_3=kit.t5_wide, tokenizer_3=kit.t5_tokenizer,
+    ))
+
+
+def flux_pipeline(scheduler, kit, *, guidance_embeds: bool = True) -> diffusers.FluxPipeline:
+    """Flux: a one-double, one-single block transformer over CLIP-L's pooled output (32) and T5 (32)."""
+    torch.manual_seed(0)
+    transformer = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=guidance_embeds,
+    ).eval()
+    return _ready(diffusers.FluxPipeline(
+        scheduler=scheduler, vae=_flow_vae(), text_encoder=kit.clip_l, tokenizer=kit.clip_tokenizer,
+        text_encoder_2=kit.t5, tokenizer_2=kit.t5_tokenizer, transformer=transformer,
+    ))

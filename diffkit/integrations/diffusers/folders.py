@@ -48,6 +48,7 @@ from diffkit.io.files import read_json_object
 from diffkit.io.records import check_numbers, naming_errors, short
 from diffkit.pipeline import Pipeline
 from diffkit.sampling.draw import DEFAULT_SAMPLER
+from diffkit.schedules.flow import FLOW_SPACING
 
 INDEX_FILE = "model_index.json"
 SCHEDULER_FILE = "scheduler_config.json"
@@ -132,23 +133,79 @@ def _dit_family(source: Source, noise: NoiseProcess) -> dict[str, Any]:
     }
 
 
-def _stable_diffusion_family(source: Source, noise: NoiseProcess) -> dict[str, Any]:
-    """StableDiffusionPipeline (1.x ε, 2.x v): LatentUNet, one CLIP text encoder, SD's VAE."""
-    from diffkit.integrations.transformers import text_conditioner_from_folder
+def _text_conditioner(source: Source) -> Any:
+    """The pipeline's text encoders and tokenizers as the conditioner reproducing its ``encode_prompt``."""
+    from diffkit.integrations.transformers.folders import conditioner_name_for, from_pipeline_folder
 
+    name = conditioner_name_for(source.index)
+    return from_pipeline_folder(name, source.path, source.index, variant=source.variant,
+                                allow_pickle=source.allow_pickle)
+
+
+def _wrapped_transformer(source: Source) -> nn.Module:
+    """The folder's ``transformer`` as the ``diffusers_transformer`` backbone (diffusers' own module)."""
+    from diffkit.integrations.diffusers.backbones import from_diffusers_folder
+
+    return from_diffusers_folder(
+        source.path, subfolder="transformer", variant=source.variant, allow_pickle=source.allow_pickle,
+        allow_nonfinite=source.allow_nonfinite,
+    )
+
+
+def _stable_diffusion_family(source: Source, noise: NoiseProcess) -> dict[str, Any]:
+    """StableDiffusionPipeline (1.x ε, 2.x v) and StableDiffusionXLPipeline: LatentUNet (SDXL's with its
+    text-time embedding), the CLIP text encoder(s), SD's VAE."""
+    xl = source.class_name == "StableDiffusionXLPipeline"
     return {
         "backbone": source.native("unet"),
-        "conditioner": text_conditioner_from_folder("clip_text", source.path, source.index),
+        "conditioner": _text_conditioner(source),
         "autoencoder": source.native("vae"),
-        "default_guidance": 7.5,  # StableDiffusionPipeline's guidance_scale default
+        "default_guidance": 5.0 if xl else 7.5,  # the pipelines' guidance_scale defaults
     }
 
+
+def _transformer_family(source: Source, noise: NoiseProcess) -> dict[str, Any]:
+    """PixArt-α/Σ, SD3, Flux: diffusers' transformer wrapped, T5 (+ CLIP) text encoders, a KL VAE.
+
+    Flux-dev's guidance is the transformer's input (``embedded_guidance``); FluxPipeline's grid ends
+    its uniform t at 1/N and shifts it by μ of the image's token count.
+    """
+    backbone = _wrapped_transformer(source)
+    settings: dict[str, Any] = {
+        "backbone": backbone,
+        "conditioner": _text_conditioner(source),
+        "autoencoder": source.native("vae"),
+        "default_guidance": TRANSFORMER_GUIDANCE[source.class_name],
+    }
+    if source.class_name == "FluxPipeline" and not backbone.embedded_guidance:
+        settings["default_guidance"] = 1.0  # Flux-schnell: neither CFG nor a guidance input
+    if noise.is_flow:
+        size = backbone.config.sample_size
+        tokens = (size // 2) ** 2 if source.class_name == "FluxPipeline" else (size // backbone.config.patch_size) ** 2
+        options: dict[str, Any] = {}
+        if getattr(noise.schedule, "use_dynamic_shifting", False):
+            options["image_seq_len"] = tokens
+        if source.class_name == "FluxPipeline":
+            options["t_end"] = "1/steps"
+        if options:
+            settings.update(spacing=FLOW_SPACING, spacing_options=options)
+    return settings
+
+
+TRANSFORMER_GUIDANCE = {"PixArtAlphaPipeline": 4.5, "PixArtSigmaPipeline": 4.5, "StableDiffusion3Pipeline": 7.0,
+                        "FluxPipeline": 3.5}
+"""The pipelines' ``guidance_scale`` defaults (Flux-dev's is its embedded guidance)."""
 
 FAMILIES: dict[str, Family] = {
     "DDPMPipeline": _unet_family,
     "DDIMPipeline": _unet_family,
     "DiTPipeline": _dit_family,
     "StableDiffusionPipeline": _stable_diffusion_family,
+    "StableDiffusionXLPipeline": _stable_diffusion_family,
+    "PixArtAlphaPipeline": _transformer_family,
+    "PixArtSigmaPipeline": _transformer_family,
+    "StableDiffusion3Pipeline": _transformer_family,
+    "FluxPipeline": _transformer_family,
 }
 """diffusers pipeline ``_class_name`` → how its folder becomes a :class:`Pipeline`."""
 
@@ -157,6 +214,12 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
     "DDIMPipeline": ("unet", "scheduler"),
     "DiTPipeline": ("transformer", "vae", "scheduler"),
     "StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "StableDiffusionXLPipeline": ("unet", "vae", "text_encoder_2", "tokenizer_2", "scheduler"),
+    "PixArtAlphaPipeline": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "PixArtSigmaPipeline": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "StableDiffusion3Pipeline": ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
+                                 "scheduler"),
+    "FluxPipeline": ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
 }
 """The subfolders each pipeline class needs, checked before any is read."""
 
