@@ -55,7 +55,7 @@ from diffkit.io.atomic import make_folder, write_atomic
 from diffkit.io.files import read_json_object
 from diffkit.io.records import check_numbers, check_record, naming_errors, require_inside, short
 from diffkit.io.state_dicts import check_tensors, check_weights
-from diffkit.io.weights import SAVE_ID_KEY, load_into, read_weights
+from diffkit.io.weights import SAVE_ID_KEY, load_into, meta_tensors, parameters_on_meta, read_weights
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "diffkit.json"
@@ -345,11 +345,30 @@ def build_with_weights(
     if probe is not None:
         check_weights(probe, state_dict, what=what, allow_nonfinite=allow_nonfinite, hint=NONFINITE_HINT)
         _check_size(probe, state_dict, source)
+    if probe is not None:
+        module = _build_holding(kind, name, config, state_dict, source=source, budget=budget, what=what)
+        if module is not None:
+            return module
     module = _build(kind, name, config, source=source, budget=budget, meta=False)
     if probe is None:
         check_weights(module, state_dict, what=what, allow_nonfinite=allow_nonfinite, hint=NONFINITE_HINT)
     load_into(module, state_dict, what)
     return module
+
+
+def _build_holding(
+    kind: str, name: str, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], *, source: Path,
+    budget: int, what: str,
+) -> nn.Module | None:
+    """The module built with its parameters on the meta device and the weights moved in: one copy of them.
+
+    None when that leaves a tensor without values (a parameter the weights do not hold, a buffer the
+    constructor made on the meta device): the caller then builds for real and copies.
+    """
+    with parameters_on_meta():
+        module = _build(kind, name, config, source=source, budget=budget, meta=False)
+    load_into(module, state_dict, what, assign=True)
+    return None if meta_tensors(module) else module
 
 
 NONFINITE_HINT = "load_pretrained(..., allow_nonfinite=True) loads them anyway"

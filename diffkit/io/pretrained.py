@@ -127,6 +127,7 @@ def _load_diffusers(folder: Path, *, allow_pickle: bool, variant: str | None, al
     with naming_errors(folder):
         weights = converter.convert_state_dict(state_dict, config)
         config_dict = config.to_dict()
+    del state_dict  # what the converter kept is in weights; the rest (e.g. unfused q, k, v) is freed now
     # the values were checked above, before converting; checking them again would only cost time
     return build_with_weights(
         converter.kind, converter.name, config_dict, weights, source=config_file,

@@ -8,17 +8,21 @@ file is refused before anything is allocated for it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from diffkit.errors import CheckpointError
 from diffkit.io.atomic import TMP_SUFFIX
 from diffkit.io.files import read_json_object, require_regular_file, unpickling_error_detail
 from diffkit.io.records import require_inside, short
+from diffkit.io.safetensors_file import read_safetensors
 from diffkit.io.state_dicts import check_weights
 
 # diffusers' weight file names, in order of preference (name stem; variant goes before the extension).
@@ -34,11 +38,60 @@ def diffusers_weight_names(variant: str | None = None) -> list[str]:
     return [f"{DIFFUSERS_STEM}{suffix}.safetensors", f"{DIFFUSERS_STEM}{suffix}.bin"]
 
 
-def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str, *, assign: bool = False) -> None:
+    """A strict ``load_state_dict``; ``assign``: the module takes the tensors themselves (no copy), each
+    first brought to the dtype the module declared for it (one tensor at a time)."""
+    if assign:
+        declared = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+        state_dict = {
+            key: aligned(tensor.to(declared[key].dtype).contiguous()) if key in declared else tensor
+            for key, tensor in state_dict.items()
+        }
     try:
-        module.load_state_dict(dict(state_dict), strict=True)
+        module.load_state_dict(dict(state_dict), strict=True, assign=assign)
     except RuntimeError as exc:  # checked before: only a module changing its own keys gets here
         raise CheckpointError(f"{what} do not load into {type(module).__name__}: {exc}") from exc
+
+
+ALIGNMENT = 64  # bytes: what the allocator gives, and what vectorized kernels' results may depend on
+
+
+def aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, or a copy of it when its data does not start on an allocator boundary.
+
+    A tensor read from a file may sit at any byte offset of a buffer; kernels then take other
+    vectorization paths and round differently in the last bit. Copied, a weight computes exactly
+    as it does in a module that was built and loaded by copying.
+    """
+    return tensor.clone() if tensor.data_ptr() % ALIGNMENT else tensor
+
+
+def meta_tensors(module: nn.Module) -> list[str]:
+    """The names of the module's parameters and buffers that hold no values (on the meta device)."""
+    return [name for name, tensor in (*module.named_parameters(), *module.named_buffers()) if tensor.is_meta]
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Modules constructed inside get their parameters on the meta device; buffers stay real.
+
+    (accelerate's ``init_empty_weights``, without accelerate.) A module built so allocates and
+    initializes no weights, and loading with ``assign=True`` then holds each weight once. Buffers
+    the constructor computes (sin-cos position tables, frequencies) keep their values, which a
+    module built wholly on the meta device would lose. Only this thread's constructions are affected.
+    """
+    owner = threading.get_ident()
+
+    def to_meta(module: nn.Module, name: str, param: Any) -> Any:
+        if threading.get_ident() != owner or param is None or param.is_meta:
+            return None
+        return type(param)(param.to("meta"), requires_grad=param.requires_grad)
+
+    handle = register_module_parameter_registration_hook(to_meta)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def read_diffusers_folder(
@@ -120,48 +173,17 @@ def _weight_files(folder: Path, name: str) -> list[Path]:
     return [folder / s for s in shards]
 
 
-_HEADER_LIMIT = 100 * 2**20  # safetensors' own limit on the JSON header
-
 
 def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], str | None]:
-    """The tensors and the diffkit save id of a safetensors file; any failure is a :class:`CheckpointError`."""
-    from safetensors import safe_open
-
+    """The tensors and the diffkit save id of a safetensors file (:mod:`diffkit.io.safetensors_file`: one
+    aligned copy of each tensor, no mapping); any failure is a :class:`CheckpointError`."""
     require_regular_file(file, what="weights file")
-    size = _check_header_length(file)
     try:
-        with safe_open(str(file), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - a safe_open handle is not a mapping
-    except Exception as exc:  # SafetensorError, OSError, bad header, an unknown dtype: all one message
-        raise CheckpointError(
-            f"cannot read {file} ({size} bytes): truncated or corrupted safetensors file "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
-    save_id = metadata.get(SAVE_ID_KEY)
-    return tensors, save_id if isinstance(save_id, str) else None
-
-
-def _check_header_length(file: Path) -> int:
-    """The file's size, once its 8-byte header length is seen to fit in it (nothing is allocated for it)."""
-    try:
-        size = file.stat().st_size
-        with open(file, "rb") as handle:
-            head = handle.read(8)
+        tensors, metadata = read_safetensors(file)
     except OSError as exc:
         raise CheckpointError(f"cannot read {file}: {exc.strerror or exc}") from exc
-    if len(head) < 8:
-        raise CheckpointError(
-            f"cannot read {file} ({size} bytes): truncated or corrupted safetensors file (shorter than the "
-            "8-byte header length)"
-        )
-    length = int.from_bytes(head, "little")
-    if length > min(size - 8, _HEADER_LIMIT):
-        raise CheckpointError(
-            f"cannot read {file} ({size} bytes): truncated or corrupted safetensors file (its header claims "
-            f"{length} bytes; valid: at most {min(size - 8, _HEADER_LIMIT)})"
-        )
-    return size
+    save_id = metadata.get(SAVE_ID_KEY)
+    return tensors, save_id if isinstance(save_id, str) else None
 
 
 def _read_pickle(file: Path) -> tuple[dict[str, torch.Tensor], str | None]:

@@ -177,12 +177,7 @@ def test_text_to_image_folder_saves_and_loads_back_exactly(family, kit, tmp_path
         assert name == other and torch.equal(a, b), name
     noise = torch.randn((1, *latent), generator=torch.Generator().manual_seed(8))
     first = ours.sample(1, cond=PROMPTS[:1], guidance=scale, steps=2, noise=noise)
-    second = again.sample(1, cond=PROMPTS[:1], guidance=scale, steps=2, noise=noise)
-    # the same weights; transformers may leave a loaded tensor unaligned, which changes the last bits of
-    # its vectorized sums, so the first load agrees to round-off and a second load bit for bit
-    torch.testing.assert_close(second, first, rtol=0, atol=1e-5)
-    third = diffkit.load_pretrained(again.save(tmp_path / "again"))
-    assert torch.equal(third.sample(1, cond=PROMPTS[:1], guidance=scale, steps=2, noise=noise), second)
+    assert torch.equal(again.sample(1, cond=PROMPTS[:1], guidance=scale, steps=2, noise=noise), first)
 
 
 def test_a_loaded_folder_saves_and_loads_back_exactly(tmp_path):

@@ -79,11 +79,9 @@ its peak memory is one copy of the weights.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -301,30 +299,6 @@ def _check_config_keys(cls: type, config: Mapping[str, Any]) -> None:
     for key in config:
         if key not in valid:
             raise UnknownNameError(f"{cls.__name__} config key", key, valid)
-
-
-@contextlib.contextmanager
-def _parameters_on_meta() -> Iterator[None]:
-    """Modules constructed inside get their parameters on the meta device; buffers stay real.
-
-    (accelerate's ``init_empty_weights``, without accelerate.) Buffers the constructor computes —
-    PixArt's non-persistent sin-cos position table — keep their values, which a module built wholly
-    on the meta device would lose.
-    """
-    from torch.nn.modules.module import register_module_parameter_registration_hook
-
-    owner = threading.get_ident()
-
-    def to_meta(module: nn.Module, name: str, param: Any) -> Any:
-        if threading.get_ident() != owner or param is None or param.is_meta:
-            return None
-        return type(param)(param.to("meta"), requires_grad=param.requires_grad)
-
-    handle = register_module_parameter_registration_hook(to_meta)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 # -- the backbones --------------------------------------------------------------------------------
@@ -703,7 +677,7 @@ def from_diffusers_folder(
     the weights. ``vae_scale_factor`` defaults to the pipeline folder's ``vae/`` (else 8).
     """
     from diffkit.io.state_dicts import check_dtype, check_weights
-    from diffkit.io.weights import read_diffusers_folder
+    from diffkit.io.weights import aligned, meta_tensors, parameters_on_meta, read_diffusers_folder
 
     dtype = check_dtype(dtype)
     _check_options(sample_size, 1 if vae_scale_factor is None else vae_scale_factor, False)
@@ -714,16 +688,16 @@ def from_diffusers_folder(
     cls = _diffusers_class(class_name)
     valid = set(_init_keys(cls))
     init = {key: value for key, value in _plain_config(raw_config).items() if key in valid}  # as diffusers' from_config
-    with _parameters_on_meta():
+    with parameters_on_meta():
         module = cls(**init)
     what = f"the weights in {model_folder}"
     check_weights(module, state_dict, what=what, allow_nonfinite=allow_nonfinite)
     for key in list(state_dict):  # one tensor at a time: the old one is freed as the new one is made
-        state_dict[key] = state_dict.pop(key).to(dtype)
+        state_dict[key] = aligned(state_dict.pop(key).to(dtype).contiguous())
     module.load_state_dict(state_dict, strict=True, assign=True)
     del state_dict
     module.to(dtype)  # the buffers the constructor computed
-    left = [name for name, tensor in (*module.named_parameters(), *module.named_buffers()) if tensor.is_meta]
+    left = meta_tensors(module)
     if left:
         raise CheckpointError(f"{what} leave {class_name} tensors unset: {', '.join(left[:5])}")
     if vae_scale_factor is None:

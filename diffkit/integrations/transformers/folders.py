@@ -24,6 +24,7 @@ from diffkit.errors import CheckpointError, ConfigError, UnknownNameError
 from diffkit.integrations.transformers.configs import CONFIGS
 from diffkit.integrations.transformers.extra import require
 from diffkit.io.files import read_json_object
+from diffkit.io.weights import aligned
 
 PIPELINE_CONDITIONERS: dict[str, str] = {
     "StableDiffusionPipeline": "clip_text",
@@ -191,9 +192,12 @@ def _load_encoder(
     if not allow_pickle:
         options["use_safetensors"] = True
     try:
-        return getattr(transformers, class_name).from_pretrained(str(path), **options)
+        encoder = getattr(transformers, class_name).from_pretrained(str(path), **options)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read the {class_name} in {path}: {exc}") from exc
+    for tensor in (*encoder.parameters(), *encoder.buffers()):  # computes as a saved-and-loaded copy does
+        tensor.data = aligned(tensor.data)
+    return encoder
 
 
 def _config_json(folder: Path, component: str) -> dict[str, Any] | None:
