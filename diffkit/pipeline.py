@@ -55,7 +55,7 @@ from diffkit.io.state_dicts import check_device, check_dtype
 from diffkit.models.conditioners.concat import ConcatConditioner
 from diffkit.runtime.precision import BF16Network, bf16_enabled
 from diffkit.samplers.common import Callback, as_generator, is_integer
-from diffkit.sampling.denoisers import FlowDenoiser, VPDenoiser
+from diffkit.sampling.denoisers import ClampedDenoiser, FlowDenoiser, VPDenoiser
 from diffkit.sampling.draw import check_sample_memory, check_samples, named_memory_errors, sigma_grid
 from diffkit.sampling.draw import sample as run_sampler
 from diffkit.sampling.guidance import CFGDenoiser, check_guidance_rescale, check_guidance_scale
@@ -148,6 +148,9 @@ class Pipeline(nn.Module):
         start_noise: how :meth:`sample` turns unit noise z into the start
             (:mod:`diffkit.sampling.paths`): ``"sigma"`` (y_0 = σ_0·z) or ``"path"`` (z is x_T on
             the schedule's noise path, as diffusers pipelines read ``latents=``).
+        clip_x0: clamp the x0 estimate (after guidance) to [−clip_x0, clip_x0] while sampling
+            (diffusers' ``clip_sample`` with ``clip_sample_range``; pixel-space models in [−1, 1]).
+            None: no clamp.
     """
 
     def __init__(
@@ -167,6 +170,7 @@ class Pipeline(nn.Module):
         spacing: str | None = None,
         spacing_options: Mapping[str, Any] | None = None,
         start_noise: str = "sigma",
+        clip_x0: float | None = None,
     ) -> None:
         super().__init__()
         self.backbone = _build("backbone", backbone)
@@ -211,6 +215,9 @@ class Pipeline(nn.Module):
         self.default_guidance = check_guidance_scale(default_guidance, what="default_guidance")
         self.spacing, self.spacing_options = self._check_spacing(spacing, spacing_options)
         self.start_noise = check_choice("start_noise", start_noise, START_NOISE)
+        if clip_x0 is not None:
+            ClampedDenoiser(None, clip_x0)  # the bound is checked now
+        self.clip_x0 = None if clip_x0 is None else float(clip_x0)
         self._check_classes()
         out_channels = getattr(getattr(self.backbone, "config", None), "out_channels", self.sample_shape[0])
         self.learned_variance = out_channels == 2 * self.sample_shape[0]
@@ -522,6 +529,8 @@ class Pipeline(nn.Module):
                 raise ConfigError(
                     f"guidance={guidance} needs a conditioned pipeline; this one has no conditioner (use guidance=1)"
                 )
+            if self.clip_x0 is not None:
+                denoiser = ClampedDenoiser(denoiser, self.clip_x0)
             bar = None
             if progress:
                 from tqdm.auto import tqdm
@@ -571,6 +580,7 @@ class Pipeline(nn.Module):
             "default_guidance": self.default_guidance,
             "spacing": {"name": self.spacing, "options": self.spacing_options},
             "start_noise": self.start_noise,
+            "clip_x0": self.clip_x0,
             "components": [name for name in COMPONENT_KINDS if getattr(self, name) is not None],
         }
 
@@ -657,9 +667,9 @@ def is_pipeline_folder(folder: Path) -> bool:
 _SPEC_FIELDS: Mapping[str, tuple[type, ...]] = {
     "format_version": (int,), "schedule": (dict,), "sampler": (dict,), "parameterization": (str,),
     "objective": (dict,), "sample_shape": (list,), "default_steps": (int,), "default_guidance": (float,),
-    "spacing": (dict,), "start_noise": (str,), "components": (list,),
+    "spacing": (dict,), "start_noise": (str,), "clip_x0": (float, type(None)), "components": (list,),
 }
-_LATER_FIELDS = ("default_guidance", "spacing", "start_noise")  # keys a file written before them lacks
+_LATER_FIELDS = ("default_guidance", "spacing", "start_noise", "clip_x0")  # keys a file written before them lacks
 _ORIGIN: Mapping[str, tuple[type, ...]] = {"plugin": (str, type(None)), "distribution": (str, type(None))}
 _SECTION_FIELDS: Mapping[str, Mapping[str, tuple[type, ...]]] = {
     "schedule": {"name": (str,), "config": (dict,), **_ORIGIN},
@@ -751,5 +761,6 @@ def load_pipeline(
             spacing=spec.get("spacing", {}).get("name"),
             spacing_options=spec.get("spacing", {}).get("options"),
             start_noise=spec.get("start_noise", "sigma"),
+            clip_x0=spec.get("clip_x0"),
         )
     return pipe.to(device=device, dtype=dtype).eval()

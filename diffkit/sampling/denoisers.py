@@ -271,3 +271,23 @@ class EDMDenoiser(nn.Module):
         out = _call(self.model, (c_in * x).to(x.dtype), c_noise.reshape(-1), cond)  # F(c_in·x; c_noise)
         _shaped_like(out, x, "the EDM network F")
         return (c_skip * x + c_out * out.to(c_out.dtype)).to(x.dtype)
+
+
+class ClampedDenoiser(nn.Module):
+    """``D(x, σ, cond)`` with its x0 estimate clamped to [−bound, bound].
+
+    diffusers' ``clip_sample`` (with ``clip_sample_range`` = bound) for pixel-space models whose data
+    lie in [−1, 1]: DDPM's posterior mean from the clamped x0 is then diffusers' step exactly. (DDIM
+    in diffusers keeps the network's ε beside the clamped x0; here every sampler derives its ε from
+    the clamped x0, which is diffusers' ``use_clipped_model_output=True``.)
+    """
+
+    def __init__(self, denoiser: Any, bound: float) -> None:
+        super().__init__()
+        if not is_real(bound) or not 0 < bound < math.inf:
+            raise ConfigError(f"the x0 clamp bound must be a positive finite number, got {bound!r}")
+        self.denoiser = denoiser
+        self.bound = float(bound)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        return self.denoiser(x, sigma, cond).clamp(-self.bound, self.bound)

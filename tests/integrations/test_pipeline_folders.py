@@ -51,12 +51,15 @@ def first_noise(shape, seed):
     return torch.randn(shape, generator=generator), generator
 
 
-def test_ddpm_pipeline_folder(tmp_path):
-    pipe = ddpm_pipeline(diffusers.DDPMScheduler(clip_sample=False))
+@pytest.mark.parametrize("clip", [True, False])
+def test_ddpm_pipeline_folder(clip, tmp_path):
+    """diffusers' DDPM step, including its x0 clipping (``clip_sample``, on by default): equal to diffkit's ``ddpm``."""
+    pipe = ddpm_pipeline(diffusers.DDPMScheduler(clip_sample=clip, clip_sample_range=0.8))
     theirs = pipe(batch_size=2, num_inference_steps=10, generator=torch.Generator().manual_seed(1),
                   output_type="np").images
     ours = diffkit.load_pretrained(saved(pipe, tmp_path))
     assert isinstance(ours, diffkit.Pipeline) and ours.sampler == "ddpm" and ours.sample_shape == (3, 8, 8)
+    assert ours.clip_x0 == (0.8 if clip else None)
     noise, generator = first_noise((2, 3, 8, 8), 1)
     images = ours.sample(2, steps=10, noise=noise, generator=generator)
     assert theirs.std() > 0.05
@@ -279,3 +282,15 @@ def test_diffkit_sample_from_a_class_conditional_folder(tmp_path, capsys):
     assert main(["sample", "--from", str(folder), "--class", "207", "--n", "2", "--steps", "2",
                  "--out", str(tmp_path / "dit.png")]) == 0
     assert "wrote 2 samples" in capsys.readouterr().out
+
+
+def test_the_x0_clamp_travels_with_the_pipeline_and_is_checked(tmp_path):
+    ours = diffkit.load_pretrained(saved(ddpm_pipeline(diffusers.DDPMScheduler(clip_sample_range=0.5)), tmp_path))
+    again = diffkit.load_pretrained(ours.save(tmp_path / "diffkit"))
+    assert again.clip_x0 == 0.5
+    x0 = []
+    again.sample(1, steps=3, generator=0, callback=lambda info: x0.append(info["denoised"]))
+    assert all(float(d.abs().max()) <= 0.5 for d in x0)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), "1"):
+        with pytest.raises(ConfigError, match="x0 clamp bound must be a positive finite number"):
+            diffkit.Pipeline(backbone=ours.backbone, clip_x0=bad)

@@ -209,6 +209,9 @@ FAMILIES: dict[str, Family] = {
 }
 """diffusers pipeline ``_class_name`` → how its folder becomes a :class:`Pipeline`."""
 
+CLIPPING_BY_DEFAULT = ("DDPMScheduler", "DDIMScheduler")
+"""Schedulers whose ``clip_sample`` is True when their config leaves it out."""
+
 COMPONENTS: dict[str, tuple[str, ...]] = {
     "DDPMPipeline": ("unet", "scheduler"),
     "DDIMPipeline": ("unet", "scheduler"),
@@ -244,7 +247,7 @@ def default_sampler(config: Mapping[str, Any]) -> str:
         warnings.warn(
             f"the folder's scheduler {class_name} has no diffkit namesake; sampling with {DEFAULT_SAMPLER!r} on its "
             f"grid (choose another with sample(sampler=...); namesakes: {', '.join(sorted(SAMPLER_OF_SCHEDULER))})",
-            stacklevel=3,
+            stacklevel=4,
         )
         return DEFAULT_SAMPLER
     return name
@@ -259,13 +262,15 @@ def warn_unmatched(config: Mapping[str, Any]) -> None:
                          "t − T/N, off its own grid; diffkit steps between the grid's timesteps")
     if class_name == "DDIMScheduler" and not config.get("set_alpha_to_one", True):
         unmatched.append("set_alpha_to_one=False: diffusers' DDIM ends at ᾱ_0 (σ ≈ 0.01–0.03); diffkit ends at σ = 0")
-    for key in ("clip_sample", "thresholding"):
-        if config.get(key):
-            unmatched.append(f"{key}=True: diffkit does not clip or threshold the x0 estimate")
+    if class_name == "DDIMScheduler" and config.get("clip_sample", True):
+        unmatched.append("clip_sample=True: diffusers' DDIM keeps the network's ε beside the clipped x0; diffkit "
+                         "derives ε from the clipped x0 (diffusers' use_clipped_model_output=True)")
+    if config.get("thresholding"):
+        unmatched.append("thresholding=True: diffkit does not threshold the x0 estimate (dynamic thresholding)")
     if unmatched:
         warnings.warn(
             f"the folder's {class_name} has settings diffkit's samplers do not reproduce, so images differ "
-            f"slightly from diffusers': {'; '.join(unmatched)}", stacklevel=3,
+            f"slightly from diffusers': {'; '.join(unmatched)}", stacklevel=4,
         )
 
 
@@ -316,6 +321,8 @@ def load_pipeline_folder(
     }
     if not noise.is_flow:
         settings.update(spacing="diffusers", spacing_options=grid_options(scheduler))
+    if scheduler.get("clip_sample", scheduler.get("_class_name") in CLIPPING_BY_DEFAULT):
+        settings["clip_x0"] = float(scheduler.get("clip_sample_range", 1.0))
     settings.update(components)
     with naming_errors(folder / INDEX_FILE):
         pipe = Pipeline(**settings)
