@@ -54,6 +54,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "diffkit.models.conditioners.builtin",
     "diffkit.io.diffusers.builtin",
     "diffkit.demos.builtin",
+    "diffkit.recipes.builtin",
 )
 
 ENV_STRICT = "DIFFKIT_STRICT_PLUGINS"

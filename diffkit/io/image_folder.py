@@ -24,6 +24,16 @@ out. Some damage only shows when the pixels are decoded (``verify`` does not dec
 truncated JPEG): such a file is warned about and recorded when read, and the next readable
 image in index order is returned instead (that file is not retried by this process). In
 DataLoader workers, read-time entries land in the worker's copy of ``skipped``.
+
+Captions (``captions="txt"``): each image's caption is the sidecar text file beside it with the
+same stem and that extension — ``img001.png`` + ``img001.txt``, the convention of kohya's and
+diffusers' training scripts — and items become (image, caption). Every caption is read when the
+index is built: the whole file as UTF-8 (a byte-order mark is dropped), stripped of leading and
+trailing white space; nothing else is changed. A missing, empty (or white-space only),
+non-UTF-8, binary (NUL bytes) or oversized (over 1 MiB) caption file is an error that names
+every such image (the first ten and a count) when the folder is indexed — never a silent empty
+caption, which would train the image as unconditional (classifier-free guidance training drops
+captions by itself, with the conditioner's ``drop_prob``).
 """
 
 from __future__ import annotations
@@ -42,6 +52,9 @@ from diffkit.errors import ConfigError, DiffkitError
 from diffkit.validators import is_integer
 
 DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+MAX_CAPTION_BYTES = 1 << 20
+"""A caption file larger than this (1 MiB) is refused: it is not a caption."""
+_LISTED = 10  # problems named in an error message
 
 
 class ImageSkippedWarning(UserWarning):
@@ -64,14 +77,20 @@ class ImageFolder(Dataset):
         labels: class labels from the first-level sub-folder names; items become
             (image, label) with ``classes[label]`` the folder name. ``classes`` is the sorted
             list of sub-folders holding at least one file with a listed extension.
+        captions: the extension of the sidecar caption files (``"txt"`` or ``".txt"``): items
+            become (image, caption) with the caption read from the file with the image's stem
+            and this extension (module docstring); None (default): no captions. Not with
+            ``labels=True``.
         verify: open and verify every file while building the index (one pass over the
-            files' bytes, no decoding); False defers every check to reading.
+            files' bytes, no decoding); False defers every check to reading (the captions are
+            read either way).
         generator: source of flip randomness for single-process use; None (default) uses
             torch's global RNG, which DataLoader workers seed per worker and epoch.
 
     Attributes:
         paths: the indexed image files, in index order.
         targets: the label of each path (``labels=True``), else None.
+        captions: the caption of each path (``captions=...``), else None.
         classes, class_to_idx: class names in label order and their inverse (empty without labels).
         skipped: (path, reason) of every file left out, at indexing or on read.
     """
@@ -87,6 +106,7 @@ class ImageFolder(Dataset):
         extensions: Iterable[str] = DEFAULT_EXTENSIONS,
         recursive: bool = True,
         labels: bool = False,
+        captions: str | None = None,
         verify: bool = True,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -101,6 +121,12 @@ class ImageFolder(Dataset):
         exts = tuple(dict.fromkeys(("" if e.startswith(".") else ".") + e.lower() for e in extensions))
         if not exts or "." in exts:
             raise ConfigError(f"{where}: extensions must be non-empty file endings like '.png', got {extensions!r}")
+        caption_extension = None if captions is None else _caption_extension(captions, exts, where)
+        if caption_extension is not None and labels:
+            raise ConfigError(
+                f"{where}: labels=True (class labels from sub-folders) and captions={captions!r} (text from caption "
+                "files) give two conditions per image; pass one of them"
+            )
         if not self.root.exists():
             raise ConfigError(f"{where}: the folder {str(self.root)!r} does not exist")
         if not self.root.is_dir():
@@ -115,6 +141,8 @@ class ImageFolder(Dataset):
         self.skipped: list[tuple[Path, str]] = []
         self.paths: list[Path] = []
         self.targets: list[int] | None = None
+        self.captions: list[str] | None = None
+        self.caption_extension = caption_extension
         self._unreadable: set[int] = set()  # indices that failed on read in this process
 
         candidates, self.classes = self._scan(recursive, labels, where)
@@ -132,6 +160,8 @@ class ImageFolder(Dataset):
             )
         self.paths = [path for path, _ in kept]
         self.targets = [label for _, label in kept] if labels else None
+        if caption_extension is not None:
+            self.captions = read_captions(self.paths, caption_extension, where=where)
 
     # -- indexing ----------------------------------------------------------------------------
 
@@ -167,7 +197,7 @@ class ImageFolder(Dataset):
         try:
             with Image.open(path) as image:
                 image.verify()  # checks the container (chunks, CRCs) without decoding pixels
-        except Exception as error:  # Pillow raises OSError, SyntaxError, struct.error, …
+        except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, struct.error, …
             self._skip(path, error)
             return False
         return True
@@ -193,12 +223,14 @@ class ImageFolder(Dataset):
                 continue
             try:
                 image = self.load(self.paths[i])
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - any decoding failure skips the file
                 self._unreadable.add(i)
                 self._skip(self.paths[i], error)
                 continue
             if self.flip and torch.rand((), generator=self.generator).item() < 0.5:
                 image = image.flip(-1)  # [C, H, W]: mirror the W axis
+            if self.captions is not None:
+                return image, self.captions[i]
             return image if self.targets is None else (image, self.targets[i])
         raise DiffkitError(f"ImageFolder({str(self.root)!r}): none of its {n} images could be read (see `skipped`)")
 
@@ -226,7 +258,100 @@ class ImageFolder(Dataset):
 
     def __repr__(self) -> str:
         extra = f", classes={len(self.classes)}" if self.targets is not None else ""
+        extra += f", captions={self.caption_extension!r}" if self.captions is not None else ""
         return (
             f"ImageFolder({str(self.root)!r}, size={self.size}, images={len(self)}{extra}, "
             f"channels={self.channels}, center_crop={self.center_crop}, flip={self.flip}, skipped={len(self.skipped)})"
         )
+
+
+# -- captions ----------------------------------------------------------------------------------
+
+
+def _caption_extension(captions: object, image_extensions: tuple[str, ...], where: str) -> str:
+    """``"txt"`` or ``".txt"`` → ``".txt"``; not a path, not an image extension."""
+    if not isinstance(captions, str) or not captions.strip(".") or any(c in captions for c in "/\\\0") or (
+        captions.strip() != captions
+    ):
+        raise ConfigError(
+            f"{where}: captions must be the extension of the caption files, e.g. 'txt' (img001.png + img001.txt), "
+            f"got {captions!r}"
+        )
+    extension = captions if captions.startswith(".") else "." + captions
+    if extension.lower() in image_extensions:
+        raise ConfigError(
+            f"{where}: captions={captions!r} is one of the image extensions ({', '.join(image_extensions)}); "
+            "caption files need another one, e.g. 'txt'"
+        )
+    return extension
+
+
+def caption_path(image: str | os.PathLike[str], extension: str = ".txt") -> Path:
+    """The sidecar caption file of ``image``: same folder and stem, ``extension`` (``a/img001.png`` → ``a/img001.txt``)."""
+    image = Path(image)
+    return image.with_name(image.stem + extension)
+
+
+def read_caption(path: str | os.PathLike[str]) -> str:
+    """The caption in the text file ``path``: UTF-8 (a BOM dropped), stripped of surrounding white space.
+
+    Raises :class:`~diffkit.errors.ConfigError` naming the file and what is wrong with it: missing,
+    not a file, unreadable, over :data:`MAX_CAPTION_BYTES`, binary (NUL bytes), not UTF-8, or empty.
+    """
+    path = Path(path)
+    text, problem = _caption_text(path)
+    if text is None:
+        raise ConfigError(f"the caption file {str(path)!r} {problem}")
+    return text
+
+
+def _caption_text(path: Path) -> tuple[str | None, str]:
+    """(the stripped text, "") or (None, what is wrong with the file, as a predicate: "is empty")."""
+    if not path.exists():
+        return None, "is missing"
+    if not path.is_file():
+        return None, "is not a file"
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_CAPTION_BYTES + 1)
+    except OSError as error:
+        return None, f"cannot be read ({error.strerror or error})"
+    if len(data) > MAX_CAPTION_BYTES:
+        return None, f"is larger than {MAX_CAPTION_BYTES >> 20} MiB: not a caption"
+    if b"\0" in data:
+        return None, "holds NUL bytes: a binary file, not a caption"
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        return None, f"is not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})"
+    text = text.strip()
+    if not text:
+        return None, "is empty"
+    return text, ""
+
+
+def read_captions(images: Iterable[str | os.PathLike[str]], extension: str = ".txt", *, where: str = "") -> list[str]:
+    """The caption of each image, from its sidecar file (:func:`caption_path`), in order.
+
+    Every image is checked; one :class:`~diffkit.errors.ConfigError` names the images without a
+    usable caption file (the first ten, and how many there are), and why each is unusable.
+    """
+    captions: list[str] = []
+    problems: list[str] = []
+    paths = [Path(image) for image in images]
+    for image in paths:
+        sidecar = caption_path(image, extension)
+        text, problem = _caption_text(sidecar)
+        if text is None:
+            problems.append(f"{str(image)!r}: {sidecar.name} {problem}")
+        else:
+            captions.append(text)
+    if problems:
+        listed = "; ".join(problems[:_LISTED]) + (f"; and {len(problems) - _LISTED} more" if len(problems) > _LISTED else "")
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(
+            f"{prefix}{len(problems)} of {len(paths)} image(s) have no usable caption file ({listed}). Each image "
+            f"needs a UTF-8 text file with its name and the extension {extension} beside it (img001.png + "
+            f"img001{extension}) holding its caption"
+        )
+    return captions

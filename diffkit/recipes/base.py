@@ -15,6 +15,13 @@ so a user copies one, edits it, or overrides single keys on the command line:
 ``diffkit train --recipe digits train.steps=500 backbones.unet.block_out_channels=[64,128]``.
 Overrides name existing keys only (a typo gets close matches); values are read as JSON,
 falling back to the plain string.
+
+A recipe may instead fine-tune a pretrained pipeline: its pipeline section names a folder
+(``"pipeline": {"pretrained": "FOLDER", "sampler": null}``, ``"backbones": {}``), a diffusers or
+diffkit pipeline folder whose weights training starts from; the built-in ``finetune`` recipe
+has every key, with placeholders to set:
+``diffkit train --recipe finetune pipeline.pretrained=FOLDER data.root=IMAGES --out RUN``
+(:mod:`diffkit.recipes.finetune`).
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ and holds::
     samples.png          the final grid
     trajectory.gif       the final grid's denoising trajectory (x_t at each step, then the sample)
     pipeline/            the trained pipeline (EMA weights): diffkit.load_pretrained(DIR/pipeline)
+
+A recipe with ``pipeline.pretrained`` fine-tunes the pipeline loaded from that folder
+(:mod:`diffkit.recipes.finetune`): the same run folder, checkpoints, resume and outputs.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from diffkit.io.imaging import read_picture, save_gif, save_png
 from diffkit.io.pretrained import load_pretrained
 from diffkit.pipeline import Pipeline
 from diffkit.recipes.base import RecipeDict
-from diffkit.recipes.build import build_data, build_pipeline, grid_rows, preview_conditions
+from diffkit.recipes.build import build_data, build_pipeline, grid_rows, preview_conditions, sample_settings
+from diffkit.recipes.finetune import is_pretrained
 from diffkit.recipes.latent import prepare_autoencoder
 from diffkit.recipes.run_folder import (
     RECIPE_FILE,
@@ -61,17 +65,28 @@ def _grid_scale(pipeline: Pipeline) -> int:
 
 
 def training_data(
-    recipe: RecipeDict, out: Path, *, progress: bool = True, context: DistributedContext | None = None
+    recipe: RecipeDict,
+    out: Path,
+    *,
+    progress: bool = True,
+    context: DistributedContext | None = None,
+    pipeline: Pipeline | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[InMemoryData, Any]:
     """(training data, autoencoder or None): for a latent recipe, the trained autoencoder and the
     training images encoded once into its scaled latents.
 
     Under torchrun rank 0 trains the autoencoder first and the other ranks then reuse it from
-    the run folder.
+    the run folder. For a pretrained ``pipeline`` (``pipeline.pretrained``) with a (KL)
+    autoencoder, that frozen autoencoder and the images encoded once, with its posterior mode,
+    on ``device`` (where the autoencoder is left).
     """
-    data = as_training_data(build_data(recipe))
-    if recipe["pipeline"].get("conditioner") is None and data.cond is not None:
+    data = as_training_data(build_data(recipe, pipeline=pipeline))
+    conditioner = pipeline.conditioner if pipeline is not None else recipe["pipeline"].get("conditioner")
+    if conditioner is None and data.cond is not None:
         data = InMemoryData(data.images)  # an unconditional recipe trains on the images alone
+    if pipeline is not None and is_pretrained(recipe):
+        return _encoded_for(pipeline, data, device)
     if "autoencoder" not in recipe:
         return data, None
     main = context is None or context.is_main
@@ -82,6 +97,19 @@ def training_data(
     if not main:
         autoencoder, _ = prepare_autoencoder(recipe, data.images, out, heldout=heldout, progress=False)
     return InMemoryData(encode_dataset(autoencoder, data.images), data.cond), autoencoder
+
+
+def _encoded_for(pipeline: Pipeline, data: InMemoryData, device: torch.device | str | None) -> tuple[InMemoryData, Any]:
+    """The data in the pretrained pipeline's space: latents of its KL autoencoder, once (else as they are)."""
+    from diffkit.models.autoencoders.kl import KLAutoencoder
+
+    autoencoder = pipeline.autoencoder
+    if not isinstance(autoencoder, KLAutoencoder):  # pixels, or an autoencoder that encodes every step
+        return data, None
+    autoencoder.to(device if device is not None else default_device())
+    pixels = max(1, math.prod(data.images.shape[2:]))
+    batch = min(256, max(1, (1 << 22) // pixels))  # 16 images of 512×512 at once: the encoder's activations fit
+    return InMemoryData(encode_dataset(autoencoder, data.images, batch_size=batch), data.cond), autoencoder
 
 
 def _heldout_images(recipe: RecipeDict) -> torch.Tensor | None:
@@ -133,7 +161,7 @@ def train_recipe(
             return _completed_run(out, record, main=main)
         return _train_claimed(
             recipe, out, record, config, progress=progress, device=device, distributed=distributed,
-            fsdp=fsdp, compile=compile,
+            fsdp=fsdp, compile=compile, pretrained=probe if is_pretrained(recipe) else None,
         )
 
 
@@ -198,21 +226,30 @@ def _train_claimed(
     distributed: DistributedContext | None,
     fsdp: bool,
     compile: bool,
+    pretrained: Pipeline | None = None,
 ) -> tuple[Pipeline | None, TrainResult]:
+    """``pretrained``: the pipeline of a ``pipeline.pretrained`` recipe, as validation loaded it."""
     main = distributed is None or distributed.is_main
-    data, autoencoder = training_data(recipe, out, progress=progress and main, context=distributed)
+    where = distributed.device if distributed is not None else device
+    data, autoencoder = training_data(
+        recipe, out, progress=progress and main, context=distributed, pipeline=pretrained, device=where
+    )
     encoded = autoencoder is not None
-    torch.manual_seed(config.seed)  # the initial weights, identical on every rank
-    pipeline = build_pipeline(recipe, autoencoder=autoencoder, captions=data.cond)
+    if pretrained is not None:
+        pipeline = pretrained  # its loaded weights are the start; the EMA is initialised from them
+    else:
+        torch.manual_seed(config.seed)  # the initial weights, identical on every rank
+        pipeline = build_pipeline(recipe, autoencoder=autoencoder, captions=data.cond)
     sample = recipe["sample"]
     n = int(sample["n"])
-    cond = preview_conditions(pipeline, n, recipe)
-    nrow = grid_rows(pipeline, n)
+    cond = preview_conditions(pipeline, n, recipe, data.cond)
+    nrow = grid_rows(pipeline, n, cond)
     scale = _grid_scale(pipeline)
     samples_dir = out / "samples"
+    steps, guidance = sample_settings(pipeline, recipe)
 
     def preview(step: int, ema_pipeline: Pipeline) -> None:
-        images = ema_pipeline.sample(n, cond=cond, steps=sample["steps"], guidance=sample["guidance"], generator=0)
+        images = ema_pipeline.sample(n, cond=cond, steps=steps, guidance=guidance, generator=0)
         with _writing(out):
             save_png(samples_dir / f"step-{step:09d}.png", images, nrow=nrow, scale=scale)
 
@@ -255,18 +292,16 @@ def _writing(out: Path) -> Iterator[None]:
 
 def write_pictures(pipeline: Pipeline, out: Path, *, cond: Any, recipe: RecipeDict, progress: bool = False) -> None:
     """``samples.png``, ``trajectory.gif`` and ``progress.gif`` (from ``samples/``) in ``out``."""
-    sample = recipe["sample"]
-    n = int(sample["n"])
-    nrow, scale = grid_rows(pipeline, n), _grid_scale(pipeline)
+    n = int(recipe["sample"]["n"])
+    nrow, scale = grid_rows(pipeline, n, cond), _grid_scale(pipeline)
+    steps, guidance = sample_settings(pipeline, recipe)
     frames: list[torch.Tensor] = []
 
     def keep(info: dict[str, Any]) -> None:
         # the state entering step i in VP scale, x_t = x/√(1+σ²): noise first, then ever cleaner
         frames.append(info["x"] / (1 + float(info["sigma"]) ** 2) ** 0.5)
 
-    images = pipeline.sample(
-        n, cond=cond, steps=sample["steps"], guidance=sample["guidance"], generator=0, callback=keep, progress=progress
-    )
+    images = pipeline.sample(n, cond=cond, steps=steps, guidance=guidance, generator=0, callback=keep, progress=progress)
     save_png(out / "samples.png", images, nrow=nrow, scale=scale)
     decode = pipeline.autoencoder.decode_latents if pipeline.autoencoder is not None else (lambda z: z)
     with torch.no_grad():
