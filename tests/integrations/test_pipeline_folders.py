@@ -170,7 +170,7 @@ def test_text_to_image_folder_gives_diffusers_images(family, guided, kit, tmp_pa
     np.testing.assert_allclose(as_images(images), theirs, rtol=0, atol=TOLERANCE)
 
 
-@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_text_to_image_folder_saves_and_loads_back_exactly(family, kit, tmp_path):
     build, latent, _, _, scale = FAMILIES[family]
     ours = diffkit.load_pretrained(saved(build(kit, tmp_path), tmp_path))
