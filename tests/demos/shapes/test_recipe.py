@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+import diffkit.cli.run
 import diffkit.recipes
 from diffkit import load_pretrained
 from diffkit.cli.commands import main
@@ -87,6 +88,7 @@ def test_demo_shapes_prints_the_three_accuracies_last(tmp_path, capsys, monkeypa
     original = base.get_recipe
     monkeypatch.setattr(base, "get_recipe", lambda name, overrides=(), **kw: original(name, [*TINY, *overrides], **kw))
     monkeypatch.setattr(diffkit.recipes, "get_recipe", base.get_recipe)
+    monkeypatch.setattr(diffkit.cli.run, "get_recipe", base.get_recipe)  # bound at its import: patch it there too
     assert main(["demo", "shapes", "--steps", "1", "--eval-n", "1", "--out", str(tmp_path / "d"), "--no-progress"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     fields = dict(item.split("=") for item in lines[-1].split())
