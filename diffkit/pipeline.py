@@ -55,7 +55,7 @@ from diffkit.io.state_dicts import check_device, check_dtype
 from diffkit.models.conditioners.concat import ConcatConditioner
 from diffkit.runtime.precision import BF16Network, bf16_enabled
 from diffkit.samplers.common import Callback, as_generator, is_integer
-from diffkit.sampling.denoisers import ClampedDenoiser, FlowDenoiser, VPDenoiser
+from diffkit.sampling.denoisers import ClampedDenoiser, FlowDenoiser, VPDenoiser, check_x0_bound
 from diffkit.sampling.draw import check_sample_memory, check_samples, named_memory_errors, sigma_grid
 from diffkit.sampling.draw import sample as run_sampler
 from diffkit.sampling.guidance import CFGDenoiser, check_guidance_rescale, check_guidance_scale
@@ -215,9 +215,7 @@ class Pipeline(nn.Module):
         self.default_guidance = check_guidance_scale(default_guidance, what="default_guidance")
         self.spacing, self.spacing_options = self._check_spacing(spacing, spacing_options)
         self.start_noise = check_choice("start_noise", start_noise, START_NOISE)
-        if clip_x0 is not None:
-            ClampedDenoiser(None, clip_x0)  # the bound is checked now
-        self.clip_x0 = None if clip_x0 is None else float(clip_x0)
+        self.clip_x0 = None if clip_x0 is None else check_x0_bound(clip_x0)
         self._check_classes()
         out_channels = getattr(getattr(self.backbone, "config", None), "out_channels", self.sample_shape[0])
         self.learned_variance = out_channels == 2 * self.sample_shape[0]

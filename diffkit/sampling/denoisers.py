@@ -273,6 +273,13 @@ class EDMDenoiser(nn.Module):
         return (c_skip * x + c_out * out.to(c_out.dtype)).to(x.dtype)
 
 
+def check_x0_bound(bound: Any) -> float:
+    """A clamp bound for the x0 estimate: a positive finite number, as a float."""
+    if not is_real(bound) or not 0 < bound < math.inf:
+        raise ConfigError(f"the x0 clamp bound must be a positive finite number, got {bound!r}")
+    return float(bound)
+
+
 class ClampedDenoiser(nn.Module):
     """``D(x, σ, cond)`` with its x0 estimate clamped to [−bound, bound].
 
@@ -284,10 +291,8 @@ class ClampedDenoiser(nn.Module):
 
     def __init__(self, denoiser: Any, bound: float) -> None:
         super().__init__()
-        if not is_real(bound) or not 0 < bound < math.inf:
-            raise ConfigError(f"the x0 clamp bound must be a positive finite number, got {bound!r}")
         self.denoiser = denoiser
-        self.bound = float(bound)
+        self.bound = check_x0_bound(bound)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
         return self.denoiser(x, sigma, cond).clamp(-self.bound, self.bound)
