@@ -105,10 +105,10 @@ CONFIGS: tuple[Config, ...] = (
     Config("lms", "LMSDiscreteScheduler", {"order": 2}, peer=("lms", {"order": 2}), findings=("table",)),
     Config("dpmsolver_multistep", DPMS, {"solver_order": 1}, peer=("ddim", {}), findings=("table",)),
     Config("dpmsolver_multistep", DPMS, peer=("dpmpp_2m", {}), findings=("table",), high_order=True),
-    Config("dpmsolver_multistep", DPMS, {"solver_order": 3}, peer=("dpmpp_3m", {"match_dpm_solver_code": True}),
+    Config("dpmsolver_multistep", DPMS, {"solver_order": 3}, peer=("dpmpp_3m", {}),
            findings=("table", "dpmpp_3m_half"), high_order=True),
     Config("dpmsolver_multistep", DPMS, {"solver_order": 3, "lower_order_final": False},
-           peer=("dpmpp_3m", {"match_dpm_solver_code": True, "lower_order_final": False}),
+           peer=("dpmpp_3m", {"lower_order_final": False}),
            findings=("table", "dpmpp_3m_half")),
     Config("dpmsolver_multistep", DPMS, own_grid={"use_karras_sigmas": True}, peer=("dpmpp_2m", {}),
            findings=("table", "grid_options")),
@@ -123,7 +123,7 @@ CONFIGS: tuple[Config, ...] = (
     Config("dpmsolver_multistep", DPMS, {"algorithm_type": "sde-dpmsolver++"},
            peer=("dpmpp_2m_sde", {"eta": 1.0}), findings=("table",)),
     Config("dpmsolver_multistep", DPMS, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
-           peer=("dpmpp_3m_sde", {"eta": 1.0, "match_dpm_solver_code": True}), findings=("table", "sde3_weight")),
+           peer=("dpmpp_3m_sde", {"eta": 1.0}), findings=("table", "sde3_weight")),
     Config("dpmsolver_multistep", DPMS, {"use_flow_sigmas": True, "prediction_type": "flow_prediction"},
            table=False, peer=("dpmpp_2m", {})),
     Config("dpmsolver_singlestep", "DPMSolverSinglestepScheduler", findings=("table",), high_order=True),
@@ -261,7 +261,7 @@ def high_order_rows() -> list[tuple[str, float | None, list[float]]]:
         cls = diffusers_class(config.cls)
         rows.append((f"diffusers {config.label}", claimed_order(cls, **config.options),
                      gaussian_errors(as_sampler(cls, **config.run_options))))
-    for name, options, order in (("dpmpp_2m", {}, 2), ("dpmpp_3m", {}, 3), ("dpmpp_3m", {"match_dpm_solver_code": True}, 3),
+    for name, options, order in (("dpmpp_2m", {}, 2), ("dpmpp_3m", {"d2_weight": "taylor"}, 3), ("dpmpp_3m", {}, 2),
                                  ("unipc", {"order": 1}, 2), ("unipc", {}, 3), ("unipc", {"order": 3}, 4)):
         label = f"diffkit `{name}`" + "".join(f" {k}={v}" for k, v in options.items())
         rows.append((label, order, gaussian_errors(diffkit.build("sampler", name, **options))))
@@ -280,9 +280,8 @@ def sde_rows() -> list[tuple[str, list[float]]]:
         ("diffusers `sde-dpmsolver++` solver_order=3",
          as_sampler(cls, algorithm_type="sde-dpmsolver++", solver_order=3, **KIT_TABLE)),
         ("diffkit `dpmpp_2m_sde`", diffkit.build("sampler", "dpmpp_2m_sde", eta=1.0)),
+        ("diffkit `dpmpp_3m_sde` d2_weight=taylor", diffkit.build("sampler", "dpmpp_3m_sde", eta=1.0, d2_weight="taylor")),
         ("diffkit `dpmpp_3m_sde`", diffkit.build("sampler", "dpmpp_3m_sde", eta=1.0)),
-        ("diffkit `dpmpp_3m_sde` match_dpm_solver_code=True",
-         diffkit.build("sampler", "dpmpp_3m_sde", eta=1.0, match_dpm_solver_code=True)),
     )
     for label, sampler in samplers:
         rows.append((label, [_distance(_noise_free_run(sampler, n), limit) for n in ORDER_STEPS]))
@@ -367,9 +366,10 @@ FINDINGS: dict[str, tuple[str, str, str]] = {
          "(≈ h²D''/2) the weight α_t(1 − 2(e^{−h} − 1 + h)/h²); diffusers' third-order update (after DPM-Solver's "
          "reference code) uses −α_t((e^{−h} − 1 + h)/h² − ½), exactly half, leaving an O(h³) local error: a "
          "second-order method. Measured below: diffusers' order 3 shows order ≈ 1.6 at 32–128 steps, as diffkit's "
-         "`dpmpp_3m` with `match_dpm_solver_code=True` (1.8–1.9 at larger N, docs/samplers.md), against 3.1 with "
-         "the Taylor weights (diffkit `dpmpp_3m`); the kit's σ grids cap orders at 2, so it passes there (1.87 "
-         "and 1.91; 1.72 and 1.76 at `--quick`, need 1.7). `match_dpm_solver_code=True` reproduces diffusers to float32 round-off (parity column)."),
+         "`dpmpp_3m` (its default weight since issue 16; 1.8–1.9 at larger N, docs/samplers.md), against 3.1 with "
+         "the Taylor weights (diffkit `dpmpp_3m` `d2_weight=\"taylor\"`); the kit's σ grids cap orders at 2, so it "
+         "passes there (1.87 and 1.91; 1.72 and 1.76 at `--quick`, need 1.7). diffkit's default `dpmpp_3m` "
+         "reproduces diffusers to float32 round-off (parity column)."),
         ("import math\n"
          "h = 0.1\n"
          "taylor = 1 - 2 * (math.exp(-h) - 1 + h) / h**2         # ∫ of the quadratic term per unit D2\n"

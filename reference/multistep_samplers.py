@@ -30,6 +30,28 @@ __all__ = ["dpmpp_2m_sample", "dpmpp_3m_sample", "unipc_sample"]
 # diffusers' lower_order_final rule for DPMSolverMultistepScheduler: fewer than 15 steps.
 _DPMPP_LOWER_ORDER_BELOW = 15
 
+# the weight of the second-derivative term of a third-order DPM-Solver++ step, relative to its
+# Taylor value: DPM-Solver's reference code (diffusers, k-diffusion) has half of it
+D2_SCALES = {"dpm_solver": 0.5, "taylor": 1.0}
+
+
+def d2_scale(d2_weight: str = "dpm_solver", match_dpm_solver_code: bool | None = None) -> float:
+    """The scale of the D'' term: 0.5 for d2_weight "dpm_solver", 1.0 for "taylor".
+
+    match_dpm_solver_code (the torch samplers' deprecated alias; None = not given) is "dpm_solver"
+    when True and "taylor" when False; with d2_weight "taylor" it must not say True.
+    """
+    if d2_weight not in D2_SCALES:
+        raise ValueError(f"d2_weight must be one of {', '.join(map(repr, D2_SCALES))}, got {d2_weight!r}")
+    if match_dpm_solver_code is None:
+        return D2_SCALES[d2_weight]
+    if type(match_dpm_solver_code) is not bool:  # 1 and 0 are not flags
+        raise ValueError(f"match_dpm_solver_code must be True or False, got {match_dpm_solver_code!r}")
+    alias = "dpm_solver" if match_dpm_solver_code else "taylor"
+    if d2_weight != "dpm_solver" and d2_weight != alias:
+        raise ValueError(f"match_dpm_solver_code={match_dpm_solver_code} contradicts d2_weight={d2_weight!r}")
+    return D2_SCALES[alias]
+
 
 def _vp(sigma: float) -> tuple[float, float, float]:
     """(alpha_t, sigma_t, lambda_t) of the sigma-form level sigma > 0."""
@@ -40,7 +62,7 @@ def _vp(sigma: float) -> tuple[float, float, float]:
 
 def _dpmpp_update(
     x_s: F64, alpha_t: float, sigma_t: float, sigma_s: float, h: float, m: list[F64], lams: list[float], order: int,
-    taylor: bool,
+    scale: float,
 ) -> F64:
     """One DPM-Solver++ multistep update in VP form, x_s -> x_t.
 
@@ -60,16 +82,15 @@ def _dpmpp_update(
     r1 = h1 / h
     d1_1 = (m[-2] - m[-3]) / r1
     d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)  # ~ h * dD/dlambda
-    d2 = (d1_0 - d1_1) / (r0 + r1)  # ~ h^2/2 * d2D/dlambda2
-    if taylor:
-        d2 = 2.0 * d2  # the Taylor term needs h^2 * d2D/dlambda2
+    d2 = (d1_0 - d1_1) / (r0 + r1)  # ~ h^2/2 * d2D/dlambda2, the reference code's D2
+    d2 = 2.0 * scale * d2  # the Taylor term needs h^2 * d2D/dlambda2 (scale 1); the reference code has half
     em = math.expm1(-h)
     return base + alpha_t * (em / h + 1.0) * d1 - alpha_t * ((em + h) / h**2 - 0.5) * d2
 
 
 def _dpmpp_sample(
     denoiser: Denoiser, x: ArrayLike, sigmas: ArrayLike, cond: Any, max_order: int, lower_order_final: bool,
-    taylor: bool,
+    scale: float,
 ) -> F64:
     s = _check_sigmas(sigmas)
     n = len(s) - 1
@@ -89,7 +110,7 @@ def _dpmpp_sample(
         order = min(max_order, i + 1)
         if lower_order_final and n < _DPMPP_LOWER_ORDER_BELOW and i == n - 2:
             order = min(order, 2)
-        x_vp = _dpmpp_update(x_vp, alpha_t, sigma_t, sigma_s, lam_t - lam_s, m, lams, order, taylor)
+        x_vp = _dpmpp_update(x_vp, alpha_t, sigma_t, sigma_s, lam_t - lam_s, m, lams, order, scale)
     return x_vp  # alpha = 1 at sigma = 0, so x_vp = y
 
 
@@ -101,7 +122,7 @@ def dpmpp_2m_sample(denoiser: Denoiser, x: ArrayLike, sigmas: ArrayLike, *, cond
         later steps: same with D = (1 + 1/(2r)) m_0 - 1/(2r) m_{-1},  r = h_{-1}/h
         last step (t: sigma = 0): x_t = m_0.
     """
-    return _dpmpp_sample(denoiser, x, sigmas, cond, 2, False, True)
+    return _dpmpp_sample(denoiser, x, sigmas, cond, 2, False, 1.0)
 
 
 def dpmpp_3m_sample(
@@ -111,7 +132,8 @@ def dpmpp_3m_sample(
     *,
     cond: Any = None,
     lower_order_final: bool = True,
-    match_dpm_solver_code: bool = False,
+    d2_weight: str = "dpm_solver",
+    match_dpm_solver_code: bool | None = None,
 ) -> F64:
     """DPM-Solver++(3M), data prediction, VP form (Lu et al. 2022; the multistep third-order
     update of their code and of diffusers' DPMSolverMultistepScheduler(solver_order=3)):
@@ -119,11 +141,13 @@ def dpmpp_3m_sample(
         x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) m_0 + alpha_t ((e^{-h} - 1)/h + 1) D1
               - alpha_t ((e^{-h} - 1 + h)/h^2 - 1/2) D2
 
-    with D1 ~ h D', D2 ~ h^2 D'' (match_dpm_solver_code=False, Taylor) or h^2 D''/2 (diffusers).
+    with D1 ~ h D', D2 ~ h^2 D''/2 (d2_weight "dpm_solver", the default: their code's, diffusers'
+    and k-diffusion's weight, second order) or h^2 D'' (d2_weight "taylor", third order).
     Orders 1, 2, then 3; the last step (into sigma = 0) is x_t = m_0; lower_order_final with
     fewer than 15 steps makes the second-to-last step second order.
     """
-    return _dpmpp_sample(denoiser, x, sigmas, cond, 3, lower_order_final, not match_dpm_solver_code)
+    scale = d2_scale(d2_weight, match_dpm_solver_code)
+    return _dpmpp_sample(denoiser, x, sigmas, cond, 3, lower_order_final, scale)
 
 
 def _unipc_coefficients(h: float, rks: list[float], order: int) -> tuple[F64, F64, float]:

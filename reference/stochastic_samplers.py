@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .multistep_samplers import d2_scale
 from .samplers import _check_sigmas, _x0_estimate
 
 __all__ = ["dpmpp_2m_sde_sample", "dpmpp_2s_ancestral_sample", "dpmpp_3m_sde_sample", "euler_ancestral_sample"]
@@ -245,13 +246,15 @@ def dpmpp_3m_sde_sample(
     *,
     eta: float = 1.0,
     s_noise: float = 1.0,
-    match_dpm_solver_code: bool = False,
+    d2_weight: str = "dpm_solver",
+    match_dpm_solver_code: bool | None = None,
     noise_sampler: Optional[NoiseSampler] = None,
     cond: Any = None,
 ) -> F64:
-    """DPM-Solver++(3M) SDE: orders 1, 2 (heun weight), then 3. The second-derivative term has its
-    Taylor weight, or half of it with match_dpm_solver_code (k-diffusion sample_dpmpp_3m_sde, second order)."""
+    """DPM-Solver++(3M) SDE: orders 1, 2 (heun weight), then 3. The second-derivative term has half
+    its Taylor weight with d2_weight "dpm_solver" (the default: k-diffusion's sample_dpmpp_3m_sde,
+    second order at eta = 0), or all of it with "taylor" (third order at eta = 0)."""
     return _sde_multistep(
         denoiser, x, sigmas, max_order=3, eta=eta, s_noise=s_noise, solver_type="heun",
-        d2_scale=0.5 if match_dpm_solver_code else 1.0, noise_sampler=noise_sampler, cond=cond,
+        d2_scale=d2_scale(d2_weight, match_dpm_solver_code), noise_sampler=noise_sampler, cond=cond,
     )

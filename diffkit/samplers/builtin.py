@@ -23,7 +23,10 @@ from diffkit_reference import samplers as reference
 from diffkit_reference import stochastic_samplers as stochastic_reference
 
 # (name, sampler, the check of its options, its float64 numpy twin, order, paper), by family; the
-# orders of the stochastic samplers are at η = 0
+# orders of the stochastic samplers are at η = 0. An order describes the sampler's default options
+# (the kit checks every option set against it): dpmpp_3m and dpmpp_3m_sde default to DPM-Solver's
+# half-weight second difference (d2_weight="dpm_solver"), second order; their d2_weight="taylor"
+# variant is third order, checked in tests/samplers.
 _DDPM_DDIM = (
     ("ddim", ddim, check_eta, reference.ddim_sample, 1, "Song et al. 2021"),
     ("ddpm", ddpm, check_variance, reference.ddpm_sample, 1, "Ho et al. 2020"),
@@ -41,8 +44,8 @@ _MULTISTEP_SOLVERS = (
     ("lms", lms, check_order, ode_reference.lms_sample, 4,
      "Adams-Bashforth on the σ grid, k-diffusion sample_lms (Crowson 2022)"),
     ("dpmpp_2m", dpmpp_2m, None, multistep_reference.dpmpp_2m_sample, 2, "Lu et al. 2022, DPM-Solver++ Alg. 2 (2M)"),
-    ("dpmpp_3m", dpmpp_3m, check_dpmpp_3m, multistep_reference.dpmpp_3m_sample, 3,
-     "Lu et al. 2022, DPM-Solver++(3M) (multistep, third order)"),
+    ("dpmpp_3m", dpmpp_3m, check_dpmpp_3m, multistep_reference.dpmpp_3m_sample, 2,
+     "Lu et al. 2022, DPM-Solver++(3M) (multistep; d2_weight='taylor': third order)"),
     ("unipc", unipc, check_unipc, multistep_reference.unipc_sample, 3,
      "Zhao et al. 2023, UniPC-p (UniP-p + UniC-p, B(h) = bh2), order p + 1"),
 )
@@ -54,8 +57,8 @@ _STOCHASTIC_SAMPLERS = (
      "Lu et al. 2022, DPM-Solver++ Alg. 1 (2S, r = 1/2) with ancestral noise"),
     ("dpmpp_2m_sde", dpmpp_2m_sde, check_dpmpp_2m_sde, stochastic_reference.dpmpp_2m_sde_sample, 2,
      "Lu et al. 2022, DPM-Solver++(2M) SDE (k-diffusion sample_dpmpp_2m_sde)"),
-    ("dpmpp_3m_sde", dpmpp_3m_sde, check_dpmpp_3m_sde, stochastic_reference.dpmpp_3m_sde_sample, 3,
-     "Lu et al. 2022, DPM-Solver++(3M) SDE (k-diffusion sample_dpmpp_3m_sde)"),
+    ("dpmpp_3m_sde", dpmpp_3m_sde, check_dpmpp_3m_sde, stochastic_reference.dpmpp_3m_sde_sample, 2,
+     "Lu et al. 2022, DPM-Solver++(3M) SDE (k-diffusion sample_dpmpp_3m_sde; d2_weight='taylor': third order)"),
 )
 
 

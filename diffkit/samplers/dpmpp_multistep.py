@@ -12,11 +12,15 @@ with φ_1(z) = (e^z − 1)/z, φ_{k+1}(z) = (φ_k(z) − 1/k!)/z. A multistep me
 
     order 1, DPM-Solver++(1) = DDIM:  y' = (σ'/σ) y + hφ_1 · D_0            (hφ_1(−h) = 1 − σ'/σ)
     order 2, DPM-Solver++(2M), Alg. 2: y' = (σ'/σ) y + hφ_1 · (D_0 + (D_0 − D_1)/(2 r_0))
-    order 3, DPM-Solver++(3M):         y' = (σ'/σ) y + h (φ_1 D_0 + φ_2 Δ1 + φ_3 Δ2)
+    order 3, DPM-Solver++(3M):         y' = (σ'/σ) y + h (φ_1 D_0 + φ_2 Δ1 + c·φ_3 Δ2)
 
 where D_j is the denoised value j steps back, h_j the λ-step that ended there, r_j = h_j/h,
-Δ1 ≈ h D' and Δ2 ≈ h² D'' (divided differences; see :func:`dpmpp_weights`). Every update is a
-weighted sum y' = (σ'/σ) y + Σ_j w_j D_j with float64 weights summing to 1 − σ'/σ.
+Δ1 ≈ h D' and Δ2 ≈ h² D'' (divided differences; see :func:`dpmpp_weights`). The weight c of
+the second difference is the option ``d2_weight`` (:data:`D2_WEIGHTS`): c = ½ as in
+DPM-Solver's reference code, and so in diffusers, k-diffusion and ComfyUI (``"dpm_solver"``,
+the default: a second-order method), or c = 1, the Taylor term (``"taylor"``: third order).
+Every update is a weighted sum y' = (σ'/σ) y + Σ_j w_j D_j with float64 weights summing to
+1 − σ'/σ.
 
 The step into σ' = 0 is always first order: there h = ∞ and every formula's limit is
 y' = D_0 (no log 0 is taken).
@@ -25,16 +29,67 @@ y' = D_0 (no log 0 is taken).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from diffkit.errors import ConfigError, check_choice
 from diffkit.samplers.common import check_flag, denoise, float32_state, report, sigma_levels
 from diffkit.samplers.contract import Callback, Denoiser, Generator
 
 # diffusers' rule for `lower_order_final`: below this many steps the last steps drop order.
 LOWER_ORDER_FINAL_BELOW = 15
+
+D2_WEIGHTS: tuple[str, ...] = ("dpm_solver", "taylor")
+"""The weights of the second difference Δ2 ≈ h²D'' in a third-order DPM-Solver++ step.
+
+``"dpm_solver"`` (the default of ``dpmpp_3m`` and ``dpmpp_3m_sde``): half the Taylor weight,
+as DPM-Solver's reference code has it, and diffusers' ``DPMSolverMultistepScheduler``
+(order 3), k-diffusion's ``sample_dpmpp_3m_sde`` and ComfyUI after it; the local error is then
+O(h³), a second-order method. ``"taylor"``: the full Taylor weight, a third-order method
+(docs/samplers.md has the derivation and the measured trade-off).
+"""
+DEFAULT_D2_WEIGHT = "dpm_solver"
+_ALIAS = "match_dpm_solver_code"
+
+
+def check_d2_weight(d2_weight: str, match_dpm_solver_code: bool | None = None) -> str:
+    """The Δ2 weight (one of :data:`D2_WEIGHTS`) that ``d2_weight`` and the deprecated alias ask for.
+
+    ``match_dpm_solver_code`` (deprecated; None = not given) is ``d2_weight="dpm_solver"`` when
+    True and ``d2_weight="taylor"`` when False. Given with a ``d2_weight`` other than the
+    default it must agree with it (an explicit ``"dpm_solver"`` cannot be told from the
+    default, so there the alias decides). Validates only; :func:`resolve_d2_weight` also warns.
+    """
+    check_choice("d2_weight", d2_weight, D2_WEIGHTS)
+    if match_dpm_solver_code is None:
+        return d2_weight
+    check_flag(_ALIAS, match_dpm_solver_code)
+    alias = "dpm_solver" if match_dpm_solver_code else "taylor"
+    if d2_weight != DEFAULT_D2_WEIGHT and d2_weight != alias:
+        raise ConfigError(
+            f"{_ALIAS}={match_dpm_solver_code} (deprecated) means d2_weight={alias!r}, which contradicts "
+            f"d2_weight={d2_weight!r}; pass d2_weight alone (valid: {', '.join(D2_WEIGHTS)})"
+        )
+    return alias
+
+
+def resolve_d2_weight(d2_weight: str, match_dpm_solver_code: bool | None, *, stacklevel: int = 4) -> bool:
+    """True for the Taylor weight of Δ2, False for the reference code's half (:func:`check_d2_weight`).
+
+    Warns with a :class:`DeprecationWarning` when the alias ``match_dpm_solver_code`` is given.
+    """
+    weight = check_d2_weight(d2_weight, match_dpm_solver_code)
+    if match_dpm_solver_code is not None:
+        warnings.warn(
+            f"{_ALIAS} is deprecated: use d2_weight={weight!r} (d2_weight='dpm_solver', half the Taylor "
+            "weight as in DPM-Solver's code, k-diffusion and diffusers, is now the default; "
+            "d2_weight='taylor' is the third-order variant)",
+            DeprecationWarning, stacklevel=stacklevel,
+        )
+    return weight == "taylor"
 
 
 def phi(k: int, z: float) -> float:
@@ -62,9 +117,10 @@ def dpmpp_weights(order: int, h: float, h_back: Sequence[float], *, taylor: bool
         order: 1, 2 or 3 (needs ``order − 1`` entries of ``h_back``).
         h: this step in λ, log(σ/σ') > 0.
         h_back: earlier λ-steps, newest first: h_back[0] ended at the current σ.
-        taylor: order 3 only. True: Δ2 = 2(D1_0 − D1_1)/(r_0 + r_1) ≈ h²D'', the Taylor term,
-            so the method is third order. False: diffusers'/k-diffusion's Δ2, half of that,
-            which leaves an O(h³) local error (the method is then second order).
+        taylor: order 3 only. True (``d2_weight="taylor"``): Δ2 = 2(D1_0 − D1_1)/(r_0 + r_1)
+            ≈ h²D'', the Taylor term, so the method is third order. False
+            (``d2_weight="dpm_solver"``): the reference code's Δ2, half of that, as in diffusers
+            and k-diffusion, which leaves an O(h³) local error (the method is then second order).
 
     Returns [w_0, …, w_{order−1}] with Σ w_j = hφ_1(−h) = 1 − σ'/σ.
     """
@@ -140,10 +196,12 @@ def _dpmpp_multistep(
     return x
 
 
-def check_dpmpp_3m(lower_order_final: bool, match_dpm_solver_code: bool) -> None:
-    """:func:`dpmpp_3m`'s options: two flags."""
+def check_dpmpp_3m(
+    lower_order_final: bool, d2_weight: str = DEFAULT_D2_WEIGHT, match_dpm_solver_code: bool | None = None
+) -> None:
+    """:func:`dpmpp_3m`'s options: a flag, a Δ2 weight of :data:`D2_WEIGHTS` (and its deprecated alias)."""
     check_flag("lower_order_final", lower_order_final)
-    check_flag("match_dpm_solver_code", match_dpm_solver_code)
+    check_d2_weight(d2_weight, match_dpm_solver_code)
 
 
 @float32_state
@@ -166,24 +224,31 @@ def dpmpp_2m(
 def dpmpp_3m(
     denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
     cond: Any = None, generator: Generator = None, callback: Callback | None = None,
-    lower_order_final: bool = True, match_dpm_solver_code: bool = False,
+    lower_order_final: bool = True, d2_weight: str = DEFAULT_D2_WEIGHT, match_dpm_solver_code: bool | None = None,
 ) -> torch.Tensor:
-    """DPM-Solver++(3M): third-order multistep DPM-Solver++ (Lu et al. 2022), one D per step.
+    """DPM-Solver++(3M): multistep DPM-Solver++ with a second difference (Lu et al. 2022), one D per step.
 
-    Orders per step: 1, 2, then 3; the last step into σ = 0 is first order; with
-    ``lower_order_final`` and fewer than 15 steps the second-to-last step is second order.
-    Deterministic; ``generator`` is accepted and unused.
+    The update y' = (σ'/σ) y + h (φ_1 D_0 + φ_2 Δ1 + c·φ_3 Δ2) takes orders 1, 2, then 3 of the
+    λ-expansion of D; the last step into σ = 0 is first order; with ``lower_order_final`` and
+    fewer than 15 steps the second-to-last step is second order. By default c = ½ as in
+    DPM-Solver's code: this is diffusers' ``DPMSolverMultistepScheduler(solver_order=3)``
+    exactly, and a second-order method. Deterministic; ``generator`` is accepted and unused.
 
     Args:
         lower_order_final: with fewer than 15 steps, take the second-to-last step at second
             order (diffusers' rule). The last step, into σ = 0, is first order either way.
-        match_dpm_solver_code: weight the second difference Δ2 as DPM-Solver's reference code
-            does (and diffusers and k-diffusion after it): half its Taylor value. Reproduces
-            their samples exactly, but the method is then only second order as the step count
-            grows (see docs/samplers.md).
+        d2_weight: the weight c of the second difference Δ2 ≈ h²D'' (:data:`D2_WEIGHTS`).
+            ``"dpm_solver"``: c = ½, the reference code's, diffusers' and k-diffusion's weight
+            (second order; at 10–50 steps within 0.4 % of the Taylor weight's error or better, up
+            to 2× better, on the problems of docs/samplers.md).
+            ``"taylor"``: c = 1, the Taylor term, third order (docs/samplers.md).
+        match_dpm_solver_code: deprecated alias: True is ``d2_weight="dpm_solver"``, False is
+            ``d2_weight="taylor"`` (a :class:`DeprecationWarning`; contradicting an explicit
+            ``d2_weight="taylor"`` is an error).
     """
-    check_dpmpp_3m(lower_order_final, match_dpm_solver_code)
+    check_flag("lower_order_final", lower_order_final)
+    taylor = resolve_d2_weight(d2_weight, match_dpm_solver_code)
     return _dpmpp_multistep(
-        denoiser, x, sigmas, max_order=3, lower_order_final=lower_order_final, taylor=not match_dpm_solver_code,
+        denoiser, x, sigmas, max_order=3, lower_order_final=lower_order_final, taylor=taylor,
         cond=cond, callback=callback,
     )

@@ -9,11 +9,13 @@ Notation as in :mod:`diffkit.samplers.dpmpp_multistep`: λ = −log σ (half-log
 reverse diffusion SDE, η = 0 the probability-flow ODE). With D expanded in λ around the
 current level and x = (1 + η)h, the step is exact up to that expansion:
 
-    y' = e^{−x} y + x·(φ_1(−x) D_0 + φ_2(−x) Δ1 + φ_3(−x) Δ2) + σ'·√(1 − e^{−2ηh}) · s_noise · z
+    y' = e^{−x} y + x·(φ_1(−x) D_0 + φ_2(−x) Δ1 + c·φ_3(−x) Δ2) + σ'·√(1 − e^{−2ηh}) · s_noise · z
 
 with φ_k from :func:`~diffkit.samplers.dpmpp_multistep.phi`, Δ1 ≈ h·dD/dλ, Δ2 ≈ h²·d²D/dλ²
-estimated from the denoised values of earlier steps, and e^{−x} = e^{−ηh}·σ'/σ. The
-step into σ' = 0 is y' = D_0 (the limit h → ∞; no log 0 and no noise).
+estimated from the denoised values of earlier steps, and e^{−x} = e^{−ηh}·σ'/σ. The weight c
+of Δ2 is ``d2_weight`` (:data:`~diffkit.samplers.dpmpp_multistep.D2_WEIGHTS`): ½ by default,
+as in k-diffusion's ``sample_dpmpp_3m_sde``, or 1, the Taylor term. The step into σ' = 0 is
+y' = D_0 (the limit h → ∞; no log 0 and no noise).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import torch
 from diffkit.errors import check_choice
 from diffkit.samplers.common import (
     check_eta_s_noise,
-    check_flag,
     default_noise_sampler,
     denoise,
     float32_state,
@@ -35,7 +36,7 @@ from diffkit.samplers.common import (
     sigma_levels,
 )
 from diffkit.samplers.contract import Callback, Denoiser, Generator, NoiseSampler
-from diffkit.samplers.dpmpp_multistep import phi
+from diffkit.samplers.dpmpp_multistep import DEFAULT_D2_WEIGHT, check_d2_weight, phi, resolve_d2_weight
 
 SOLVER_TYPES = ("midpoint", "heun")
 
@@ -46,9 +47,11 @@ def check_dpmpp_2m_sde(eta: float, s_noise: float, solver_type: str) -> tuple[fl
     return check_eta_s_noise(eta, s_noise)
 
 
-def check_dpmpp_3m_sde(eta: float, s_noise: float, match_dpm_solver_code: bool) -> tuple[float, float]:
-    """:func:`dpmpp_3m_sde`'s options: η and s_noise finite ≥ 0, a flag."""
-    check_flag("match_dpm_solver_code", match_dpm_solver_code)
+def check_dpmpp_3m_sde(
+    eta: float, s_noise: float, d2_weight: str = DEFAULT_D2_WEIGHT, match_dpm_solver_code: bool | None = None
+) -> tuple[float, float]:
+    """:func:`dpmpp_3m_sde`'s options: η and s_noise finite ≥ 0, a Δ2 weight (and its deprecated alias)."""
+    check_d2_weight(d2_weight, match_dpm_solver_code)
     return check_eta_s_noise(eta, s_noise)
 
 
@@ -62,7 +65,8 @@ def _sde_weights(
         h: this step in λ, log(σ/σ') > 0; x = (1 + η)h.
         h_back: earlier λ-steps, newest first: h_back[0] ended at the current σ.
         solver_type: order 2 only: ``"midpoint"`` or ``"heun"`` (k-diffusion's 2M SDE).
-        taylor: order 3 only: Δ2 ≈ h²D'' (True) or k-diffusion's half of it (False).
+        taylor: order 3 only: Δ2 ≈ h²D'' (True, ``d2_weight="taylor"``) or k-diffusion's half
+            of it (False, ``d2_weight="dpm_solver"``).
 
     Returns [w_0, …] with Σ w_j = 1 − e^{−x}, so a constant D is reproduced exactly.
     """
@@ -156,29 +160,33 @@ def dpmpp_2m_sde(
 def dpmpp_3m_sde(
     denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
     cond: Any = None, generator: Generator = None, callback: Callback | None = None,
-    eta: float = 1.0, s_noise: float = 1.0, match_dpm_solver_code: bool = False,
-    noise_sampler: NoiseSampler | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, d2_weight: str = DEFAULT_D2_WEIGHT,
+    match_dpm_solver_code: bool | None = None, noise_sampler: NoiseSampler | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(3M) SDE (k-diffusion ``sample_dpmpp_3m_sde``), one D per step.
 
-    Orders per step: 1, 2 (the Taylor/"heun" weight), then 3; the last step into σ = 0
-    returns D. With η = 0 it is the deterministic DPM-Solver++(3M).
+    Orders per step: 1, 2 (the Taylor/"heun" weight), then the second difference; the last
+    step into σ = 0 returns D. With η = 0 it is the deterministic DPM-Solver++(3M).
 
-    k-diffusion (and DPM-Solver's reference code) weight the second difference Δ2 by half
-    its Taylor value, which leaves an O(h³) local error: that solver is second order.
-    By default Δ2 ≈ h²D'' carries its exact weight xφ_3(−x), so the η = 0 solver is third
-    order; ``match_dpm_solver_code=True`` restores k-diffusion's weight and its samples.
+    By default the second difference Δ2 gets half its Taylor value, xφ_3(−x)/2, as in
+    k-diffusion (and DPM-Solver's reference code): with the same noise this is k-diffusion's
+    ``sample_dpmpp_3m_sde`` exactly, and its η = 0 solver is second order (an O(h³) local
+    error). ``d2_weight="taylor"`` gives Δ2 ≈ h²D'' its full weight, a third-order η = 0 solver.
 
     Args:
         eta: η ≥ 0, the noise scale (1: reverse SDE, 0: ODE).
         s_noise: multiplier of the added noise.
-        match_dpm_solver_code: use k-diffusion's Δ2 weight, half the Taylor value (second order;
-            see docs/samplers.md).
+        d2_weight: the weight of Δ2 (:data:`~diffkit.samplers.dpmpp_multistep.D2_WEIGHTS`):
+            ``"dpm_solver"``, half the Taylor value (k-diffusion's; second order), or
+            ``"taylor"``, the full value (third order; see docs/samplers.md).
+        match_dpm_solver_code: deprecated alias: True is ``d2_weight="dpm_solver"``, False is
+            ``d2_weight="taylor"`` (a :class:`DeprecationWarning`).
         noise_sampler: ``(sigma, sigma_next) -> N(0, I) like x``; defaults to fresh draws from
             ``generator``. Called once per step with η·s_noise > 0, except the last.
     """
-    eta, s_noise = check_dpmpp_3m_sde(eta, s_noise, match_dpm_solver_code)
+    eta, s_noise = check_eta_s_noise(eta, s_noise)
+    taylor = resolve_d2_weight(d2_weight, match_dpm_solver_code)
     return _dpmpp_sde(
         denoiser, x, sigmas, max_order=3, eta=eta, s_noise=s_noise, solver_type="heun",
-        taylor=not match_dpm_solver_code, cond=cond, generator=generator, callback=callback, noise_sampler=noise_sampler,
+        taylor=taylor, cond=cond, generator=generator, callback=callback, noise_sampler=noise_sampler,
     )

@@ -48,8 +48,9 @@ OBSERVABLE_ORDER: dict[str, float] = {"sigma": 2.0, "flow": 1.5}
 Flow path: uniform t does not refine in λ = −log σ at either end — near t = 1 (σ ≈ 3N/i) and
 near t = 0 (σ ≈ 3k/N) the k-th step spans log(1 + 1/k) whatever N is — so the error of a
 second-order method falls as N⁻² only asymptotically, with log N factors, and slowly: measured
-at 64/128/256 steps, ``dpmpp_3m`` shows 1.42 (it reaches 1.8 at 256–1024 steps), ``dpmpp_2m``
-1.60, ``heun`` in flow time 1.76, ``unipc`` 2.07 (docs/samplers.md). A cap of 1.5 still
+at 64/128/256 steps, ``dpmpp_3m`` shows 1.65 (with ``d2_weight="taylor"`` 1.42, reaching 1.8 at
+256–1024 steps), ``dpmpp_2m`` 1.60, ``heun`` in flow time 1.76, ``unipc`` 2.07
+(docs/samplers.md). A cap of 1.5 still
 requires 1.2 of every declared second-order method, far above the ≈ 0 of a biased step.
 """
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -37,8 +38,8 @@ CONFIGS = [
     ("dpmpp_2m", {}),
     ("dpmpp_3m", {}),
     ("dpmpp_3m", {"lower_order_final": False}),
-    ("dpmpp_3m", {"match_dpm_solver_code": True}),
-    ("dpmpp_3m", {"match_dpm_solver_code": True, "lower_order_final": False}),
+    ("dpmpp_3m", {"d2_weight": "taylor"}),
+    ("dpmpp_3m", {"d2_weight": "taylor", "lower_order_final": False}),
     ("unipc", {"order": 1}),
     ("unipc", {}),
     ("unipc", {"lower_order_final": False}),
@@ -193,7 +194,7 @@ def median_errors(name: str, options: dict, steps) -> list[float]:
     "name, options, order",
     [
         ("dpmpp_2m", {}, 2),
-        ("dpmpp_3m", {}, 3),
+        ("dpmpp_3m", {"d2_weight": "taylor"}, 3),  # the full Taylor weight of Δ2
         ("unipc", {"order": 1}, 2),  # UniPC-p has order p + 1 (Zhao et al. 2023, Thm. 3.3)
         ("unipc", {}, 3),
         ("unipc", {"order": 3}, 4),
@@ -205,11 +206,13 @@ def test_measured_convergence_order(name, options, order):
     assert abs(slope - order) < 0.3, (errors, slope)
 
 
-def test_diffusers_third_order_term_leaves_a_second_order_method():
-    # diffusers'/k-diffusion's 3M weights the D2 term by half the Taylor value: O(h³) local error
-    errors = median_errors("dpmpp_3m", {"match_dpm_solver_code": True}, (256, 512))
+def test_the_default_dpm_solver_weight_is_a_second_order_method():
+    # the default, diffusers'/k-diffusion's 3M, weights the D2 term by half the Taylor value: O(h³)
+    # local error; its order shows as 2 only from about 256 steps (1.5 at 64–256 here)
+    errors = median_errors("dpmpp_3m", {}, (256, 512))
     slope = math.log2(errors[0] / errors[1])
     assert 1.6 < slope < 2.3, (errors, slope)
+    assert median_errors("dpmpp_3m", {"d2_weight": "dpm_solver"}, (256,)) == errors[:1]  # the default, spelled out
 
 
 # -- options, dtypes, reruns -----------------------------------------------------------------
@@ -223,8 +226,11 @@ def test_unipc_rejects_bad_orders(order):
         diffkit.build("sampler", "unipc", order=order)  # refused when chosen, before any step
 
 
-@pytest.mark.parametrize("value", [1, 0, "yes", None])
-@pytest.mark.parametrize("option", ["lower_order_final", "match_dpm_solver_code"])
+@pytest.mark.parametrize(
+    "option, value",
+    # None is the deprecated alias' "not given"
+    [("lower_order_final", v) for v in (1, 0, "yes", None)] + [("match_dpm_solver_code", v) for v in (1, 0, "yes")],
+)
 def test_boolean_options_must_be_booleans(option, value):
     with pytest.raises(ConfigError, match=f"{option} must be True or False"):
         dpmpp_3m(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), **{option: value})
@@ -233,6 +239,50 @@ def test_boolean_options_must_be_booleans(option, value):
     if option == "lower_order_final":
         with pytest.raises(ConfigError, match="lower_order_final must be True or False"):
             unipc(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), lower_order_final=value)
+
+
+@pytest.mark.parametrize("name", ["dpmpp_3m", "dpmpp_3m_sde"])
+@pytest.mark.parametrize("value", ["half", "Taylor", "", None, 0.5, True])
+def test_d2_weight_must_be_a_named_weight(name, value):
+    message = r"unknown d2_weight .*\(valid: dpm_solver, taylor\)"
+    with pytest.raises(UnknownNameError, match=message):
+        diffkit.get("sampler", name)(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), d2_weight=value)
+    with pytest.raises(ConfigError, match=message):
+        diffkit.build("sampler", name, d2_weight=value)  # refused when chosen, naming the valid weights
+
+
+@pytest.mark.parametrize("name", ["dpmpp_3m", "dpmpp_3m_sde"])
+def test_match_dpm_solver_code_is_a_deprecated_alias_of_d2_weight(name):
+    sampler = diffkit.get("sampler", name)
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 80
+
+    def run(**options):
+        return sampler(denoiser_torch, x, karras_sigmas(12, 0.01, 80.0), generator=torch.Generator().manual_seed(5),
+                       **options)
+
+    default, taylor = run(), run(d2_weight="taylor")
+    assert (default - taylor).abs().max() > 1e-6  # two algorithms
+    assert torch.equal(run(d2_weight="dpm_solver"), default)
+    for flag, expected, weight in ((True, default, "dpm_solver"), (False, taylor, "taylor")):
+        with pytest.warns(DeprecationWarning, match=f"match_dpm_solver_code is deprecated: use d2_weight='{weight}'"):
+            assert torch.equal(run(match_dpm_solver_code=flag), expected)
+        with pytest.warns(DeprecationWarning):
+            assert torch.equal(run(match_dpm_solver_code=flag, d2_weight=weight), expected)  # both, agreeing
+    # both, contradicting: refused by the sampler and when chosen
+    with pytest.raises(ConfigError, match="match_dpm_solver_code=True .* contradicts d2_weight='taylor'"):
+        run(match_dpm_solver_code=True, d2_weight="taylor")
+    with pytest.raises(ConfigError, match="contradicts d2_weight='taylor'"):
+        diffkit.build("sampler", name, match_dpm_solver_code=True, d2_weight="taylor")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # choosing a sampler with the alias is checked, not warned twice
+        diffkit.build("sampler", name, match_dpm_solver_code=False)
+        run(d2_weight="taylor")  # the new spelling never warns
+
+
+@pytest.mark.parametrize("name", ["dpmpp_3m", "dpmpp_3m_sde"])
+def test_the_registry_declares_the_default_s_order(name):
+    # the kit holds every option set to the declared order; it describes the default (second order)
+    assert diffkit.registry.get_entry("sampler", name).metadata["order"] == 2
 
 
 def test_unknown_options_are_rejected_with_the_valid_ones():
@@ -356,17 +406,18 @@ def test_dpmpp_matches_diffusers_dpmsolver_multistep(
     if solver_order == 2:  # lower_order_final changes nothing here: the step into σ = 0 is first order
         ours = dpmpp_2m(denoiser, y, sigmas)
     else:
-        ours = dpmpp_3m(denoiser, y, sigmas, lower_order_final=lower_order_final, match_dpm_solver_code=True)
+        ours = dpmpp_3m(denoiser, y, sigmas, lower_order_final=lower_order_final)  # the default weight
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
 
 
-def test_dpmpp_3m_default_differs_from_diffusers_only_once_third_order_steps_start(dpmsolver_in_float64):
+def test_dpmpp_3m_taylor_differs_from_diffusers_only_once_third_order_steps_start(dpmsolver_in_float64):
     for steps in (2, 3, 4, 5):  # with lower_order_final, 4 steps take orders 1, 2, 2, 1
         schedule, peer, sigmas = make_peer("DPMSolverMultistepScheduler", "linear", "linear", "linspace", steps,
                                            algorithm_type="dpmsolver++", solver_order=3)
         model = ExactVPModel(schedule, "eps")
         x_t, y = start_point(sigmas)
-        gap = (dpmpp_3m(diffkit.VPDenoiser(model, schedule), y, sigmas) - peer_loop(peer, model, x_t)[-1]).abs().max()
+        taylor = dpmpp_3m(diffkit.VPDenoiser(model, schedule), y, sigmas, d2_weight="taylor")
+        gap = (taylor - peer_loop(peer, model, x_t)[-1]).abs().max()
         assert (gap < 1e-10) == (steps <= 4), (steps, gap)
 
 

@@ -307,7 +307,7 @@ BAD_OPTIONS = {
     "euler_ancestral": ({"s_noise": math.inf}, "s_noise must be a finite number ≥ 0"),
     "dpmpp_2s_ancestral": ({"eta": "1"}, "eta must be a finite number ≥ 0"),
     "dpmpp_2m_sde": ({"solver_type": "rk4"}, "solver_type"),
-    "dpmpp_3m_sde": ({"match_dpm_solver_code": None}, "match_dpm_solver_code must be True or False"),
+    "dpmpp_3m_sde": ({"d2_weight": "half"}, r"unknown d2_weight 'half' \(valid: dpm_solver, taylor\)"),
 }
 
 

@@ -45,7 +45,7 @@ def _extra_options(name: str, data) -> dict:
     if name == "dpmpp_2m_sde":
         return {"solver_type": data.draw(st.sampled_from(["midpoint", "heun"]))}
     if name == "dpmpp_3m_sde":
-        return {"match_dpm_solver_code": data.draw(st.booleans())}
+        return {"d2_weight": data.draw(st.sampled_from(["dpm_solver", "taylor"]))}
     return {}
 
 
@@ -184,11 +184,11 @@ def _observed_order(fn, **options) -> float:
         (dpmpp_2s_ancestral, {}, 2),
         (dpmpp_2m_sde, {"solver_type": "midpoint"}, 2),
         (dpmpp_2m_sde, {"solver_type": "heun"}, 2),
-        (dpmpp_3m_sde, {}, 3),
-        (dpmpp_3m_sde, {"match_dpm_solver_code": True}, 2),  # k-diffusion's half-weight Δ2: second order
+        (dpmpp_3m_sde, {}, 2),  # the default: k-diffusion's half-weight Δ2, second order
+        (dpmpp_3m_sde, {"d2_weight": "taylor"}, 3),  # the full Taylor weight: third order
     ],
     ids=["euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_2m_sde-midpoint", "dpmpp_2m_sde-heun", "dpmpp_3m_sde",
-         "dpmpp_3m_sde-k-diffusion"],
+         "dpmpp_3m_sde-taylor"],
 )
 def test_with_eta_zero_the_solver_converges_with_its_order(fn, options, order):
     observed = _observed_order(fn, **options)
@@ -222,6 +222,8 @@ def test_bad_solver_type_and_flag_are_rejected():
         dpmpp_2m_sde(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), solver_type="huen")
     with pytest.raises(ConfigError, match="did you mean 'midpoint'|valid: .*midpoint"):
         diffkit.build("sampler", "dpmpp_2m_sde", solver_type="euler")
+    with pytest.raises(UnknownNameError, match=r"unknown d2_weight 'tailor'; did you mean 'taylor'\?"):
+        dpmpp_3m_sde(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), d2_weight="tailor")
     with pytest.raises(ConfigError, match="match_dpm_solver_code must be True or False"):
         dpmpp_3m_sde(denoiser_torch, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), match_dpm_solver_code=1)
     with pytest.raises(UnknownNameError, match="unknown option .* 'solver_type'"):

@@ -334,8 +334,8 @@ class TruncatedTime(Velocity):
 MULTISTEP_PEERS = [
     ("dpmpp_2m", {}, "DPMSolverMultistepScheduler", {}),
     ("unipc", {}, "UniPCMultistepScheduler", {}),
-    # diffusers' third-order term is DPM-Solver's code's (half the Taylor weight): match_dpm_solver_code
-    ("dpmpp_3m", {"match_dpm_solver_code": True}, "DPMSolverMultistepScheduler", {"solver_order": 3}),
+    # diffusers' third-order term is DPM-Solver's code's (half the Taylor weight): dpmpp_3m's default
+    ("dpmpp_3m", {}, "DPMSolverMultistepScheduler", {"solver_order": 3}),
     ("unipc", {"order": 3}, "UniPCMultistepScheduler", {"solver_order": 3}),
 ]
 

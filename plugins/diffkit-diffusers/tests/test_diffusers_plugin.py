@@ -127,7 +127,7 @@ PEERS = [  # (diffusers entry, its options, diffkit sampler, its options)
     ("dpm2", {}, "dpm2", {}),
     ("lms", {}, "lms", {}),
     ("dpmsolver_multistep", {}, "dpmpp_2m", {}),
-    ("dpmsolver_multistep", {"solver_order": 3}, "dpmpp_3m", {"match_dpm_solver_code": True}),
+    ("dpmsolver_multistep", {"solver_order": 3}, "dpmpp_3m", {}),
     ("unipc", {}, "unipc", {}),
     ("unipc", {"solver_order": 3}, "unipc", {"order": 3}),
     ("ddim", {"clip_sample": False}, "ddim", {}),
@@ -163,14 +163,14 @@ def test_equals_the_diffkit_sampler_on_diffusers_own_grid(entry, options, peer, 
 
 
 def test_diffusers_third_order_dpm_solver_is_not_the_taylor_third_order_method():
-    # the halved second difference (docs/samplers.md): diffusers' order 3 equals dpmpp_3m only with
-    # match_dpm_solver_code=True (above), and differs from the Taylor weights once third-order steps start
+    # the halved second difference (docs/samplers.md): diffusers' order 3 equals dpmpp_3m's default
+    # (above), and differs from d2_weight="taylor" once third-order steps start
     sigmas = own_grid("dpmsolver_multistep", 12, {})
     denoise = torch_from_numpy(problems.data("mixture"))
     x = torch.randn(8, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * float(sigmas[0])
     theirs = diffkit.build("sampler", "diffusers.dpmsolver_multistep", solver_order=3)(lambda y, s, c=None: denoise(y, s),
                                                                                       x, sigmas)
-    taylor = diffkit.build("sampler", "dpmpp_3m")(lambda y, s, c=None: denoise(y, s), x, sigmas)
+    taylor = diffkit.build("sampler", "dpmpp_3m", d2_weight="taylor")(lambda y, s, c=None: denoise(y, s), x, sigmas)
     assert float((theirs - taylor).abs().max() / taylor.abs().max()) > 1e-4
 
 
