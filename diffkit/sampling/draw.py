@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from diffkit import registry
-from diffkit.errors import ConfigError, InsufficientMemoryError, NonFiniteError, ShapeError
+from diffkit.errors import ConfigError, InsufficientMemoryError, NonFiniteError, ShapeError, check_choice
 from diffkit.io.state_dicts import available_devices, check_device
 from diffkit.samplers.common import Callback, Generator, as_generator, check_flag, is_integer, randn_like
 from diffkit.sampling.paths import START_NOISE, check_noise, path_form_of, start_sample
@@ -116,8 +116,7 @@ def sample(
         raise ConfigError(f"callback must be a function taking the step's dict, or None; got {callback!r}")
     check_denoiser(denoiser)
     check_flag("check_finite", check_finite)
-    if start_noise not in START_NOISE:
-        raise ConfigError(f"start_noise must be one of {', '.join(START_NOISE)}, got {start_noise!r}")
+    check_choice("start_noise", start_noise, START_NOISE)
     if noise is not None:
         check_noise(noise, shape)
     if isinstance(schedule, str):

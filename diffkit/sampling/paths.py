@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from diffkit.errors import ConfigError, ShapeError
+from diffkit.errors import ConfigError, ShapeError, UnknownNameError
 
 PATH_FORMS = ("vp", "flow")
 START_NOISE = ("sigma", "path")
@@ -74,4 +74,4 @@ def start_sample(z: torch.Tensor, sigma_0: float, start: str, form: str) -> torc
         return z * sigma_0
     if start == "path":
         return from_path_form(z, sigma_0, form)
-    raise ConfigError(f"start_noise must be one of {', '.join(START_NOISE)}, got {start!r}")
+    raise UnknownNameError("start_noise", start, START_NOISE)

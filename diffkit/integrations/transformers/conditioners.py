@@ -215,28 +215,17 @@ class TransformersTextConditioner(Conditioner):
     def prepare(self, inputs: Any, generator: torch.Generator | None) -> list[str]:
         return check_prompts(inputs)
 
-    def forward(
-        self,
-        inputs: Any,
-        *,
-        force_drop: bool | torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Conditioning:
-        """The record of the prompts, with dropped samples ∅ (the base class's rule).
-
-        The drop decisions are drawn as the base class draws them; ∅ is only computed when a
-        sample may be dropped, and the prompts are not encoded when all are (``force_drop=True``).
-        """
-        texts = self.prepare(inputs, generator)
-        drop = self.drop_mask(len(texts), force_drop=force_drop, generator=generator, device=self.module_device())
-        if force_drop is True:
-            return self.null(len(texts))
-        if isinstance(force_drop, torch.Tensor) or (self.training and self.drop_prob > 0):
-            return self.apply_drop(texts, drop)
-        return self.encode(texts)
-
     def apply_drop(self, batch: Sequence[str], drop: torch.Tensor) -> Conditioning:
-        return self.encode(list(batch)).where(drop, self.null_record())
+        """The record of the prompts, the samples marked in ``drop`` (bool [B]) ∅.
+
+        The encoders run only as far as needed: no prompt is encoded when every sample is
+        dropped (``force_drop=True``), and ∅ is not computed when none is (eval mode).
+        """
+        if bool(drop.all()):
+            return self.null(len(batch))
+        if not bool(drop.any()):
+            return self.encode(batch)
+        return self.encode(batch).where(drop, self.null_record())
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> Conditioning:

@@ -258,6 +258,23 @@ def test_force_drop_tensor_and_eval_mode(cases):
     assert torch.equal(conditioner(PROMPTS, force_drop=False).context, plain.context)
 
 
+def test_the_encoders_run_only_for_what_is_kept_or_dropped(cases, monkeypatch):
+    """All dropped (CFG's ∅ branch): no prompt is encoded; none dropped (eval): ∅ is not built."""
+    conditioner = cases("sd").conditioner()
+    calls: list[str] = []
+    encode, null = conditioner._encode, conditioner._null
+    monkeypatch.setattr(conditioner, "_encode", lambda texts: calls.append("encode") or encode(texts))
+    monkeypatch.setattr(conditioner, "_null", lambda: calls.append("null") or null())
+    conditioner(PROMPTS, force_drop=True)
+    assert calls == ["null"]
+    calls.clear()
+    conditioner(PROMPTS)
+    assert calls == ["encode"]
+    calls.clear()
+    conditioner(PROMPTS, force_drop=torch.tensor([True, False, False, True, False]))
+    assert sorted(calls) == ["encode", "null"]
+
+
 def test_dtype_and_device_follow_the_module(cases):
     case = cases("sdxl")
     conditioner = copy.deepcopy(case.conditioner()).to(torch.float64)
