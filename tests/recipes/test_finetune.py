@@ -223,6 +223,9 @@ def test_the_trainer_optimises_and_averages_only_the_backbone_of_a_loaded_pipeli
     for name, before in frozen.items():
         assert identical(weights(getattr(pipeline, name)), before)
         assert identical(weights(getattr(trainer.ema_pipeline(), name)), before)
+        # the EMA holds no second copy of the frozen encoders: it shares their parameters
+        ema_part, live_part = getattr(trainer.ema_pipeline(), name), getattr(pipeline, name)
+        assert all(a is b for a, b in zip(ema_part.parameters(), live_part.parameters(), strict=True))
     assert not identical(weights(trainer.ema_pipeline().backbone), weights(diffkit.load_pretrained(
         folders["sd" if _has_text_conditioners() else "dit"]).backbone))
 

@@ -175,6 +175,24 @@ def test_ema_follows_its_equation():
     assert warm.current_decay() == pytest.approx(1 / 10)  # (1 + 0)/(10 + 0)
 
 
+def test_ema_shares_frozen_parameters_instead_of_copying_them():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    model[0].requires_grad_(False)  # e.g. a pipeline's frozen encoder
+    ema = EMA(model, decay=0.5, warmup=False)
+    assert ema.module[0].weight is model[0].weight and ema.module[0].bias is model[0].bias
+    assert ema.module[1].weight.data_ptr() != model[1].weight.data_ptr()  # the trained part is a copy
+    assert model[1].weight.requires_grad  # making the EMA froze only its own copy
+    before = model[1].weight.detach().clone()
+    with torch.no_grad():
+        model[1].weight.add_(2.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.module[1].weight, before + 1.0, rtol=0, atol=1e-6)
+    assert ema.module[0].weight.equal(model[0].weight)
+    model[0].weight.requires_grad_(True)  # unfrozen after the EMA was made: it would never be averaged
+    with pytest.raises(ConfigError, match="parameter '0.weight' was frozen when the EMA was made"):
+        ema.update(model)
+
+
 def test_batches_visit_every_example_once_per_epoch():
     size, batch = 10, 4
     stream = torch.cat([batch_indices(size, 7, cursor, batch) for cursor in range(0, 3 * size, batch)])
