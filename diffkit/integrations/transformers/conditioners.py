@@ -173,8 +173,13 @@ class TransformersTextConditioner(Conditioner):
                 raise ConfigError(f"{name} must be a transformers {class_name}, got {type(encoder).__name__}")
             self.add_module(name, encoder.requires_grad_(False).eval())
             setattr(self, tokenizer_name, TextTokenizer(spec))
-            if class_name == CLIP and not hasattr(encoder, "text_model"):
+            if class_name == CLIP and "text_model" not in encoder._modules:
                 flat.append(name)
+                # transformers 5's flat CLIPTextModel: its keys get the checkpoints' text_model.
+                # prefix (the hooks below); a plain attribute text_model → the model itself (not a
+                # submodule: nothing is registered twice) lets whoever resolves those keys as
+                # attribute paths find them (FSDP's get/set_model_state_dict)
+                object.__setattr__(encoder, "text_model", encoder)
         self._flat_clip = tuple(flat)
         self._register_state_dict_hook(_to_checkpoint_keys)
         self._register_load_state_dict_pre_hook(_from_checkpoint_keys, with_module=True)
