@@ -52,6 +52,7 @@ from diffkit.io.components import entry_for_config, load_component, save_pretrai
 from diffkit.io.files import read_json_object
 from diffkit.io.records import check_numbers, check_record, naming_errors, short
 from diffkit.io.state_dicts import check_device, check_dtype
+from diffkit.models.backbones.sizes import MAX_SIDE, sample_shape_at, spacing_options_at
 from diffkit.models.conditioners.concat import ConcatConditioner
 from diffkit.runtime.precision import BF16Network, bf16_enabled
 from diffkit.samplers.common import Callback, as_generator, is_integer
@@ -70,7 +71,7 @@ PIPELINE_FILE = "pipeline.json"  # what makes a folder a saved pipeline
 PIPELINE_FORMAT_VERSION = 1
 ComponentSpec = Any  # a registry name, a (name, config) pair, or an object
 COMPONENT_KINDS = ("backbone", "conditioner", "autoencoder")  # the modules of a pipeline, in save order
-MAX_SAMPLE_SIDE = 2**16  # largest size of one sample_shape dimension
+MAX_SAMPLE_SIDE = MAX_SIDE  # largest size of one sample_shape dimension
 MAX_DEFAULT_STEPS = 10_000
 
 
@@ -325,9 +326,15 @@ class Pipeline(nn.Module):
     # -- conditioning ----------------------------------------------------------------------
 
     def condition(
-        self, inputs: Any, *, force_drop: Any = None, generator: torch.Generator | None = None
+        self, inputs: Any, *, force_drop: Any = None, generator: torch.Generator | None = None,
+        image_size: tuple[int, int] | None = None,
     ) -> Any:
-        """The backbone's conditioning record for user ``inputs`` (None without a conditioner)."""
+        """The backbone's conditioning record for user ``inputs`` (None without a conditioner).
+
+        ``image_size`` (height, width) in pixels: the size the record is for, where the
+        conditioning depends on it (SDXL's time ids; :meth:`Conditioner.for_image_size`); None:
+        the pipeline's own.
+        """
         if self.conditioner is None:
             if inputs is not None:
                 raise ConfigError("this pipeline has no conditioner: pass cond=None")
@@ -337,7 +344,10 @@ class Pipeline(nn.Module):
                 f"this pipeline is conditioned by a {type(self.conditioner).__name__}: pass cond= "
                 "(e.g. class labels or prompts)"
             )
-        record = self.conditioner(inputs, force_drop=force_drop, generator=generator)
+        conditioner = self.conditioner
+        if image_size is not None and callable(getattr(conditioner, "for_image_size", None)):
+            conditioner = conditioner.for_image_size(*image_size)
+        record = conditioner(inputs, force_drop=force_drop, generator=generator)
         return self._on_backbone_device(record)
 
     def _backbone_device(self) -> torch.device | None:
@@ -420,7 +430,8 @@ class Pipeline(nn.Module):
         callback: Callback | None = None, sampler: str | None = None, sampler_options: Mapping[str, Any] | None = None,
         spacing: str | None = None, spacing_options: Mapping[str, Any] | None = None,
         sigmas: torch.Tensor | Sequence[float] | None = None, decode: bool = True, progress: bool = False,
-        precision: str = "auto", noise: torch.Tensor | None = None,
+        precision: str = "auto", noise: torch.Tensor | None = None, height: int | None = None,
+        width: int | None = None,
     ) -> torch.Tensor:
         """``n`` samples [n, C, H, W] (images in about [−1, 1], or latents with ``decode=False``).
 
@@ -457,11 +468,17 @@ class Pipeline(nn.Module):
             progress: show a progress bar (steps, it/s) while sampling.
             precision: the backbone's precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on the
                 CPU), ``"fp32"`` or ``"bf16"``; the sampler's arithmetic is fp32/fp64 either way.
-            noise: the initial unit Gaussian noise z [n, *sample_shape] (default: drawn from
-                ``generator``), read by the pipeline's ``start_noise`` rule — for a pipeline
-                loaded from a diffusers folder exactly as that pipeline reads ``latents=``
-                (Flux: the unpacked latents [n, C, H, W]). Stochastic samplers still draw their
-                later noise from ``generator``.
+            noise: the initial unit Gaussian noise z [n, C, h, w] (``sample_shape``, or the
+                shape at ``height`` × ``width``; default: drawn from ``generator``), read by the
+                pipeline's ``start_noise`` rule — for a pipeline loaded from a diffusers folder
+                exactly as that pipeline reads ``latents=`` (Flux: the unpacked latents
+                [n, C, h, w]). Stochastic samplers still draw their later noise from ``generator``.
+            height, width: the image size in pixels, as diffusers' pipelines take it (None: the
+                pipeline's own, ``sample_shape`` times the autoencoder's downsampling factor).
+                Another size needs a backbone that runs at other sizes (UNets: sides divisible
+                by 2^(levels − 1) latent pixels; PixArt, SD3, Flux: by their patch, SD3 up to its
+                position table; not DiT) and is refused before any work otherwise. The grid of
+                a Flux pipeline's dynamic shift follows the size, as do SDXL's time ids.
         """
         if not is_integer(n) or n < 1:
             raise ConfigError(f"n must be an integer ≥ 1, got {short(n)}")
@@ -470,8 +487,10 @@ class Pipeline(nn.Module):
                 raise ConfigError("sigmas= gives every noise level: pass it without steps=, spacing= or spacing_options=")
             sigmas = user_sigmas(sigmas)  # checked now, before any work
             steps = len(sigmas) - 1
-        elif spacing is None and spacing_options is None:
-            spacing, spacing_options = self.spacing, self.spacing_options
+        shape_one = sample_shape_at(self.sample_shape, self.backbone, self.autoencoder, height, width)
+        if sigmas is None and spacing is None and spacing_options is None:
+            spacing = self.spacing
+            spacing_options = spacing_options_at(self.spacing_options, self.sample_shape, shape_one)
         steps = self.default_steps if steps is None else steps
         if not is_integer(steps) or steps < 1:
             raise ConfigError(f"steps must be an integer ≥ 1, got {short(steps)}")
@@ -490,7 +509,9 @@ class Pipeline(nn.Module):
                 "the pipeline's weights are on the meta device (built without values); load them "
                 "(diffkit.load_pretrained) or move the pipeline to a real device before sampling"
             )
-        shape = (n, *self.sample_shape)
+        shape = (n, *shape_one)
+        scale = 1 if self.autoencoder is None else getattr(self.autoencoder, "downsampling_factor", 1)
+        image_size = None if shape_one == self.sample_shape else (shape_one[1] * scale, shape_one[2] * scale)
         if noise is not None:
             check_noise(noise, shape)
         check_sample_memory(shape, torch.float32, device)  # the sampler's state, before anything is built
@@ -499,7 +520,7 @@ class Pipeline(nn.Module):
         try:
             embedded = guidance if self.embedded_guidance else None
             denoiser: Callable[..., torch.Tensor] = self.denoiser(precision=precision, guidance=embedded)
-            record = self.condition(cond)
+            record = self.condition(cond, image_size=image_size)
             if record is not None and getattr(record, "batch_size", n) not in (None, n):
                 raise ShapeError(f"cond gives {record.batch_size} conditions for n={n} samples")
             if self.embedded_guidance:
@@ -511,10 +532,10 @@ class Pipeline(nn.Module):
             elif self.conditioner is not None and (guidance != 1 or guidance_rescale):
                 # ∅: the negative prompt, or these inputs forced to the null condition
                 if negative is None:
-                    uncond = self.condition(cond, force_drop=True)
+                    uncond = self.condition(cond, force_drop=True, image_size=image_size)
                 else:
                     try:
-                        uncond = self.condition(negative)
+                        uncond = self.condition(negative, image_size=image_size)
                     except DiffkitError as exc:  # name the argument: the conditioner only sees its inputs
                         raise ConfigError(
                             f"negative= must be inputs of the {type(self.conditioner).__name__} for the unconditional "

@@ -80,6 +80,8 @@ def add_commands(commands: Any) -> None:
         help="CFG scale w ≥ 0, 1 = none (default: the pipeline's recommended scale, saved at training time)",
     )
     sample.add_argument("--seed", type=int, default=0, help="the random seed (default: 0); same seed, same samples")
+    sample.add_argument("--height", type=int, default=None, help="image height in pixels (default: the pipeline's)")
+    sample.add_argument("--width", type=int, default=None, help="image width in pixels (default: the pipeline's)")
     sample.add_argument(
         "--precision", default="auto", choices=PRECISIONS,
         help="the network's precision (auto: bf16 autocast on CUDA, fp32 on the CPU)",
@@ -210,6 +212,7 @@ def _sample(args: argparse.Namespace) -> int:
     images = pipeline.sample(
         args.n, cond=cond, negative=negative, steps=steps, guidance=guidance,
         sampler=args.sampler, generator=args.seed, progress=True, precision=args.precision,
+        height=args.height, width=args.width,
     )
     scale = max(1, 32 // pipeline.sample_shape[-1])
     nrow = grid_rows(pipeline, args.n) if args.label is None and args.prompt is None else None

@@ -117,14 +117,6 @@ PROMPTS = ["a red cat", "a photo of a blue dog"]
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
 
 
-@pytest.fixture(scope="module")
-def kit(tmp_path_factory):
-    pytest.importorskip("transformers")
-    from tests.integrations.transformers.tiny_encoders import Kit
-
-    return Kit(tmp_path_factory.mktemp("encoders"))
-
-
 def _flux_noise(pipe, noise):
     b, c, h, w = noise.shape
     return pipe._pack_latents(noise, b, c, h, w)

@@ -97,6 +97,7 @@ from diffkit.models.backbones.embeddings import (
     conditioning_field,
     input_in_weight_dtype,
 )
+from diffkit.models.backbones.sizes import SizeRule
 from diffkit.models.configs import ModelConfig
 from diffkit.validators import boolean, check_int, int_at_least, is_real, optional
 
@@ -353,6 +354,16 @@ class DiffusersTransformer(nn.Module):
     def readable_conditioning(self) -> set[str]:
         """The conditioning record fields this model reads."""
         raise NotImplementedError
+
+    def size_rule(self) -> SizeRule:
+        """H and W: multiples of the patch size (2 for Flux's packing); SD3 also at most its position table.
+
+        PixArt recomputes its sin-cos position embedding for another grid, SD3 crops its table
+        (``pos_embed_max_size`` patches a side), Flux's rotary ids follow the latent's size.
+        """
+        limit = self.transformer.config.get("pos_embed_max_size") if self.family == "sd3" else None
+        patch = self.config.patch_size
+        return SizeRule(patch, None if limit is None else int(limit) * patch)
 
     def sharding_units(self) -> list[nn.Module]:
         """The transformer blocks the module calls one by one: what FSDP shards (diffusers' ``_no_split_modules``)."""

@@ -53,9 +53,11 @@ stripped, as with ``clean_caption=False``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -347,6 +349,22 @@ class SdxlTextConditioner(TransformersTextConditioner):
             hidden.append(out.hidden_states[-2 if clip_skip is None else -(clip_skip + 2)])
             pooled = out.text_embeds if encoder is self.text_encoder_2 else pooled
         return torch.cat(hidden, dim=-1).to(self.text_encoder_2.dtype), pooled
+
+    def for_image_size(self, height: int, width: int) -> SdxlTextConditioner:
+        """This conditioner with the time ids of an image of ``height`` × ``width`` pixels.
+
+        As ``StableDiffusionXLPipeline`` defaults them for ``height=, width=``: original_size and
+        target_size (height, width), the crop kept. The config's sizes are those of the pipeline's
+        default image, so that size returns ``self``; any other returns a shallow copy with the
+        changed config, sharing the encoders (no weights are copied).
+        """
+        size = (int(height), int(width))
+        if self.config.original_size == size and (self.config.aesthetic_score is not None
+                                                  or self.config.target_size == size):
+            return self
+        sized = copy.copy(self)  # the same submodules and tokenizers; only the config differs
+        sized.config = attrs.evolve(self.config, original_size=size, target_size=size)
+        return sized
 
     def _record(self, context: torch.Tensor, pooled: torch.Tensor, time_ids: tuple[float, ...]) -> Conditioning:
         ids = torch.tensor([time_ids], dtype=context.dtype, device=context.device).expand(pooled.shape[0], -1)

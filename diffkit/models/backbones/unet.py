@@ -58,6 +58,7 @@ from diffkit.models.backbones.embeddings import (
 )
 from diffkit.models.backbones.layers import Downsample2D, ResBlock, SpatialSelfAttention, Upsample2D, zero_init
 from diffkit.models.backbones.sharding import unet_units
+from diffkit.models.backbones.sizes import SizeRule
 from diffkit.models.configs import ModelConfig
 from diffkit.validators import (
     as_tuple,
@@ -394,6 +395,10 @@ class PyramidUNet(nn.Module):
     def sharding_units(self) -> list[nn.Module]:
         """The blocks FSDP shards one by one (:mod:`diffkit.models.backbones.sharding`)."""
         return unet_units(self)
+
+    def size_rule(self) -> SizeRule:
+        """Any H and W divisible by 2^(levels−1): convolutions, and attention over any token count."""
+        return SizeRule(self.config.downsample_factor)
 
     def _run(self, module: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
         """module(*args), recomputed in the backward pass under gradient checkpointing."""

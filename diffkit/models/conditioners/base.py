@@ -111,6 +111,15 @@ class Conditioner(nn.Module, abc.ABC):
     def batch_size_of(self, inputs: Any) -> int:
         """B, the number of samples in ``inputs``."""
 
+    def for_image_size(self, height: int, width: int) -> Conditioner:
+        """The conditioner for images of ``height`` × ``width`` pixels (``Pipeline.sample(height=, width=)``).
+
+        Most conditionings do not depend on the image size: this returns ``self``. One that
+        encodes the size (SDXL's time ids) returns a view of itself for that size, sharing its
+        modules.
+        """
+        return self
+
     def module_device(self) -> torch.device:
         """Where the conditioner's parameters live (the CPU for one without parameters)."""
         for tensor in self.parameters():
