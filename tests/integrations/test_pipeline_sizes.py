@@ -16,7 +16,7 @@ import torch
 
 import diffkit
 from diffkit.errors import ConfigError
-from diffkit.models.backbones.sizes import SizeRule, spacing_options_at
+from diffkit.models.backbones.sizes import SizeRule, sample_shape_at, spacing_options_at
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -103,6 +103,12 @@ def test_the_size_rule_and_flux_token_count():
     assert spacing_options_at({"image_seq_len": 4096, "t_end": "1/steps"}, own, other) == {
         "image_seq_len": 960, "t_end": "1/steps"}  # (48/2)·(80/2) tokens, as FluxPipeline counts them
     assert spacing_options_at({"rho": 7.0}, own, other) == {"rho": 7.0}
+
+
+def test_samples_that_are_not_images_keep_their_shape():
+    assert sample_shape_at((2,), None, None, None, None) == (2,)
+    with pytest.raises(ConfigError, match=r"height= and width= size images \(C, H, W\); .*shape \(2,\)"):
+        sample_shape_at((2,), None, None, 4, None)
 
 
 def test_diffkit_sample_takes_height_and_width(kit, tmp_path, capsys):

@@ -57,6 +57,10 @@ def sample_shape_at(
     with a ``downsampling_factor`` f maps it to images f·H × f·W (no autoencoder: f = 1). A side
     left None keeps the pipeline's. Another size needs the backbone's :meth:`size_rule`.
     """
+    if height is None and width is None:
+        return tuple(sample_shape)
+    if len(sample_shape) != 3:
+        raise ConfigError(f"height= and width= size images (C, H, W); this pipeline's samples have shape {sample_shape}")
     channels, own_h, own_w = sample_shape
     factor = 1 if autoencoder is None else getattr(autoencoder, "downsampling_factor", None)
     scale = factor or 1
