@@ -60,6 +60,7 @@ from diffkit.sampling.denoisers import ClampedDenoiser, FlowDenoiser, VPDenoiser
 from diffkit.sampling.draw import check_sample_memory, check_samples, named_memory_errors, sigma_grid
 from diffkit.sampling.draw import sample as run_sampler
 from diffkit.sampling.guidance import CFGDenoiser, check_guidance_rescale, check_guidance_scale
+from diffkit.sampling.img2img import check_image, check_strength, steps_run
 from diffkit.sampling.paths import START_NOISE, check_noise
 from diffkit.schedules.base import DiscreteSchedule
 from diffkit.schedules.flow import FlowSchedule
@@ -350,6 +351,24 @@ class Pipeline(nn.Module):
         record = conditioner(inputs, force_drop=force_drop, generator=generator)
         return self._on_backbone_device(record)
 
+    def _image_channels(self) -> int | None:
+        """C of the pipeline's images: the autoencoder's input channels, or the samples' own."""
+        if self.autoencoder is None:
+            return self.sample_shape[0]
+        channels = getattr(getattr(self.autoencoder, "config", None), "in_channels", None)
+        return channels if isinstance(channels, int) else None
+
+    @staticmethod
+    def _image_size(image: torch.Tensor, height: Any, width: Any) -> tuple[int, int]:
+        """An img2img run samples at its images' size; ``height``/``width`` may only repeat it."""
+        size = int(image.shape[-2]), int(image.shape[-1])
+        if (height is not None and height != size[0]) or (width is not None and width != size[1]):
+            raise ConfigError(
+                f"image= sets the size ({size[0]}×{size[1]} pixels); height={height}, width={width} contradict it "
+                "(resize the images instead)"
+            )
+        return size
+
     def _backbone_device(self) -> torch.device | None:
         """Where the backbone's weights are (None for a backbone without parameters)."""
         return next((p.device for p in self.backbone.parameters()), None)
@@ -431,7 +450,7 @@ class Pipeline(nn.Module):
         spacing: str | None = None, spacing_options: Mapping[str, Any] | None = None,
         sigmas: torch.Tensor | Sequence[float] | None = None, decode: bool = True, progress: bool = False,
         precision: str = "auto", noise: torch.Tensor | None = None, height: int | None = None,
-        width: int | None = None,
+        width: int | None = None, image: torch.Tensor | None = None, strength: float | None = None,
     ) -> torch.Tensor:
         """``n`` samples [n, C, H, W] (images in about [−1, 1], or latents with ``decode=False``).
 
@@ -479,6 +498,14 @@ class Pipeline(nn.Module):
                 by 2^(levels − 1) latent pixels; PixArt, SD3, Flux: by their patch, SD3 up to its
                 position table; not DiT) and is refused before any work otherwise. The grid of
                 a Flux pipeline's dynamic shift follows the size, as do SDXL's time ids.
+            image: image-to-image (SDEdit; :mod:`diffkit.sampling.img2img`): images
+                [n, C, H, W] (or one [C, H, W] for all) in [−1, 1] to start from, at their own
+                size (``height``/``width`` may only repeat it). They are encoded (a latent
+                pipeline draws from the autoencoder's posterior with ``generator``, as diffusers
+                does), noised to the level where the last ⌊steps·strength⌋ steps of the grid
+                begin, and sampled from there: diffusers' img2img pipelines' ``image=``.
+            strength: s ∈ (0, 1] with ``image`` (default 0.8, diffusers'): how much of the grid
+                runs, so how far the result may move from the image (1: from σ_max).
         """
         if not is_integer(n) or n < 1:
             raise ConfigError(f"n must be an integer ≥ 1, got {short(n)}")
@@ -487,6 +514,11 @@ class Pipeline(nn.Module):
                 raise ConfigError("sigmas= gives every noise level: pass it without steps=, spacing= or spacing_options=")
             sigmas = user_sigmas(sigmas)  # checked now, before any work
             steps = len(sigmas) - 1
+        if image is not None:
+            image = check_image(image, n, self._image_channels())
+            height, width = self._image_size(image, height, width)
+        elif strength is not None:
+            raise ConfigError("strength= goes with image= (image-to-image): pass the images to start from")
         shape_one = sample_shape_at(self.sample_shape, self.backbone, self.autoencoder, height, width)
         if sigmas is None and spacing is None and spacing_options is None:
             spacing = self.spacing
@@ -494,6 +526,7 @@ class Pipeline(nn.Module):
         steps = self.default_steps if steps is None else steps
         if not is_integer(steps) or steps < 1:
             raise ConfigError(f"steps must be an integer ≥ 1, got {short(steps)}")
+        kept = None if image is None else steps_run(steps, check_strength(strength))
         if guidance is None:  # no guidance, except for a guidance-distilled backbone: its recommended input
             guidance = self.default_guidance if self.embedded_guidance else 1.0
         guidance = check_guidance_scale(guidance, what="guidance")
@@ -550,21 +583,28 @@ class Pipeline(nn.Module):
                 )
             if self.clip_x0 is not None:
                 denoiser = ClampedDenoiser(denoiser, self.clip_x0)
+            grid: dict[str, Any] = {"steps": None if sigmas is not None else steps, "spacing": spacing,
+                                    "spacing_options": spacing_options, "sigmas": sigmas}
+            init, start_noise = None, self.start_noise
+            if kept is not None:  # image-to-image: the grid's last `kept` steps, from the encoded images
+                full = sigma_grid(self.schedule, **grid)
+                grid = {"steps": None, "spacing": None, "spacing_options": None, "sigmas": full[steps - kept:]}
+                with named_memory_errors(tuple(image.shape), device):
+                    init = self.encode_images(image.to(device=device, dtype=torch.float32), generator=generator)
+                start_noise = "sigma"  # y = x0 + σ·z: diffusers' add_noise / scale_noise
             bar = None
             if progress:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=steps, desc="sample", unit="step", dynamic_ncols=True)
+                bar = tqdm(total=kept or steps, desc="sample", unit="step", dynamic_ncols=True)
                 callback = _ticking(bar, callback)
             try:
                 x = run_sampler(
                     denoiser, shape, cond=record, schedule=self.schedule,
                     sampler=sampler or self.sampler,
                     sampler_options=sampler_options if sampler_options is not None else self.sampler_options,
-                    steps=None if sigmas is not None else steps, spacing=spacing, spacing_options=spacing_options,
-                    sigmas=sigmas,
-                    generator=generator, callback=callback, device=device,
-                    noise=noise, start_noise=self.start_noise,
+                    **grid, generator=generator, callback=callback, device=device,
+                    noise=noise, start_noise=start_noise, init=init,
                 )
             finally:
                 if bar is not None:

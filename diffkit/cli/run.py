@@ -15,7 +15,7 @@ from diffkit.demos.shapes.evaluate import evaluate_shapes
 from diffkit.distributed import init_distributed, shutdown_distributed
 from diffkit.errors import ConfigError, RunFolderError
 from diffkit.io.files import read_json_object
-from diffkit.io.imaging import check_output, save_png
+from diffkit.io.imaging import check_output, read_picture, save_png
 from diffkit.io.pretrained import load_pretrained
 from diffkit.recipes import apply_overrides, get_recipe, train_recipe
 from diffkit.recipes.build import grid_rows
@@ -82,6 +82,14 @@ def add_commands(commands: Any) -> None:
     sample.add_argument("--seed", type=int, default=0, help="the random seed (default: 0); same seed, same samples")
     sample.add_argument("--height", type=int, default=None, help="image height in pixels (default: the pipeline's)")
     sample.add_argument("--width", type=int, default=None, help="image width in pixels (default: the pipeline's)")
+    sample.add_argument(
+        "--image", default=None,
+        help="image-to-image: a picture to start from (sampled at its own size; every sample starts from it)",
+    )
+    sample.add_argument(
+        "--strength", type=float, default=None,
+        help="with --image: the share of the steps that run, in (0, 1] (default 0.8; 1 = from pure noise level)",
+    )
     sample.add_argument(
         "--precision", default="auto", choices=PRECISIONS,
         help="the network's precision (auto: bf16 autocast on CUDA, fp32 on the CPU)",
@@ -204,6 +212,9 @@ def _sample(args: argparse.Namespace) -> int:
     if args.label and args.prompt:
         raise ConfigError("pass --class or --prompt, not both")
     check_output(args.out)  # a file that cannot be written is refused before sampling
+    if args.strength is not None and args.image is None:
+        raise ConfigError("--strength goes with --image (image-to-image): pass the picture to start from")
+    image = None if args.image is None else _read_start_image(args.image)
     pipeline = _load_pipeline(args.source)
     cond = _conditions(pipeline, args)
     guidance = args.guidance if args.guidance is not None else getattr(pipeline, "default_guidance", 1.0)
@@ -212,13 +223,23 @@ def _sample(args: argparse.Namespace) -> int:
     images = pipeline.sample(
         args.n, cond=cond, negative=negative, steps=steps, guidance=guidance,
         sampler=args.sampler, generator=args.seed, progress=True, precision=args.precision,
-        height=args.height, width=args.width,
+        height=args.height, width=args.width, image=image, strength=args.strength,
     )
     scale = max(1, 32 // pipeline.sample_shape[-1])
     nrow = grid_rows(pipeline, args.n) if args.label is None and args.prompt is None else None
     save_png(args.out, images, nrow=min(nrow or round(args.n**0.5), args.n), scale=scale)
     print(f"wrote {args.n} samples to {args.out} (guidance {guidance:g}, {steps} steps, seed {args.seed})")
     return 0
+
+
+def _read_start_image(path: str) -> torch.Tensor:
+    """``--image``: an RGB picture as a float tensor [3, H, W] in [−1, 1] (grey pictures as RGB)."""
+    try:
+        picture = read_picture(path)  # uint8 [H, W, C], C = 1 or 3
+    except (OSError, ValueError) as exc:  # missing, unreadable, or not a picture (PIL's UnidentifiedImageError)
+        raise ConfigError(f"--image {path}: cannot read it as a picture ({exc})") from exc
+    image = torch.tensor(picture).permute(2, 0, 1).float() / 127.5 - 1.0  # (C, H, W) in [−1, 1]
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
 
 def _conditions(pipeline: Any, args: argparse.Namespace) -> Any:

@@ -55,6 +55,7 @@ def sample(
     check_finite: bool = True,
     noise: torch.Tensor | None = None,
     start_noise: str = "sigma",
+    init: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample ``shape`` from ``denoiser`` with ``sampler`` on a σ grid.
 
@@ -94,6 +95,11 @@ def sample(
         start_noise: how z becomes the start y_0 at σ_0 (:mod:`diffkit.sampling.paths`):
             ``"sigma"`` (default, y_0 = σ_0·z) or ``"path"`` (z is the sample x_T of the
             schedule's noise path, as diffusers pipelines read ``latents=``).
+        init: clean samples x0 of ``shape`` to start from instead of pure noise (SDEdit, Meng et
+            al. 2022): y_0 = x0 + σ_0·z, the noised x0 at the grid's first level — what
+            diffusers' img2img pipelines make with their scheduler's ``add_noise`` or
+            ``scale_noise``. The grid then usually starts below σ_max (a tail of the full grid:
+            ``Pipeline.sample(image=, strength=)`` picks it); needs ``start_noise="sigma"``.
 
     Returns:
         The samples, a tensor of ``shape`` in ``dtype`` on ``device``, all finite.
@@ -119,6 +125,10 @@ def sample(
     check_choice("start_noise", start_noise, START_NOISE)
     if noise is not None:
         check_noise(noise, shape)
+    if init is not None:
+        check_noise(init, shape, what="init", meaning="clean samples x0")
+        if start_noise != "sigma":
+            raise ConfigError(f"init= starts from x0 + σ_0·z; start_noise={start_noise!r} does not apply (leave it 'sigma')")
     if isinstance(schedule, str):
         schedule = registry.build("schedule", schedule)
     if sampler_options is not None and not isinstance(sampler_options, Mapping):
@@ -144,7 +154,10 @@ def sample(
             z = randn_like(torch.empty(shape, dtype=dtype, device=device), generator)
         else:
             z = noise.to(device=device, dtype=dtype)
-        x = start_sample(z, float(grid[0]), start_noise, path_form_of(schedule))
+        if init is None:
+            x = start_sample(z, float(grid[0]), start_noise, path_form_of(schedule))
+        else:
+            x = init.to(device=device, dtype=dtype) + float(grid[0]) * z  # SDEdit: x0 noised to σ_0
         result = sampler_fn(denoiser, x, grid, cond=cond, generator=generator, callback=callback)
     return check_samples(result, shape, source=describe_sampler(sampler), finite=check_finite)
 

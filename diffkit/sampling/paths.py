@@ -55,16 +55,21 @@ def path_form_of(schedule: Any) -> str:
     return "flow" if isinstance(schedule, FlowSchedule) else "vp"
 
 
-def check_noise(noise: Any, shape: tuple[int, ...]) -> torch.Tensor:
-    """``noise`` as given for a start: a finite floating tensor of exactly ``shape``."""
+def check_noise(
+    noise: Any, shape: tuple[int, ...], *, what: str = "noise", meaning: str = "unit Gaussian noise"
+) -> torch.Tensor:
+    """``noise`` as given for a start: a finite floating tensor of exactly ``shape``.
+
+    ``what`` and ``meaning`` name the argument in the errors (``init``: "clean samples x0").
+    """
     if not isinstance(noise, torch.Tensor):
-        raise ConfigError(f"noise must be a tensor of shape {list(shape)} (unit Gaussian noise), got {type(noise).__name__}")
+        raise ConfigError(f"{what} must be a tensor of shape {list(shape)} ({meaning}), got {type(noise).__name__}")
     if not noise.dtype.is_floating_point:
-        raise ConfigError(f"noise must be a floating-point tensor, got dtype {noise.dtype}")
+        raise ConfigError(f"{what} must be a floating-point tensor, got dtype {noise.dtype}")
     if tuple(noise.shape) != tuple(shape):
-        raise ShapeError(f"noise has shape {list(noise.shape)}; the samples need {list(shape)} (n, *sample_shape)")
+        raise ShapeError(f"{what} has shape {list(noise.shape)}; the samples need {list(shape)} (n, *sample_shape)")
     if not bool(torch.isfinite(noise).all()):
-        raise ConfigError("noise holds NaN or ±inf; pass finite unit Gaussian noise")
+        raise ConfigError(f"{what} holds NaN or ±inf; pass finite {meaning}")
     return noise
 
 

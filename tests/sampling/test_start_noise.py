@@ -101,6 +101,13 @@ def test_noise_equal_to_the_generators_draw_gives_the_same_samples():
     assert torch.equal(diffkit.sample(denoiser, (3, 2), noise=z, **kwargs), drawn)
 
 
+def test_init_starts_from_the_clean_samples_noised_to_the_first_level():
+    x0 = torch.randn(3, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    z = torch.randn(3, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    start, sigma_0 = start_of("linear", noise=z, init=x0)
+    torch.testing.assert_close(start, x0 + sigma_0 * z, rtol=1e-15, atol=0)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
@@ -111,6 +118,9 @@ def test_noise_equal_to_the_generators_draw_gives_the_same_samples():
         ({"noise": torch.full((3, 2), math.nan)}, ConfigError, "NaN"),
         ({"noise": [[0.0, 0.0]] * 3}, ConfigError, "noise must be a tensor"),
         ({"start_noise": "path", "schedule": None, "sigmas": [2.0, 1.0]}, ConfigError, "pass schedule="),
+        ({"init": torch.zeros(3, 1)}, ShapeError, r"init has shape \[3, 1\]"),
+        ({"init": torch.full((3, 2), math.inf)}, ConfigError, "init holds NaN or ±inf; pass finite clean samples x0"),
+        ({"init": torch.zeros(3, 2), "start_noise": "path"}, ConfigError, "start_noise='path' does not apply"),
     ],
 )
 def test_bad_noise_and_start_rules_are_refused_before_any_step(kwargs, error, message):
