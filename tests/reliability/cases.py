@@ -999,6 +999,10 @@ for _slug, _args, _names in [
     ("out_jpg", ["--out", "s.jpg"], ("png",)), ("out_no_extension", ["--out", "s"], ("png",)),
     ("out_empty", ["--out", ""], ()), ("out_nul", ["--out", "s\x00.png"], ()),
     ("out_parent_is_file", ["--out", "f/s.png"], ("f",)),
+    ("height_0", ["--height", "0"], ("height",)), ("height_text", ["--height", "x"], ("--height",)),
+    ("height_odd", ["--height", "7"], ("height",)), ("width_1e9", ["--width", "1000000000"], ("width",)),
+    ("image_missing", ["--image", "missing.png"], ("missing.png",)), ("image_folder", ["--image", "D"], ("D",)),
+    ("image_not_a_picture", ["--image", "f"], ("f",)), ("strength_without_image", ["--strength", "0.5"], ("--image",)),
 ]:
     _setup = chain(run(), mkdir("D"), write("f", "x"))
     case(f"sample.{_slug}", SAMPLE, "diffkit sample " + " ".join(a if a else "''" for a in _args).replace("\x00", "\\0"),
