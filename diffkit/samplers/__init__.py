@@ -7,7 +7,9 @@ The contract's arguments, the same for every sampler (their docstrings list only
 * ``sigmas``: decreasing σ levels ending at 0 (any device; read once as float64);
 * ``cond``: passed to the denoiser unchanged; ``generator``: a ``torch.Generator`` (or one per
   sample) for the noise of stochastic samplers, accepted and unused by deterministic ones;
-* ``callback(info)`` after each step, with k-diffusion's keys ``x, i, sigma, sigma_hat, denoised``.
+* ``callback(info)`` once per step, as k-diffusion calls it: after the step's first denoiser
+  evaluation, before the update, with ``x`` the sample that evaluation saw (the state entering
+  step ``i``, churned to ``sigma_hat``), ``sigma`` = σ_i, ``sigma_hat`` and ``denoised`` its output.
 
 One family per module (edm: Euler, Heun, DPM2 and their churn; ancestral; ddim; ddpm; lms;
 dpmpp_multistep; dpmpp_sde; unipc); every built-in is registered in

@@ -92,6 +92,7 @@ def dpmpp_2s_ancestral(
     noise = noise_sampler or default_noise_sampler(x, generator)
     for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
         denoised = denoise(denoiser, x, sigma, cond)  # D(y, σ), [B, ...]
+        report(callback, x, i, sigma, denoised)
         # σ_down² + σ_up² = σ'², with σ_up ≤ σ' (clamped), so σ_down is real
         sigma_down, sigma_up = ancestral_sigmas(sigma, sigma_next, eta)
         if sigma_down == 0:
@@ -106,5 +107,4 @@ def dpmpp_2s_ancestral(
         if s_noise * sigma_up > 0:
             # ancestral noise: brings the noise level from σ_down back up to σ'
             x = x + (s_noise * sigma_up) * noise(sigma, sigma_next)
-        report(callback, x, i, sigma, denoised)
     return x

@@ -172,10 +172,12 @@ def report(
     callback: Callback | None, x: torch.Tensor, i: int, sigma: float, denoised: torch.Tensor,
     sigma_hat: float | None = None,
 ) -> None:
-    """Call the per-step callback with k-diffusion's keys (x, i, sigma, sigma_hat, denoised).
+    """Call the per-step callback as k-diffusion does: keys x, i, sigma, sigma_hat, denoised.
 
-    ``sigma_hat`` is the raised noise level a churned step actually started from (EDM Alg. 2);
-    it defaults to ``sigma``.
+    Called after step i's first denoiser evaluation and before its update: ``x`` is the sample
+    that evaluation saw (the state entering the step, at ``sigma_hat``) and ``denoised`` its
+    output. ``sigma_hat`` is the raised noise level a churned step actually started from (EDM
+    Alg. 2); it defaults to ``sigma``.
     """
     if callback is not None:
         info = {"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma if sigma_hat is None else sigma_hat}
@@ -218,9 +220,9 @@ def ancestral_loop(
     noise = noise_sampler or default_noise_sampler(x, generator)
     for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
         denoised = denoise(denoiser, x, sigma, cond)
+        report(callback, x, i, sigma, denoised)
         keep, sigma_up = rule(sigma, sigma_next)
         x = torch.lerp(denoised, x, keep)  # D + keep·(y − D), one fused kernel
         if sigma_up > 0:
             x = x.add_(noise(sigma, sigma_next), alpha=sigma_up)
-        report(callback, x, i, sigma, denoised)
     return x

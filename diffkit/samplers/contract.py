@@ -15,4 +15,5 @@ SamplerFn = Callable[..., torch.Tensor]  # the sampler itself
 Denoiser = Callable[..., torch.Tensor]  # denoiser(x, sigma[B], cond) -> x0 estimate, shaped like x
 Generator = Union[torch.Generator, Sequence[torch.Generator], None]  # one, one per sample, or torch's global one
 NoiseSampler = Callable[[float, float], torch.Tensor]  # noise_sampler(sigma, sigma_next) -> N(0, I) like x
-Callback = Callable[[dict[str, Any]], None]  # callback({"x", "i", "sigma", "sigma_hat", "denoised"})
+# callback({"x", "i", "sigma", "sigma_hat", "denoised"}) at step i, before the update: x entering it (k-diffusion's)
+Callback = Callable[[dict[str, Any]], None]

@@ -132,6 +132,7 @@ def _ddpm_learned(
     work = torch.promote_types(x.dtype, torch.float32)  # exp/log-interpolation in at least float32
     for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
         denoised, frac = denoise_with_variance(denoiser, x, sigma, cond)  # [B, ...] each
+        report(callback, x, i, sigma, denoised)
         # posterior mean y' = D + (σ'²/σ²)(y − D)
         x = torch.lerp(denoised, x, sigma_next**2 / sigma**2)
         if sigma_next > 0:  # the step into σ' = 0 adds no noise (and has β̃ = 0)
@@ -139,5 +140,4 @@ def _ddpm_learned(
             # log σ_up = frac·log σ_up,large + (1 − frac)·log σ_up,small, per element
             sigma_up = torch.exp(log_small + frac.to(work) * (log_large - log_small))
             x = x.add_((sigma_up * noise(sigma, sigma_next).to(work)).to(x.dtype))
-        report(callback, x, i, sigma, denoised)
     return x

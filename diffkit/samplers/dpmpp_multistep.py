@@ -176,6 +176,7 @@ def _dpmpp_multistep(
     for i in range(steps):
         sigma, sigma_next = levels[i], levels[i + 1]
         denoised = denoise(denoiser, x, sigma, cond)  # D_0 = D(y, σ), [B, ...]
+        report(callback, x, i, sigma, denoised)
         if sigma_next == 0:
             # last step: DPM-Solver++(1) into σ' = 0, whose limit σ'/σ → 0 is y' = D_0
             x = denoised
@@ -189,7 +190,6 @@ def _dpmpp_multistep(
             # y' = (σ'/σ) y + Σ_j w_j D_j over D_0 and the order − 1 newest earlier values
             weights = dpmpp_weights(order, h, h_back, taylor=taylor)
             x = advance(x, sigma_next / sigma, weights, [denoised, *history])
-        report(callback, x, i, sigma, denoised)
         # keep what the next step can use: max_order − 1 values of D and their λ-steps
         history = [denoised, *history][: max_order - 1]
         h_back = [h, *h_back][: max_order - 1]

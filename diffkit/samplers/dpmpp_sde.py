@@ -106,6 +106,7 @@ def _dpmpp_sde(
     h_back: list[float] = []  # the λ-steps that ended at those levels, newest first
     for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
         denoised = denoise(denoiser, x, sigma, cond)  # D_0 = D(y, σ), [B, ...]
+        report(callback, x, i, sigma, denoised)
         if sigma_next == 0:
             # denoising step: the h → ∞ limit of every order, y' = D_0
             x = denoised
@@ -121,7 +122,6 @@ def _dpmpp_sde(
             if eta > 0 and s_noise > 0:
                 # the SDE's noise over the step: variance σ'²(1 − e^{−2ηh})
                 x = x + (sigma_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise) * noise(sigma, sigma_next)
-        report(callback, x, i, sigma, denoised)
         history = [denoised, *history][: max_order - 1]
         h_back = [h, *h_back][: max_order - 1]
     return x

@@ -135,8 +135,8 @@ def euler(
     for i, sigma, sigma_next in churn.steps():
         x, sigma_hat = churn(x, sigma)  # (ŷ, σ̂); unchanged when γ = 0
         denoised = denoise(denoiser, x, sigma_hat, cond)  # D(ŷ, σ̂), [B, ...]
-        x = torch.lerp(denoised, x, sigma_next / sigma_hat)  # D + (σ'/σ̂)(ŷ − D), as DDIM's
         report(callback, x, i, sigma, denoised, sigma_hat)
+        x = torch.lerp(denoised, x, sigma_next / sigma_hat)  # D + (σ'/σ̂)(ŷ − D), as DDIM's
     return x
 
 
@@ -160,6 +160,7 @@ def heun(
     for i, sigma, sigma_next in churn.steps():
         x, sigma_hat = churn(x, sigma)
         denoised = denoise(denoiser, x, sigma_hat, cond)  # D(ŷ, σ̂), [B, ...]
+        report(callback, x, i, sigma, denoised, sigma_hat)
         if sigma_next == 0:
             x = denoised  # Euler into σ = 0: ŷ + (0 − σ̂)(ŷ − D)/σ̂ = D
         else:
@@ -170,7 +171,6 @@ def heun(
             else:
                 d, d_2 = to_d(x, sigma_hat, denoised), to_d(x_2, sigma_next, denoised_2)  # dy/dσ at both ends
                 x = x + (0.5 * (sigma_next - sigma_hat)) * (d + d_2)
-        report(callback, x, i, sigma, denoised, sigma_hat)
     return x
 
 
@@ -201,6 +201,7 @@ def dpm2(
     for i, sigma, sigma_next in churn.steps():
         x, sigma_hat = churn(x, sigma)
         denoised = denoise(denoiser, x, sigma_hat, cond)  # D(ŷ, σ̂), [B, ...]
+        report(callback, x, i, sigma, denoised, sigma_hat)
         if sigma_next == 0:
             x = denoised  # Euler into σ = 0 (log σ' = −∞: no midpoint)
         else:
@@ -208,5 +209,4 @@ def dpm2(
             x_2 = torch.lerp(denoised, x, sigma_mid / sigma_hat)  # Euler to the log-σ midpoint
             d_2 = to_d(x_2, sigma_mid, denoise(denoiser, x_2, sigma_mid, cond))  # slope at (y₂, σ_m)
             x = x + (sigma_next - sigma_hat) * d_2
-        report(callback, x, i, sigma, denoised, sigma_hat)
     return x

@@ -73,6 +73,7 @@ def lms(
     slopes: list[torch.Tensor] = []  # d_i, d_{i−1}, … newest first, at most `order`, each [B, ...]
     for i, sigma in enumerate(levels[:-1]):
         denoised = denoise(denoiser, x, sigma, cond)  # D(y_i, σ_i), [B, ...]
+        report(callback, x, i, sigma, denoised)
         slopes = [to_d(x, sigma, denoised), *slopes[: order - 1]]
         # linear multistep: y' = y + Σ_j b_j d_{i−j}, b_j from the Lagrange basis on [σ_i, σ_{i+1}];
         # the j = 0 term is folded in as D + (1 + b_0/σ_i)(y − D): with one slope that is the
@@ -81,5 +82,4 @@ def lms(
         x = torch.lerp(denoised, x, 1.0 + coeffs[0] / sigma)
         for coeff, slope in zip(coeffs[1:], slopes[1:]):
             x = x + coeff * slope
-        report(callback, x, i, sigma, denoised)
     return x

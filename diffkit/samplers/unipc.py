@@ -120,6 +120,7 @@ def unipc(
     for i in range(steps):
         sigma, sigma_next = levels[i], levels[i + 1]
         denoised = denoise(denoiser, x, sigma, cond)  # D_t of the last step = D_0 of this one
+        report(callback, x, i, sigma, denoised)
         if pending is not None:
             # UniC: y_t^c = (σ_t/σ_s) y_s + Σ_k w_k D_k + w_t D_t
             ratio, weights = pending
@@ -138,5 +139,4 @@ def unipc(
             start, pending = x, (sigma_next / sigma, corrector)
             # UniP: y_t = (σ_t/σ_s) y_s + Σ_k w_k D_k
             x = advance(x, sigma_next / sigma, predictor, history)
-        report(callback, x, i, sigma, denoised)
     return x

@@ -191,11 +191,13 @@ def run_both(
     x, sigmas = start()
     ours_net, theirs_net = Recording(), Recording()
     ours_noise, theirs_noise = NoiseStream(tuple(x.shape)), NoiseStream(tuple(x.shape))
+    ours_net.steps, theirs_net.steps = [], []  # what each callback reported, per step
     kwargs: dict[str, Any] = {"noise_sampler": ours_noise} if stochastic else {}
-    ours = diffkit.build("sampler", name, **(options or {}))(ours_net, x.clone(), sigmas, **kwargs)
+    ours = diffkit.build("sampler", name, **(options or {}))(ours_net, x.clone(), sigmas, callback=ours_net.steps.append,
+                                                            **kwargs)
     k_kwargs: dict[str, Any] = {"noise_sampler": theirs_noise} if stochastic else {}
     sampler: Callable[..., torch.Tensor] = getattr(k_sampling, function)
-    theirs = sampler(theirs_net, x.clone(), sigmas.clone(), disable=True, **k_kwargs)
+    theirs = sampler(theirs_net, x.clone(), sigmas.clone(), disable=True, callback=theirs_net.steps.append, **k_kwargs)
     return ours, theirs, ours_net, theirs_net, ours_noise, theirs_noise
 
 
@@ -220,6 +222,14 @@ def test_namesake_equals_k_diffusion_on_default_options(k_sampling, name):
         np.testing.assert_allclose(ours_noise.calls, theirs_noise.calls, rtol=1e-14, atol=0)
     gap = relative_gap(ours, theirs)
     assert gap <= RTOL, f"{name} differs from k-diffusion's {NAMESAKES[name][0]} by {gap:.2e} of the data's scale"
+    # the callback: once per step, k-diffusion's keys and meaning (x: the state entering step i)
+    assert len(ours_net.steps) == len(theirs_net.steps) == STEPS
+    for step, (a, b) in enumerate(zip(ours_net.steps, theirs_net.steps)):
+        assert a["i"] == b["i"] == step and set(a) == set(b) == {"x", "i", "sigma", "sigma_hat", "denoised"}
+        np.testing.assert_allclose([a["sigma"], a["sigma_hat"]], [float(b["sigma"]), float(b["sigma_hat"])],
+                                   rtol=1e-14, atol=0)
+        for key in ("x", "denoised"):
+            assert relative_gap(a[key], b[key]) <= RTOL, (name, step, key)
 
 
 def test_the_taylor_weight_is_not_k_diffusions_dpmpp_3m_sde(k_sampling):

@@ -111,7 +111,7 @@ def test_the_step_variance_is_the_log_interpolation_statistically():
     seen = []
     ddpm(denoiser, x, sigmas, variance="learned", generator=torch.Generator().manual_seed(0),
          callback=lambda info: seen.append(info["x"]))
-    y_next = seen[0].squeeze(1)
+    y_next = seen[1].squeeze(1)  # the state entering the second step: after the first
     abar, abar_prev = float(schedule.alphas_cumprod[t]), float(schedule.alphas_cumprod[t_next])
     beta = 1 - abar / abar_prev
     beta_tilde = (1 - abar_prev) / (1 - abar) * beta

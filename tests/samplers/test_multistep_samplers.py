@@ -93,7 +93,8 @@ def test_the_last_step_returns_the_last_denoised_value(config):
     x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * sigmas[0]
     out = run(name, denoiser_torch, x, sigmas, callback=seen.append, **options)
     assert [info["i"] for info in seen] == list(range(12))
-    assert torch.equal(out, seen[-1]["denoised"]) and torch.equal(out, seen[-1]["x"])
+    assert torch.equal(out, seen[-1]["denoised"])
+    assert torch.equal(seen[0]["x"], x)  # the state entering step 0, as k-diffusion reports it
 
 
 # -- the update weights: exactness and local order -------------------------------------------
@@ -459,5 +460,5 @@ def test_unipc_without_lower_order_final_matches_diffusers_up_to_the_final_step(
     seen = []
     unipc(diffkit.VPDenoiser(model, schedule), y, sigmas, order=order, lower_order_final=False,
           callback=lambda info: seen.append(info["x"]))
-    for i, x_vp in enumerate(expected):  # the callback's x is the predicted state, as prev_sample
-        torch.testing.assert_close(seen[i], x_vp * math.sqrt(1 + float(sigmas[i + 1]) ** 2), rtol=1e-10, atol=1e-10)
+    for i, x_vp in enumerate(expected):  # the x entering step i + 1 is the predicted state, as prev_sample
+        torch.testing.assert_close(seen[i + 1], x_vp * math.sqrt(1 + float(sigmas[i + 1]) ** 2), rtol=1e-10, atol=1e-10)

@@ -24,10 +24,10 @@ def euler(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, step
     ones = x.new_ones(x.shape[0])
     for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
         denoised = denoiser(x, sigma * ones, cond)
-        d = (x - denoised) / sigma  # dy/dσ
-        x = x + step_scale * (sigma_next - sigma) * d
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        d = (x - denoised) / sigma  # dy/dσ
+        x = x + step_scale * (sigma_next - sigma) * d
     return x
 
 
@@ -54,13 +54,13 @@ def euler_ancestral(
     draw = noise_sampler or (lambda s, s_next: _noise_like(x, generator))
     for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
         denoised = denoiser(x, sigma * ones, cond)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
         sigma_up = sigma_next * math.sqrt(sigma**2 - sigma_next**2) / sigma
         sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
         x = x + (sigma_down - sigma) * (x - denoised) / sigma
         if sigma_up > 0:
             x = x + noise_scale * sigma_up * draw(sigma, sigma_next)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
     return x
 
 

@@ -548,7 +548,7 @@ def _run(cls: type, traits: SchedulerTraits, scheduler: Any, options: Mapping[st
         _route_randn(sys.modules[cls.__module__])
     sample = to_path_form(x.to(work), levels[0], form)
     timesteps = list(scheduler.timesteps)
-    i, first_denoised = 0, None
+    i, started = 0, False  # step i of the grid; whether its first evaluation was made
     for k, t in enumerate(timesteps):
         sigma = _sigma_now(scheduler, k, t, traits, form, exact, plan)
         if hasattr(scheduler, "scale_model_input"):  # FlowMatch classes have none; the network sees x_t itself
@@ -559,7 +559,11 @@ def _run(cls: type, traits: SchedulerTraits, scheduler: Any, options: Mapping[st
             output = _model_output(prediction, form, y, x0, sigma, scheduler).to(work)
         else:  # KDPM2Ancestral asks about σ = 0 on its last step: x0 = y, and the output's weight is 0
             x0, output = y, (y if prediction == "sample" else torch.zeros_like(y))
-        first_denoised = x0 if first_denoised is None else first_denoised
+        if not started:  # the step's first evaluation: report the state entering it (k-diffusion's x)
+            started = True
+            if callback is not None:
+                callback({"x": y.to(x.dtype), "i": i, "sigma": levels[i], "sigma_hat": sigma,
+                          "denoised": x0.to(x.dtype)})
         kwargs = dict(step_options)
         if step_accepts_generator:
             kwargs["generator"] = generator
@@ -570,10 +574,7 @@ def _run(cls: type, traits: SchedulerTraits, scheduler: Any, options: Mapping[st
             sample = scheduler.step(output, t, sample, return_dict=True, **kwargs).prev_sample
         done = k == len(timesteps) - 1 or getattr(scheduler, "state_in_first_order", True)
         if done:
-            if callback is not None:
-                callback({"x": from_path_form(sample, levels[i + 1], form).to(x.dtype), "i": i, "sigma": levels[i],
-                          "sigma_hat": levels[i], "denoised": first_denoised.to(x.dtype)})
-            i, first_denoised = i + 1, None
+            i, started = i + 1, False
     return from_path_form(sample, levels[-1], form).to(device=x.device, dtype=x.dtype)
 
 

@@ -50,9 +50,9 @@ def heun(denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Any = None, g
     for i in range(len(levels) - 1):
         sigma, sigma_next = levels[i], levels[i + 1]
         denoised = denoiser(x, sigma * ones, cond)
-        x = heun_step(denoiser, x, sigma, sigma_next, denoised, ones, cond, flow)
-        if callback is not None:
+        if callback is not None:  # as k-diffusion: the state entering step i, before the update
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        x = heun_step(denoiser, x, sigma, sigma_next, denoised, ones, cond, flow)
     return x
 
 
