@@ -387,6 +387,9 @@ class Pipeline(nn.Module):
         """Images [B, C, H, W] in [−1, 1] → the backbone's space (latents when there is an autoencoder)."""
         if self.autoencoder is None:
             return images
+        weight = next(self.autoencoder.parameters(), None)
+        if weight is not None and weight.is_floating_point() and images.dtype != weight.dtype:
+            images = images.to(weight.dtype)  # a half-precision autoencoder takes its own dtype
         with torch.no_grad():
             return self.autoencoder.encode_latents(images, generator=generator)
 
@@ -590,7 +593,7 @@ class Pipeline(nn.Module):
                 full = sigma_grid(self.schedule, **grid)
                 grid = {"steps": None, "spacing": None, "spacing_options": None, "sigmas": full[steps - kept:]}
                 with named_memory_errors(tuple(image.shape), device):
-                    init = self.encode_images(image.to(device=device, dtype=torch.float32), generator=generator)
+                    init = self.encode_images(image.to(device), generator=generator)
                 start_noise = "sigma"  # y = x0 + σ·z: diffusers' add_noise / scale_noise
             bar = None
             if progress:

@@ -134,3 +134,14 @@ def test_diffkit_sample_takes_a_start_image(tmp_path, capsys):
         assert main(["sample", "--from", str(folder), "--n", "2", "--out", str(tmp_path / "bad.png"), *bad]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_a_half_precision_autoencoder_encodes_the_images_in_its_dtype(kit, tmp_path):
+    build, latent, _, _, _ = FAMILIES["sd1"]
+    ours = diffkit.load_pretrained(saved(build(kit, tmp_path), tmp_path))
+    image = images_like(latent, 2)[:1]
+    plain = ours.encode_images(image, generator=torch.Generator().manual_seed(0))
+    ours.autoencoder.to(torch.bfloat16)
+    half = ours.encode_images(image, generator=torch.Generator().manual_seed(0))
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), plain, rtol=0.05, atol=0.05)
