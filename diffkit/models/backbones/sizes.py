@@ -47,7 +47,6 @@ class SizeRule:
         return text
 
 
-
 def sample_shape_at(
     sample_shape: tuple[int, ...], backbone: Any, autoencoder: Any, height: Any, width: Any
 ) -> tuple[int, ...]:
