@@ -17,6 +17,8 @@ from diffkit.testing.subject import SamplerSubject
 
 IMAGE_SHAPE = (2, 3, 4, 4)  # [B, C, H, W]
 CALLBACK_KEYS = ("x", "i", "sigma", "sigma_hat", "denoised")
+# a callback's denoised against D(x, σ̂) recomputed in float64: a sampler may evaluate in float32
+CALLBACK_RTOL = 1e-5
 # batch invariance compares two float64 runs of the same arithmetic; allow only rounding
 BATCH_RTOL = 1e-12
 
@@ -104,13 +106,16 @@ def check_batch_invariant(subject: SamplerSubject) -> list[CheckResult]:
 
 
 def check_callback(subject: SamplerSubject) -> list[CheckResult]:
-    """The callback is called once per step, with i = 0…N−1, σ = sigmas[i] and the documented keys."""
+    """The callback is called once per step, as k-diffusion calls it: i = 0…N−1, σ = sigmas[i], the
+    documented keys, and ``denoised`` = D(x, σ̂) of the ``x`` it reports (the state the step's first
+    denoiser evaluation saw, before the update; a sampler reporting the updated x fails)."""
     name = "callback"
     steps = 6
     sigmas = karras_sigmas(steps, 0.05, 80.0)
     x = _noise(IMAGE_SHAPE, 4) * float(sigmas[0])
+    exact = isotropic_gaussian()
     seen: list[dict] = []
-    subject(RecordingDenoiser(isotropic_gaussian()), x, sigmas, generator=torch.Generator().manual_seed(0),
+    subject(RecordingDenoiser(exact), x, sigmas, generator=torch.Generator().manual_seed(0),
             callback=lambda info: seen.append(dict(info)))
     problems = []
     if len(seen) != steps:
@@ -124,9 +129,18 @@ def check_callback(subject: SamplerSubject) -> list[CheckResult]:
             problems.append(f"call {i} has i = {info['i']}")
         if abs(float(info["sigma"]) - float(sigmas[i])) > 1e-6 * float(sigmas[i]):
             problems.append(f"call {i} has sigma = {float(info['sigma']):.6g} (need sigmas[{i}] = {float(sigmas[i]):.6g})")
-        for key in ("x", "denoised"):
-            if not isinstance(info[key], torch.Tensor) or info[key].shape != x.shape:
-                problems.append(f"call {i}: {key} is not a tensor shaped like x")
+        if not all(isinstance(info[key], torch.Tensor) and info[key].shape == x.shape for key in ("x", "denoised")):
+            problems.append(f"call {i}: x or denoised is not a tensor shaped like x")
+            continue
+        # denoised must be the evaluation at the reported x and σ̂ (k-diffusion's pairing)
+        sigma_hat = torch.full((x.shape[0],), float(info["sigma_hat"]), dtype=torch.float64)
+        expected = exact(info["x"].double(), sigma_hat)
+        gap = float((info["denoised"].double() - expected).abs().max() / expected.abs().max().clamp(min=1e-30))
+        if gap > CALLBACK_RTOL:
+            problems.append(
+                f"call {i}: denoised is not D(x, sigma_hat) of the reported x (relative gap {gap:.3g}); report x "
+                "before the step's update, as k-diffusion does"
+            )
     if problems:
         return [failed(name, "; ".join(problems[:4]), float(len(seen)))]
     return [passed(name, f"{len(seen)} calls for {steps} steps with keys {', '.join(CALLBACK_KEYS)}", float(len(seen)))]

@@ -20,6 +20,7 @@ from .toy_samplers import (
     euler_clipped_start,
     euler_global_rng,
     euler_long_steps,
+    euler_reporting_the_update,
     euler_wrong_shape,
 )
 
@@ -70,6 +71,12 @@ def test_wrong_shape_fails_the_shape_check():
     failed = {r.name for r in report.failures}
     assert {"shape_dtype_device[float32, cpu]", "shape_dtype_device[float64, cpu]"} <= failed
     assert "shape [2, 48] (need [2, 3, 4, 4])" in report["shape_dtype_device[float32, cpu]"].detail
+
+
+def test_a_callback_reporting_the_updated_x_fails_the_callback_check():
+    results = _groups(euler_reporting_the_update, ["callback"], quick=True)
+    assert not results["callback"].ok and "report x before the step's update" in results["callback"].detail
+    assert _groups(euler, ["callback"], quick=True)["callback"].ok
 
 
 def test_global_rng_sampler_is_not_reproducible():

@@ -79,3 +79,15 @@ def euler_global_rng(denoiser, x, sigmas, *, cond=None, generator=None, callback
 def euler_wrong_shape(denoiser, x, sigmas, *, cond=None, generator=None, callback=None):
     """Correct Euler that returns its result flattened to [B, -1] (a bug)."""
     return euler(denoiser, x, sigmas, cond=cond, callback=callback).flatten(1)
+
+
+def euler_reporting_the_update(denoiser, x, sigmas, *, cond=None, generator=None, callback=None):
+    """Euler whose callback reports the updated x beside the step's σ (not k-diffusion's meaning)."""
+    levels = sigmas.tolist()
+    ones = x.new_ones(x.shape[0])
+    for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
+        denoised = denoiser(x, sigma * ones, cond)
+        x = x + (sigma_next - sigma) * (x - denoised) / sigma
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+    return x
