@@ -15,7 +15,8 @@ from diffkit.demos.shapes.evaluate import evaluate_shapes
 from diffkit.distributed import init_distributed, shutdown_distributed
 from diffkit.errors import ConfigError, RunFolderError
 from diffkit.io.files import read_json_object
-from diffkit.io.imaging import check_output, read_picture, save_png
+from diffkit.io.image_folder import as_tensor, open_upright
+from diffkit.io.imaging import check_output, save_png
 from diffkit.io.pretrained import load_pretrained
 from diffkit.recipes import apply_overrides, get_recipe, train_recipe
 from diffkit.recipes.build import grid_rows
@@ -233,13 +234,11 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _read_start_image(path: str) -> torch.Tensor:
-    """``--image``: an RGB picture as a float tensor [3, H, W] in [−1, 1] (grey pictures as RGB)."""
+    """``--image``: the picture as ImageFolder reads one (upright, RGB, over white), [3, H, W] in [−1, 1]."""
     try:
-        picture = read_picture(path)  # uint8 [H, W, C], C = 1 or 3
+        return as_tensor(open_upright(path))
     except (OSError, ValueError) as exc:  # missing, unreadable, or not a picture (PIL's UnidentifiedImageError)
         raise ConfigError(f"--image {path}: cannot read it as a picture ({exc})") from exc
-    image = torch.tensor(picture).permute(2, 0, 1).float() / 127.5 - 1.0  # (C, H, W) in [−1, 1]
-    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
 
 def _conditions(pipeline: Any, args: argparse.Namespace) -> Any:

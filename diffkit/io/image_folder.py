@@ -236,12 +236,7 @@ class ImageFolder(Dataset):
 
     def load(self, path: str | os.PathLike[str]) -> torch.Tensor:
         """One file → float32 [C, size, size] in [−1, 1], without the random flip."""
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)  # a decoded copy, turned upright
-        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-            image = image.convert("RGBA")
-            image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image)
-        image = image.convert("RGB" if self.channels == 3 else "L")
+        image = open_upright(path, self.channels)
         width, height = image.size
         if self.center_crop:
             side = min(width, height)  # the centred square of the source (sub-pixel box allowed)
@@ -251,10 +246,7 @@ class ImageFolder(Dataset):
         # Lanczos over the box; reducing_gap=3 first shrinks by an integer factor when the image
         # is ≥ 3× larger than needed (fast, and indistinguishable at that gap).
         image = image.resize((self.size, self.size), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
-        pixels = np.asarray(image, dtype=np.float32)  # [H, W] or [H, W, 3], 0 … 255
-        if pixels.ndim == 2:
-            pixels = pixels[:, :, None]
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))) / 127.5 - 1.0
+        return as_tensor(image)
 
     def __repr__(self) -> str:
         extra = f", classes={len(self.classes)}" if self.targets is not None else ""
@@ -266,6 +258,28 @@ class ImageFolder(Dataset):
 
 
 # -- captions ----------------------------------------------------------------------------------
+
+
+def open_upright(path: str | os.PathLike[str], channels: int = 3) -> Image.Image:
+    """A picture file as a decoded RGB (``channels=3``) or L (``channels=1``) Pillow image at its own size.
+
+    The EXIF orientation is applied and any transparency is composited over white (the module
+    docstring's first steps); Pillow's errors (a missing or unreadable file, not a picture) pass.
+    """
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)  # a decoded copy, turned upright
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image)
+    return image.convert("RGB" if channels == 3 else "L")
+
+
+def as_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB or L Pillow image as float32 [C, H, W] in [−1, 1]: x = pixel / 127.5 − 1."""
+    pixels = np.asarray(image, dtype=np.float32)  # [H, W] or [H, W, 3], 0 … 255
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))) / 127.5 - 1.0
 
 
 def _caption_extension(captions: object, image_extensions: tuple[str, ...], where: str) -> str:
