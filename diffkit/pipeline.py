@@ -52,7 +52,7 @@ from diffkit.io.components import entry_for_config, load_component, save_pretrai
 from diffkit.io.files import read_json_object
 from diffkit.io.records import check_numbers, check_record, naming_errors, short
 from diffkit.io.state_dicts import check_device, check_dtype
-from diffkit.models.backbones.sizes import MAX_SIDE, sample_shape_at, spacing_options_at
+from diffkit.models.backbones.sizes import MAX_SIDE, pixel_factor, sample_shape_at, spacing_options_at
 from diffkit.models.conditioners.concat import ConcatConditioner
 from diffkit.runtime.precision import BF16Network, bf16_enabled
 from diffkit.samplers.common import Callback, as_generator, is_integer
@@ -72,7 +72,6 @@ PIPELINE_FILE = "pipeline.json"  # what makes a folder a saved pipeline
 PIPELINE_FORMAT_VERSION = 1
 ComponentSpec = Any  # a registry name, a (name, config) pair, or an object
 COMPONENT_KINDS = ("backbone", "conditioner", "autoencoder")  # the modules of a pipeline, in save order
-MAX_SAMPLE_SIDE = MAX_SIDE  # largest size of one sample_shape dimension
 MAX_DEFAULT_STEPS = 10_000
 
 
@@ -91,13 +90,13 @@ def _build(kind: str, spec: ComponentSpec) -> Any:
 
 
 def _check_sample_shape(value: Any) -> tuple[int, ...]:
-    """A non-empty sequence of integers in 1 … MAX_SAMPLE_SIDE, as a tuple."""
+    """A non-empty sequence of integers in 1 … MAX_SIDE, as a tuple."""
     sequence = isinstance(value, Sequence) and not isinstance(value, (str, bytes))
     if not sequence or not value or not all(
-        is_integer(n) and 1 <= n <= MAX_SAMPLE_SIDE for n in value
+        is_integer(n) and 1 <= n <= MAX_SIDE for n in value
     ):
         raise ConfigError(
-            f"sample_shape must be a list of integers (C, H, W), each in 1 … {MAX_SAMPLE_SIDE}, got {short(value)}"
+            f"sample_shape must be a list of integers (C, H, W), each in 1 … {MAX_SIDE}, got {short(value)}"
         )
     return tuple(int(n) for n in value)
 
@@ -546,7 +545,7 @@ class Pipeline(nn.Module):
                 "(diffkit.load_pretrained) or move the pipeline to a real device before sampling"
             )
         shape = (n, *shape_one)
-        scale = 1 if self.autoencoder is None else getattr(self.autoencoder, "downsampling_factor", 1)
+        scale = pixel_factor(self.autoencoder)  # known whenever the shape differs (sample_shape_at checked it)
         image_size = None if shape_one == self.sample_shape else (shape_one[1] * scale, shape_one[2] * scale)
         if noise is not None:
             check_noise(noise, shape)

@@ -47,6 +47,11 @@ class SizeRule:
         return text
 
 
+def pixel_factor(autoencoder: Any) -> int | None:
+    """Image pixels per sample pixel a side: 1 without an autoencoder, else its ``downsampling_factor`` (None: unknown)."""
+    return 1 if autoencoder is None else getattr(autoencoder, "downsampling_factor", None)
+
+
 def sample_shape_at(
     sample_shape: tuple[int, ...], backbone: Any, autoencoder: Any, height: Any, width: Any
 ) -> tuple[int, ...]:
@@ -61,7 +66,7 @@ def sample_shape_at(
     if len(sample_shape) != 3:
         raise ConfigError(f"height= and width= size images (C, H, W); this pipeline's samples have shape {sample_shape}")
     channels, own_h, own_w = sample_shape
-    factor = 1 if autoencoder is None else getattr(autoencoder, "downsampling_factor", None)
+    factor = pixel_factor(autoencoder)
     scale = factor or 1
     own = f"{own_h * scale}×{own_w * scale}"
     limit = MAX_SIDE * scale
